@@ -1,0 +1,3 @@
+from lbfood.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""Device, precision, seeding and threads: the few decisions every stage makes the same way."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lbfood.engine.errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors are computed: device, autocast dtype (None = fp32), grad scaling."""
+
+    device: torch.device
+    precision: str  # resolved: "fp32", "bf16" or "fp16"
+    channels_last: bool
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    @property
+    def use_scaler(self) -> bool:
+        return self.precision == "fp16" and self.device.type == "cuda"
+
+    def autocast(self):
+        """Mixed-precision context for forward passes (a no-op in fp32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu; an explicit name must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {name}: MPS is not available here; use --device cpu or auto")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto = bf16 on CUDA GPUs that support it, fp16 (with a GradScaler) on older ones, fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("--precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
+    return precision
+
+
+def make_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    dev = select_device(device)
+    if dev.type == "cuda":
+        # Convolution shapes are fixed during training: let cuDNN pick the fastest kernels.
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    set_threads()
+    return Runtime(dev, resolve_precision(precision, dev), channels_last=dev.type == "cuda")
+
+
+def set_threads() -> None:
+    """Use the cores this process may run on (not every core of a shared host), unless the user chose."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    torch.set_num_threads(max(1, min(n, 16)))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
