@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pickle
+import tomllib
 from pathlib import Path
 
 import fakedata as fd
 import numpy as np
 import pytest
-import tomllib
 import torch
 from PIL import Image
 

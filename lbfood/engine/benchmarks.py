@@ -9,15 +9,10 @@ optional `[labels]` (method id -> display name) and `[paper.<method>]` tables ma
 from __future__ import annotations
 
 import math
-import sys
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 needs the tomli backport
-    import tomli as tomllib
 
 from lbfood.engine.errors import ConfigError
 

@@ -149,10 +149,12 @@ def load_train_state(run_dir: Path, optimizer: torch.optim.Optimizer,
     return int(t["epoch"])
 
 
-def point_latest(run_dir: Path) -> None:
-    """Make <runs>/latest a symlink to `run_dir` (replaced atomically)."""
-    latest = run_dir.parent / "latest"
-    tmp = run_dir.parent / f".latest.{os.getpid()}"
+def point_latest(run_dir: Path, runs: Path | None = None) -> None:
+    """Make runs/latest a (relative) symlink to `run_dir`, replaced atomically: later commands default to it."""
+    runs = runs or RUNS_DIR
+    runs.mkdir(parents=True, exist_ok=True)
+    latest = runs / "latest"
+    tmp = runs / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run_dir.name)
+    tmp.symlink_to(os.path.relpath(Path(run_dir).resolve(), runs.resolve()))
     os.replace(tmp, latest)

@@ -37,6 +37,7 @@ class TrainConfig:
     download: bool = False
     sync_bn: bool = False
     log_every: int = 20  # steps between progress reads (each read is one host-device sync)
+    limit: int | None = None  # use only the first N training and test images (smoke tests)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -67,15 +68,34 @@ class FinetuneConfig(TrainConfig):
 
 @dataclass(frozen=True)
 class ReportConfig:
+    """`lbfood report`: ID accuracy and OOD metrics of a run (and `compare` runs side by side, Table IV)."""
+
     model: str = "runs/latest"
-    id_data: str | None = None  # None: the run's dataset
-    ood: tuple[str, ...] = ()
-    methods: tuple[str, ...] = ("react",)
+    id_data: str | None = None  # None: the benchmark's ID set, else the run's dataset
+    ood: tuple[str, ...] = ()  # empty: the benchmark's, else the built-in benchmark of the ID set
+    methods: tuple[str, ...] = ("react",)  # the paper scores with ReAct + energy (Sec. IV-C)
     compare: tuple[str, ...] = ()
-    benchmark: str | None = None
-    data_root: str | None = None
-    fpr_convention: str = "paper"
+    benchmark: str | None = None  # built-in name or a TOML path: fills id/ood, carries the paper's numbers
+    data_root: str | None = None  # None: the run's data root, else $LBFOOD_DATA or ./data
+    fpr_convention: str = "paper"  # paper (ID positive) | openood (OOD positive)
     batch_size: int = 256
     device: str = "auto"
     precision: str = "auto"
     params: dict = field(default_factory=dict)  # scorer parameters, e.g. {"react": {"percentile": 90}}
+    output: str | None = None  # write the result as .json, .csv or .md
+    workers: int = 4  # DataLoader workers for large-image sets
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """`lbfood score`: a verdict (ID/OOD at the threshold γ, paper Eq. 3) for each of the user's images."""
+
+    paths: tuple[str, ...] = ()  # files, folders (searched recursively) and globs
+    model: str = "runs/latest"
+    method: str = "react"
+    threshold: float | None = None  # γ, Eq. 3; None: the run's calibrated threshold for `method`
+    params: dict = field(default_factory=dict)  # the method's parameters, e.g. {"percentile": 95}
+    batch_size: int = 64
+    data_root: str | None = None  # where the ID data is, if the scorer must be fitted or calibrated
+    device: str = "auto"
+    precision: str = "auto"

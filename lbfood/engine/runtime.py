@@ -84,7 +84,8 @@ def make_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     set_threads()
-    return Runtime(dev, resolve_precision(precision, dev), channels_last=dev.type == "cuda")
+    # channels_last: faster convolutions on CUDA (tensor cores) and, measured here, on CPU with oneDNN.
+    return Runtime(dev, resolve_precision(precision, dev), channels_last=dev.type in ("cuda", "cpu"))
 
 
 def set_threads() -> None:

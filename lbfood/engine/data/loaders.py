@@ -43,7 +43,7 @@ class Augment:
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
     # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale.
-    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
 
 
 @dataclass
@@ -152,6 +152,8 @@ class DeviceLoader:
                     else slice(self.rank * per_rank, (self.rank + 1) * per_rank)
                 idx = idx[s]
                 params = params.slice(s) if params is not None else None
+                if len(idx) == 0:  # a last partial batch smaller than the number of ranks
+                    continue
             x = self.x[idx]
             x = apply_augment(x, self.aug, params) if params is not None else x.float().div_(255)
             x = (x - self.mean) / self.std

@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Both create .venv if absent and install lbfood into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The PyTorch build to install into a fresh venv (override on machines that need another one).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.lbfood-installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.lbfood-installed
+	$(VENV)/bin/lbfood demo
+
+test: $(VENV)/.lbfood-installed
+	$(VENV)/bin/ruff check lbfood tests benchmarks
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.lbfood-installed
+	$(PY) benchmarks/lff_overhead.py
+	$(PY) benchmarks/trainer_vs_minimal.py
+	$(PY) benchmarks/loader_share.py
+	$(PY) benchmarks/report_scaling.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

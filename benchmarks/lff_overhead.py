@@ -1,0 +1,46 @@
+"""Fine-tune step with L_LFF / the same step with CE only (same model, batch, data). Target ≤ 1.05.
+
+Both use lbfood's own `train.train_step`; the LFF step adds the background mask (a 1×1 convolution of
+the last feature map with the head) and the hinge on location norms, from the same backbone forward.
+Steps alternate between the two variants so that drifting machine load hits both equally.
+"""
+
+from __future__ import annotations
+
+import _common
+import torch
+
+from lbfood.engine import models, train
+from lbfood.engine.config import TrainConfig
+from lbfood.engine.finetune import LFFHook
+from lbfood.engine.runtime import make_runtime
+
+
+def main() -> None:
+    args = _common.parser(__doc__).parse_args()
+    rt = make_runtime(args.device, args.precision)
+    torch.manual_seed(0)
+    size = models.input_size(args.arch)
+    model = rt.prepare(models.build(args.arch, num_classes=10, width=args.width))
+    opt = train.make_optimizer(TrainConfig(), model)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.use_scaler)
+    x = torch.randn(args.batch_size, 3, size, size, device=rt.device)
+    if rt.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch_size,), device=rt.device)
+    hook = LFFHook(model, delta=0.1, mu=1.0, lam=1.0)
+    ce_t, lff_t = [], []
+    for i in range(args.warmup + args.steps):
+        for variant, out in ((None, ce_t), (hook, lff_t)):
+            t = _common.timed(lambda h=variant: train.train_step(model, x, y, opt, scaler, rt, h), rt, 1, 0)
+            if i >= args.warmup:
+                out += t
+    ce, lff = _common.median(ce_t), _common.median(lff_t)
+    print(f"machine: {_common.machine(rt)}; {args.arch} width {args.width}, batch {args.batch_size}, "
+          f"median of {args.steps} steps")
+    print(f"CE-only step {ce * 1e3:.1f} ms, CE + L_LFF step {lff * 1e3:.1f} ms")
+    print(f"lff_overhead ratio: {lff / ce:.3f}  (target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Shared fixtures: run folders made without training, and a small `backdrops` for fast evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def make_run():
+    """A factory: make_run(tmp_path, arch=..., width=..., data=..., kind=...) -> run folder.
+
+    Builds the model with a fixed seed (no training), saves it with `checkpoint.save_model` and writes
+    run.json with the keys `train.run_meta` writes, status "done"; `runs/latest` points at it.
+    `mean`/`std` override the dataset's normalisation (to check that evaluation uses the run's).
+    """
+
+    def _make(tmp_path: Path, arch: str = "resnet18", width: float = 0.125, data: str = "backdrops",
+              kind: str = "pretrain", *, seed: int = 0, classes=None, mean=None, std=None,
+              name: str | None = None, data_root: str | None = None) -> Path:
+        import torch
+
+        from lbfood.engine import checkpoint, models
+        from lbfood.engine.config import TrainConfig
+        from lbfood.engine.data import get
+        from lbfood.engine.train import run_meta
+
+        if classes is None:
+            if data == "backdrops":
+                from lbfood.engine.data.backdrops import CLASSES as classes
+            elif data == "cifar10":
+                from fakedata import CIFAR10_CLASSES as classes
+            else:
+                raise ValueError(f"make_run: pass classes= for {data}")
+        spec = get(data)
+        cfg = TrainConfig(data=data, arch=arch, width=width, epochs=1, seed=seed, data_root=data_root,
+                          device="cpu")
+        meta = run_meta(kind, cfg, spec, classes, models.input_size(arch))
+        if mean is not None:
+            meta["mean"] = list(mean)
+        if std is not None:
+            meta["std"] = list(std)
+        meta.update(status="done", epochs_done=1)
+        torch.manual_seed(seed)
+        model = models.build(arch, num_classes=len(classes), width=width)
+        run_dir = Path(tmp_path) / "runs" / (name or f"{kind}-{data}-{arch}-s{seed}")
+        run_dir.mkdir(parents=True)
+        checkpoint.save_model(run_dir, model)
+        checkpoint.write_meta(run_dir, meta)
+        checkpoint.point_latest(run_dir, run_dir.parent)
+        return run_dir
+
+    return _make
+
+
+@pytest.fixture
+def small_backdrops(monkeypatch):
+    """`backdrops` with 200 train, 100 test and 100 images per OOD split (the generator's cache is
+    cleared before and after, so other tests see the full-size splits)."""
+    import torch
+
+    from lbfood.engine.data import backdrops
+
+    backdrops._cached.cache_clear()
+    for split, n in {"train": 200, "test": 100, "scenes": 100, "novel": 100, "noise": 100}.items():
+        monkeypatch.setitem(backdrops.SPLITS, split, n)
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # make_runtime then leaves the thread count alone
+    torch.set_num_threads(1)  # two shared cores: one thread per test process is fastest
+    yield backdrops.SPLITS
+    torch.set_num_threads(threads)
+    backdrops._cached.cache_clear()
