@@ -89,6 +89,8 @@ def _launch(devices: int, device: str, command: str) -> bool:
         if e.exit_code == 2:  # a user error, which that process printed
             raise typer.Exit(2) from None
         raise
+    except KeyboardInterrupt:  # rank 0 said how to resume
+        raise typer.Exit(130) from None
     return True
 
 
@@ -206,6 +208,8 @@ def _finish(last) -> None:
     from lbfood.engine.train import Interrupted
 
     if isinstance(last, Interrupted):
+        if _rank() != 0:  # rank 0 says it
+            raise typer.Exit(130)
         if last.run_dir is None:
             render.warn("interrupted before the first epoch finished: nothing was kept")
         else:
@@ -280,28 +284,52 @@ def finetune(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the demo's runs.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(help="Folder for the demo's runs (replaced if it holds an earlier demo).")]
+    = Path("runs/demo"),
     device: Device = "auto",
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
-    """Pretrain a small ResNet-18 on the embedded `backdrops` benchmark (offline, a few CPU minutes)."""
+    """Pretrain, fine-tune with L_LFF and with CE only, and compare them on the embedded `backdrops`
+    benchmark (offline, a few CPU minutes)."""
     with _guard():
+        import shutil
         import time
 
-        from lbfood import render
-        from lbfood.engine import demo as demo_engine
-        from lbfood.engine import train
+        from lbfood import render, render_eval
+        from lbfood.engine import demo as recipe
+        from lbfood.engine import evaluate, finetune, train
 
+        if out.exists():
+            if not all((p / "run.json").is_file() for p in out.iterdir() if p.is_dir()):
+                from lbfood.engine.errors import ConfigError
+
+                raise ConfigError(f"--out {out} holds something other than demo runs; pick another folder")
+            shutil.rmtree(out)
         t0 = time.time()
-        pre_cfg = demo_engine.pretrain_config(out, device=device, seed=seed)
-        render.console.rule("[bold]1. pretrain (cross-entropy)")
-        last = render.training(train.fit(train.prepare_pretrain(pre_cfg)), quiet=quiet)
-        _finish(last)
+        render.console.rule("[bold]1/4 pretrain with cross-entropy")
+        pre = render.training(train.fit(train.prepare_pretrain(recipe.pretrain_config(out, device=device,
+                                                                                       seed=seed))), quiet=quiet)
+        _finish(pre)
+        runs = {}
+        for step, lam, label in ((2, 1.0, "fine-tune with CE + λ·L_LFF"), (3, 0.0, "fine-tune with CE only "
+                                                                                   "(the control, λ = 0)")):
+            render.console.rule(f"[bold]{step}/4 {label}")
+            cfg, explicit = recipe.finetune_config(out, pre.run_dir, lam=lam, device=device, seed=seed)
+            last = render.training(train.fit(finetune.prepare_finetune(cfg, explicit)), quiet=quiet)
+            _finish(last)
+            runs[lam] = last
+        render.console.rule("[bold]4/4 report: pretrained vs CE-only vs LFF on backdrops")
+        rcfg = recipe.report_config(runs[1.0].run_dir, [pre.run_dir, runs[0.0].run_dir], device=device)
+        with render_eval.progress(quiet) as on_event:
+            result = evaluate.report(rcfg, on_event=on_event)
+        render_eval.report(result)
         render.kv_table("lbfood demo", [
-            ("ID test accuracy", f"{last.metrics['test_acc']:.2%}"),
+            ("ID test accuracy", f"pretrained {pre.metrics['test_acc']:.2%}, CE-only "
+                                 f"{runs[0.0].metrics['test_acc']:.2%}, LFF {runs[1.0].metrics['test_acc']:.2%}"),
             ("time", f"{time.time() - t0:.0f} s"),
-            ("run", str(last.run_dir)),
+            ("runs", str(out)),
+            ("next", f"lbfood score IMAGE --model {runs[1.0].run_dir}"),
         ])
 
 
@@ -364,7 +392,7 @@ def report(
     """OOD detection metrics (FPR95, AUROC) of a run per OOD dataset and method, and its ID accuracy."""
     with _guard():
         from lbfood import render_eval
-        from lbfood.engine import evaluate
+        from lbfood.engine import distributed, evaluate
         from lbfood.engine.config import ReportConfig
 
         methods = _split_names(method) or ("react",)
@@ -374,9 +402,12 @@ def report(
                            batch_size=batch_size, device=device, precision=precision,
                            params=_params(param, methods), output=str(output) if output else None,
                            workers=workers)
-        with render_eval.progress(quiet) as on_event:
-            result = evaluate.report(cfg, on_event=on_event)
-        render_eval.report(result, all_metrics=all_metrics)
+        dist = _join(device)  # under torchrun: each rank extracts a shard; rank 0 prints and writes
+        with distributed.lost_peer(dist), render_eval.progress(quiet or not dist.is_main) as on_event:
+            result = evaluate.report(cfg, on_event=on_event, dist=dist)
+        if dist.is_main:
+            render_eval.report(result, all_metrics=all_metrics)
+        distributed.destroy()
 
 
 @app.command()

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Table
@@ -61,7 +62,7 @@ def training(events: Iterable[Any], quiet: bool = False) -> Any:
                     bar.console.print(line)
             elif isinstance(ev, Note):
                 style = "yellow" if ev.level == "warning" else "cyan"
-                bar.console.print(f"[{style}]{ev.message}[/]")
+                bar.console.print(f"[{style}]{escape(ev.message)}[/]")
             elif isinstance(ev, Finished | Interrupted):
                 last = ev
     return last
@@ -75,11 +76,11 @@ def _progress_steps(bar, task, ev) -> int:
 
 
 def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def kv_table(title: str, rows: list[tuple[str, str]]) -> None:

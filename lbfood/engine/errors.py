@@ -17,3 +17,9 @@ class DataError(LbfoodError):
 
 class RunError(LbfoodError):
     """A run folder is missing, not a run, or from an incompatible version."""
+
+
+class DistributedError(LbfoodError):
+    """A data-parallel run could not start or lost one of its processes."""
+
+    exit_code = 3

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lbfood import __version__
-from lbfood.engine import checkpoint, metrics, scorers
+from lbfood.engine import checkpoint, distributed, metrics, scorers
 from lbfood.engine import features as fx
 from lbfood.engine.benchmarks import BUILTIN, load_benchmark
 from lbfood.engine.config import ReportConfig, ScoreConfig
@@ -35,6 +35,7 @@ from lbfood.engine.data import DatasetSpec, ImageSet, LoadOptions, default_root
 from lbfood.engine.data import get as get_dataset
 from lbfood.engine.data.images import IN_MEMORY_MAX_SIZE, decode
 from lbfood.engine.data.loaders import make_loader
+from lbfood.engine.distributed import DistInfo
 from lbfood.engine.errors import ConfigError, DataError, LbfoodError, RunError
 from lbfood.engine.features import Features
 from lbfood.engine.io import atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
@@ -181,7 +182,7 @@ class _RunEval:
     def __init__(self, run_dir: Path, model: torch.nn.Module, meta: dict[str, Any], rt: Runtime, *,
                  id_data: str, data_root: Path, batch_size: int = 256, workers: int = 4,
                  data: dict | None = None, on_event: Callable[[Step], None] | None = None,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, dist: DistInfo | None = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         self.run_dir, self.model, self.meta, self.rt = Path(run_dir), model, meta, rt
@@ -195,6 +196,9 @@ class _RunEval:
         if limit is not None and limit < 1:
             raise ConfigError(f"limit must be >= 1, got {limit}")
         self.limit = limit  # only the first `limit` images of each split (smoke tests)
+        # Under data parallelism each rank extracts its shard of every split and the rows are gathered;
+        # every rank then computes the same numbers, and only rank 0 writes files.
+        self.dist = dist or DistInfo()
         self.notes: list[str] = []
         self.memo: dict[str, Features] = {}
         self.extractions = self.odin_passes = self.fits = 0
@@ -265,16 +269,26 @@ class _RunEval:
             images = self.images(name, split)
             self.extractions += 1
             self._event(f"extracting {name} ({split}, {len(images)} images) with {self.run_dir.name}")
-            return self.loader(images)
+            return self.loader(self._shard(images))
 
         try:
             feats = fx.cached_extract(self.run_dir / "cache", key, self.model, make, fingerprint=fingerprint,
                                       device=self.rt.device, precision=self.rt.precision, blocks=True,
-                                      jigsaw=jigsaw)
+                                      jigsaw=jigsaw, dist=self.dist)
         except _Miss:
             return None
         self.memo[key] = feats
         return feats
+
+    def _shard(self, images: ImageSet) -> ImageSet:
+        """This rank's contiguous share of a split (all of it for one process)."""
+        if not self.dist.enabled:
+            return images
+        if len(images) < self.dist.world:
+            raise DataError(f"{images.name}: {len(images)} image(s) cannot be shared by {self.dist.world} "
+                            "processes; evaluate it with fewer")
+        start, stop = distributed.shard(len(images), self.dist)
+        return images.subset(torch.arange(start, stop))
 
     def train_features(self, jigsaw: bool) -> Features:
         """ID training features for fitting; a cached jigsaw extraction serves plain requests too."""
@@ -296,19 +310,24 @@ class _RunEval:
         path = self.run_dir / "scorers" / f"{stem}.safetensors"
         want = {"format": _SCORER_FORMAT, "scorer": s.name, "params": json.dumps(_jsonable(s.params)),
                 "weights": self.fp, "id_data": self.id_data, "limit": str(self.limit)}
+        loaded = None
         if path.is_file():
             meta = _st_metadata(path)
             if meta is not None and all(meta.get(k) == v for k, v in want.items()):
                 try:
-                    return s.load_state_dict(load_tensors(path))
+                    loaded = s.load_state_dict(load_tensors(path))
                 except (LbfoodError, OSError, ValueError):
                     pass  # damaged: refit below and overwrite
+        # All ranks load or all fit: fitting may extract, and extraction is a collective.
+        if distributed.agree(loaded is not None, self.dist, self.rt.device):
+            return loaded
         jigsaw = s.name == "featurenorm"  # NormRatio compares each image with its jigsaw puzzle
         train = self.train_features(jigsaw)
         self._event(f"fitting {s.name} on {len(train)} {self.id_data} training images")
         s.fit(train, self.model.head)
         self.fits += 1
-        save_tensors(path, s.state_dict(), metadata=want)
+        if self.dist.is_main:
+            save_tensors(path, s.state_dict(), metadata=want)
         return s
 
     def scores(self, s: Scorer, name: str, split: str, *, user_std: bool = False) -> torch.Tensor:
@@ -317,8 +336,9 @@ class _RunEval:
             images = self.images(name, split)
             self.odin_passes += 1
             self._event(f"{s.name}: scoring {name} ({split}, {len(images)} images) with {self.run_dir.name}")
-            return s.score_images(self.model, self.loader(images), device=self.rt.device,
+            mine = s.score_images(self.model, self.loader(self._shard(images)), device=self.rt.device,
                                   std=None if user_std else self.std)
+            return distributed.gather_rows(mine, len(images), self.dist, self.rt.device)
         return s.score(self.features(name, split))
 
 
@@ -408,10 +428,15 @@ def _dedupe(items: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None) -> ReportResult:
+def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
+           dist: DistInfo | None = None) -> ReportResult:
     """ID accuracy and, per method and OOD set, FPR95/AUROC/AUPR-In/AUPR-Out (fractions) of a run and
-    its `compare` runs; everything is validated before the first forward pass."""
+    its `compare` runs; everything is validated before the first forward pass.
+
+    Under torchrun (`dist`), each rank extracts a shard of every split; all ranks get the same result
+    and only rank 0 writes (feature cache, fitted scorers, `cfg.output`)."""
     t0 = time.time()
+    dist = dist or DistInfo()
     fmt = output_format(cfg.output) if cfg.output else None
     if cfg.fpr_convention not in metrics.CONVENTIONS:
         raise ConfigError(f"unknown --fpr-convention {cfg.fpr_convention!r}; valid: {', '.join(metrics.CONVENTIONS)}")
@@ -455,7 +480,7 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None) ->
         archs = sorted({m["arch"] for _, m in runs} - {bench.arch})
         if archs and bench.paper:
             notes.append(f"the paper's numbers are for {bench.arch}; this run is {', '.join(archs)}")
-    rt = make_runtime(cfg.device, cfg.precision)
+    rt = make_runtime(distributed.rank_device(cfg.device, dist), cfg.precision)
     data_root = _data_root(first, cfg.data_root)
     data: dict = {}
     counts = {"extractions": 0, "odin_passes": 0, "fits": 0}
@@ -465,7 +490,7 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None) ->
         model, meta = checkpoint.load_run(run_dir, rt.device)
         model = rt.prepare(model)
         ev = _RunEval(run_dir, model, meta, rt, id_data=id_data, data_root=data_root, batch_size=cfg.batch_size,
-                      workers=cfg.workers, data=data, on_event=on_event)
+                      workers=cfg.workers, data=data, on_event=on_event, dist=dist)
         ev.jigsaw_train = any(p.name == "featurenorm" and p.needs_fit and not p.fitted for p in protos.values())
         try:
             test = ev.features(id_data, "test")
@@ -514,7 +539,7 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None) ->
         benchmark=bench.name if bench else None, paper=paper,
         labels={m: bench.labels[m] for m in methods if bench and m in bench.labels},
         notes=tuple(notes), seconds=round(time.time() - t0, 3), output=cfg.output, **counts)
-    if cfg.output:
+    if cfg.output and dist.is_main:
         write_report(result, cfg.output, fmt)
     return result
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lbfood.engine import io
+from lbfood.engine import distributed, io
+from lbfood.engine.distributed import DistInfo
 from lbfood.engine.errors import ConfigError
 
 _FORMAT = "lbfood-features-1"
@@ -194,24 +195,42 @@ def _read_metadata(path: Path) -> dict[str, str] | None:
         return None
 
 
+def gather_features(feats: Features, dist: DistInfo, device: str | torch.device = "cpu") -> Features:
+    """Each rank's `distributed.shard` of the rows, concatenated in rank order (the original order), on
+    every rank. `device` is where the collective runs (the GPU under NCCL)."""
+    if not dist.enabled:
+        return feats
+    n = distributed.all_reduce_sum(torch.tensor([len(feats)], device=device), dist)
+    return Features.from_tensors({k: distributed.gather_rows(v, int(n.item()), dist, device)
+                                  for k, v in feats.to_tensors().items()})
+
+
 def cached_extract(cache_dir: str | Path, key: str, model: nn.Module, make_loader: Callable[[], Iterable],
-                   *, fingerprint: str, **kw) -> Features:
+                   *, fingerprint: str, dist: DistInfo | None = None, **kw) -> Features:
     """`extract`, reusing `cache_dir/features-<key>.safetensors` when key, fingerprint and options match.
 
     `fingerprint` identifies the weights (e.g. the hash of model.safetensors); `make_loader` is only
     called on a miss. Any mismatch or unreadable file recomputes and overwrites (atomically).
+    Under data parallelism (`dist`), `make_loader` loads this rank's `distributed.shard` of the images:
+    the ranks agree on hit or miss (all extract or none), gather their rows in order, and rank 0 writes.
     """
+    dist = dist or DistInfo()
     path = cache_path(cache_dir, key)
     want = {"format": _FORMAT, "key": key, "fingerprint": fingerprint,
             "blocks": str(bool(kw.get("blocks", True))), "jigsaw": str(bool(kw.get("jigsaw", False))),
             "precision": str(kw.get("precision", "fp32"))}
+    hit = None
     if path.is_file():
         meta = _read_metadata(path)
         if meta is not None and all(meta.get(k) == v for k, v in want.items()):
             try:
-                return Features.from_tensors(io.load_tensors(path))
+                hit = Features.from_tensors(io.load_tensors(path))
             except Exception:  # noqa: BLE001 - corrupt cache: fall through and re-extract
                 pass
-    feats = extract(model, make_loader(), **kw)
-    io.save_tensors(path, feats.to_tensors(), metadata=want)
+    device = kw.get("device", "cpu")
+    if distributed.agree(hit is not None, dist, device):
+        return hit
+    feats = gather_features(extract(model, make_loader(), **kw), dist, device)
+    if dist.is_main:
+        io.save_tensors(path, feats.to_tensors(), metadata=want)
     return feats

@@ -121,8 +121,22 @@ class Session:
     aug: Augment = field(default_factory=Augment)
     dist: DistInfo = field(default_factory=DistInfo)
     notes: list[Note] = field(default_factory=list)
-    # Called with the trained model after the last epoch; returns extra run.json entries (e.g. threshold).
+    # Called (rank 0) with the trained model after the last epoch; returns extra run.json entries.
     on_finish: Callable[[Session, torch.nn.Module], dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.on_finish is None:
+            self.on_finish = calibrate_threshold
+
+
+def calibrate_threshold(s: Session, model: torch.nn.Module) -> dict[str, Any]:
+    """The default scorer's threshold keeping 95 % of held-out ID images, stored in run.json for `score`."""
+    from lbfood.engine.evaluate import calibrate
+
+    model.eval()
+    entry = calibrate(s.run_dir, model, s.meta, s.rt, method="react", batch_size=max(s.cfg.batch_size, 256),
+                      workers=s.cfg.workers)
+    return {"threshold": entry}
 
 
 def load_options(cfg: TrainConfig, image_size: int) -> LoadOptions:
@@ -338,7 +352,11 @@ def fit(s: Session) -> Iterator[Event]:
         if dist.is_main and created and not (s.run_dir / "model.safetensors").exists():
             _remove_run(s.run_dir)
         raise
-    extra = s.on_finish(s, checkpoint.unwrap(model)) if s.on_finish else {}
+    extra = s.on_finish(s, checkpoint.unwrap(model)) if (s.on_finish and dist.is_main) else {}
+    if extra.get("threshold"):
+        t = extra["threshold"]
+        yield Note(f"calibrated threshold: {t['method']} score {t['value']:.4g} keeps {t['tpr']:.0%} of "
+                   f"{t['data']} test images (ID/OOD verdicts of `lbfood score`)")
     if dist.is_main:
         s.meta.update(status="done", metrics=metrics, seconds=round(time.time() - t_start, 2), **extra)
         checkpoint.write_meta(s.run_dir, s.meta)
