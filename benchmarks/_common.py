@@ -25,7 +25,18 @@ def parser(doc: str) -> argparse.ArgumentParser:
 def machine(rt) -> str:
     if rt.device.type == "cuda":
         return f"{torch.cuda.get_device_name(rt.device)}, {rt.precision}"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {rt.precision}"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads, {rt.precision}"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def sync(rt) -> None:

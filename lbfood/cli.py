@@ -139,6 +139,7 @@ Workers = Annotated[int, typer.Option(help="DataLoader worker processes (large-i
 Compile = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; one line per epoch.")]
 DataRoot = Annotated[Path | None, typer.Option(help="Where datasets live.", show_default="$LBFOOD_DATA or ./data")]
+SyncBn = Annotated[bool, typer.Option("--sync-bn", help="Synchronise batch norm across processes (CUDA).")]
 Limit = Annotated[int | None, typer.Option(help="Use only the first N training and test images (smoke tests).")]
 Devices = Annotated[int, typer.Option(help="Processes to launch on this machine (data parallel, one per GPU; "
                                            "--batch-size stays the global batch); 1 = no launcher. Under "
@@ -169,7 +170,7 @@ def pretrain(
     out: Annotated[Path | None, typer.Option(help="Run folder [default: runs/<time>-<data>-<arch>].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue --out (or the newest run in runs/) from its last epoch.")] = False,
     download: Annotated[bool, typer.Option("--download", help="Fetch the dataset with torchvision if missing.")] = False,
-    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Synchronise batch norm across processes.")] = False,
+    sync_bn: SyncBn = False,
     limit: Limit = None,
     devices: Devices = 1,
     device: Device = "auto",
@@ -247,7 +248,7 @@ def finetune(
     out: Annotated[Path | None, typer.Option(help="Run folder [default: runs/<time>-<data>-<arch>-lff (or -ce)].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue --out (or the newest run) from its last epoch.")] = False,
     probe_batches: Annotated[int, typer.Option(help="ID training batches measured before the first step.")] = 4,
-    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Synchronise batch norm across processes.")] = False,
+    sync_bn: SyncBn = False,
     limit: Limit = None,
     devices: Devices = 1,
     device: Device = "auto",

@@ -374,6 +374,9 @@ def calibrate(run_dir: str | os.PathLike, model: torch.nn.Module, meta: dict[str
         limit = (meta.get("config") or {}).get("limit")
     ev = _RunEval(run_dir, model, meta, rt, id_data=meta["data"], data_root=_data_root(meta, data_root),
                   batch_size=batch_size, workers=workers, on_event=on_event, limit=limit)
+    # The training split is extracted once here, with FeatureNorm's jigsaw norms too, so that later
+    # reports fit every scorer from the cache without another pass over the training data.
+    ev.jigsaw_train = True
     s = ev.scorer(method, params)
     scores = ev.scores(s, meta["data"], "test", user_std=bool(params and "std" in params))
     entry = {"method": method, "value": _keep_threshold(scores, tpr), "tpr": tpr, "split": "test",
