@@ -154,7 +154,10 @@ def test_calibrate_keeps_95_percent_of_id_test(run):
     model, meta = checkpoint.load_run(run)
     entry = evaluate.calibrate(run, model, meta, rt, method="react")
     assert entry["method"] == "react" and entry["tpr"] == 0.95 and entry["split"] == "test"
-    test, train = _cached(run, "backdrops.test.32px"), _cached(run, "backdrops.train.32px")
+    # The training split is cached once, with FeatureNorm's jigsaw norms, for every later fit.
+    test, train = _cached(run, "backdrops.test.32px"), _cached(run, "backdrops.train.32px.jigsaw")
+    assert train.jigsaw_block_norms is not None
+    assert not list((run / "cache").glob("features-backdrops.train.32px-*"))
     s = scorers.get("react").fit(train, model.head).score(test)
     assert int((s >= entry["value"]).sum()) >= 95  # of 100 ID test images
     assert int((s > entry["value"]).sum()) < 95  # the tightest such threshold
