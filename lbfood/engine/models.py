@@ -41,18 +41,28 @@ def input_size(name: str) -> int:
     return 224 if name.endswith("_imagenet") else 32
 
 
-def build(name: str, *, num_classes: int, width: float = 1.0) -> FeatureModel:
-    """Build `name` with a `width` multiplier on every layer's channel count."""
+def check(name: str, width: float = 1.0) -> None:
+    """Raise ConfigError for an unknown architecture or a bad width, without building anything."""
     if width <= 0:
         raise ConfigError(f"--width must be > 0, got {width}")
+    m = _WRN.match(name)
+    if m and (int(m.group(1)) - 4) % 6 == 0 and int(m.group(1)) >= 10:
+        return
+    if m:
+        raise ConfigError(f"WideResNet depth must be 6n+4 (10, 16, 22, 28, 40, ...), got {m.group(1)}")
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown architecture {name!r}; valid: {', '.join(names())} (or wrnD_K)")
+
+
+def build(name: str, *, num_classes: int, width: float = 1.0) -> FeatureModel:
+    """Build `name` with a `width` multiplier on every layer's channel count."""
+    check(name, width)
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
     if name in _REGISTRY:
         return _REGISTRY[name](num_classes=num_classes, width=width)
     m = _WRN.match(name)
-    if m:
-        return WideResNet(depth=int(m.group(1)), widen=int(m.group(2)), num_classes=num_classes, width=width)
-    raise ConfigError(f"unknown architecture {name!r}; valid: {', '.join(names())} (or wrnD_K)")
+    return WideResNet(depth=int(m.group(1)), widen=int(m.group(2)), num_classes=num_classes, width=width)
 
 
 def _ch(c: int, width: float) -> int:

@@ -209,7 +209,7 @@ def prepare_pretrain(cfg: TrainConfig, *, resume: bool = False, dist: DistInfo |
     rt = make_runtime(rank_device(cfg.device, dist), cfg.precision)
     check_parallel(cfg, rt, dist)
     seed_everything(cfg.seed)
-    models.build(cfg.arch, num_classes=2, width=cfg.width)  # validates the name and width early
+    models.check(cfg.arch, cfg.width)  # before any data is loaded
     size = models.input_size(cfg.arch)
     spec, train, test, notes = load_id_data(cfg, size)
     model = models.build(cfg.arch, num_classes=len(train.classes), width=cfg.width)
