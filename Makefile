@@ -19,7 +19,7 @@ demo: $(VENV)/.lbfood-installed
 
 test: $(VENV)/.lbfood-installed
 	$(VENV)/bin/ruff check lbfood tests benchmarks
-	$(PY) -m pytest -q
+	$(PY) -m pytest
 
 bench: $(VENV)/.lbfood-installed
 	$(PY) benchmarks/lff_overhead.py
