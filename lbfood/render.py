@@ -48,31 +48,22 @@ def training(events: Iterable[Any], quiet: bool = False) -> Any:
                               f" → {ev.run_dir}")
                 total = (ev.epochs - ev.start_epoch) * ev.steps_per_epoch
                 task = bar.add_task(f"epoch {ev.start_epoch + 1}/{ev.epochs}", total=total, metrics="", speed="")
-                epochs = ev.epochs
+                epochs, first_epoch = ev.epochs, ev.start_epoch
             elif isinstance(ev, Progress) and task is not None:
-                bar.update(task, completed=_progress_steps(bar, task, ev), description=f"epoch {ev.epoch + 1}/{epochs}",
-                           metrics=fmt_metrics(ev.metrics), speed=f"{ev.images_per_s:,.0f} img/s")
+                bar.update(task, completed=(ev.epoch - first_epoch) * ev.steps + ev.step,
+                           description=f"epoch {ev.epoch + 1}/{epochs}", metrics=fmt_metrics(ev.metrics),
+                           speed=f"{ev.images_per_s:,.0f} img/s")
             elif isinstance(ev, EpochEnd):
                 m = ev.metrics
                 line = f"epoch {ev.epoch + 1:>3}  {fmt_metrics(m)}  test acc {m['test_acc']:.2%}  " \
                        f"{m.get('images_per_s', 0):,.0f} img/s"
-                if quiet or not console.is_terminal:
-                    console.print(line)
-                else:
-                    bar.console.print(line)
+                bar.console.print(line)
             elif isinstance(ev, Note):
                 style = "yellow" if ev.level == "warning" else "cyan"
                 bar.console.print(f"[{style}]{escape(ev.message)}[/]")
             elif isinstance(ev, Finished | Interrupted):
                 last = ev
     return last
-
-
-def _progress_steps(bar, task, ev) -> int:
-    t = bar.tasks[task]
-    if "first_epoch" not in t.fields:
-        t.fields["first_epoch"] = ev.epoch
-    return (ev.epoch - t.fields["first_epoch"]) * ev.steps + ev.step
 
 
 def error(message: str) -> None:
