@@ -43,6 +43,15 @@ def test_pretrain_writes_a_reloadable_run(tmp_path):
     assert (tmp_path / "runs" / "latest").resolve() == run.resolve()
 
 
+def _ctrl_c_at(cfg, event_type):
+    """Run `fit` and deliver Ctrl-C at the first event of `event_type` (as while the CLI renders it)."""
+    gen = train.fit(train.prepare_pretrain(cfg))
+    for ev in gen:
+        if isinstance(ev, event_type):
+            return gen.throw(KeyboardInterrupt)
+    raise AssertionError(f"no {event_type.__name__} event")
+
+
 def _weights(path):
     return checkpoint.load_tensors(path / "model.safetensors")
 
@@ -51,12 +60,7 @@ def test_resume_after_interrupt_equals_straight_run(tmp_path):
     # Straight: 2 epochs with a cosine schedule.
     _run(TrainConfig(**SMALL, epochs=2, out=str(tmp_path / "straight")))
     # Interrupted after the first epoch (Ctrl-C arrives while the CLI renders), then resumed.
-    s = train.prepare_pretrain(TrainConfig(**SMALL, epochs=2, out=str(tmp_path / "cut")))
-    gen = train.fit(s)
-    for ev in gen:
-        if isinstance(ev, train.EpochEnd):
-            last = gen.throw(KeyboardInterrupt)
-            break
+    last = _ctrl_c_at(TrainConfig(**SMALL, epochs=2, out=str(tmp_path / "cut")), train.EpochEnd)
     assert isinstance(last, train.Interrupted) and last.epochs_done == 1
     meta = json.loads((tmp_path / "cut" / "run.json").read_text())
     assert meta["status"] == "interrupted" and meta["epochs_done"] == 1
@@ -68,12 +72,7 @@ def test_resume_after_interrupt_equals_straight_run(tmp_path):
 
 
 def test_interrupt_before_first_epoch_leaves_nothing(tmp_path):
-    s = train.prepare_pretrain(TrainConfig(**SMALL, epochs=1, out=str(tmp_path / "r")))
-    gen = train.fit(s)
-    for ev in gen:
-        if isinstance(ev, train.Progress):
-            last = gen.throw(KeyboardInterrupt)
-            break
+    last = _ctrl_c_at(TrainConfig(**SMALL, epochs=1, out=str(tmp_path / "r")), train.Progress)
     assert isinstance(last, train.Interrupted) and last.run_dir is None
     assert not (tmp_path / "r").exists()
 
