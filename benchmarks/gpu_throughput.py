@@ -11,11 +11,12 @@ import time
 import _common
 import torch
 
-from lbfood.engine import models, train
+from lbfood.engine import models
 from lbfood.engine.config import TrainConfig
 from lbfood.engine.data import ImageSet
 from lbfood.engine.data.loaders import Augment, DeviceLoader
 from lbfood.engine.runtime import Runtime, make_runtime
+from lbfood.engine.training import loop as train
 
 
 def speed(args, rt: Runtime) -> float:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import _common
 import torch
 
-from lbfood.engine import models, train
+from lbfood.engine import models
 from lbfood.engine.config import TrainConfig
-from lbfood.engine.finetune import LFFHook
 from lbfood.engine.runtime import make_runtime
+from lbfood.engine.training import loop as train
+from lbfood.engine.training.finetune import LFFHook
 
 
 def main() -> None:

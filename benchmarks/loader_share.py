@@ -13,12 +13,13 @@ from pathlib import Path
 import _common
 import torch
 
-from lbfood.engine import models, train
+from lbfood.engine import models
 from lbfood.engine.config import TrainConfig
 from lbfood.engine.data import LoadOptions
 from lbfood.engine.data import get as get_dataset
 from lbfood.engine.data.loaders import Augment, make_loader
 from lbfood.engine.runtime import make_runtime
+from lbfood.engine.training import loop as train
 
 
 def main() -> None:

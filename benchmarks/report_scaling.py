@@ -21,23 +21,26 @@ from pathlib import Path
 import _common
 import torch
 
-from lbfood.engine import checkpoint, evaluate, models, scorers
+from lbfood.engine import models, runs
 from lbfood.engine.config import ReportConfig, TrainConfig
 from lbfood.engine.data import get as get_dataset
 from lbfood.engine.data.backdrops import CLASSES
+from lbfood.engine.evaluation import report as evaluate
+from lbfood.engine.evaluation import scorers
+from lbfood.engine.evaluation.calibrate import calibrate
 from lbfood.engine.runtime import make_runtime
-from lbfood.engine.train import run_meta
+from lbfood.engine.training.setup import new_meta
 
 
 def make_run(root: Path, arch: str, width: float) -> Path:
     spec = get_dataset("backdrops")
-    meta = run_meta("pretrain", TrainConfig(arch=arch, width=width), spec, CLASSES, models.input_size(arch))
+    meta = new_meta("pretrain", TrainConfig(arch=arch, width=width), spec, CLASSES, models.input_size(arch))
     meta.update(status="done", epochs_done=1)
     torch.manual_seed(0)
     run = root / "run"
     run.mkdir(parents=True)
-    checkpoint.save_model(run, models.build(arch, num_classes=len(CLASSES), width=width))
-    checkpoint.write_meta(run, meta)
+    runs.save_model(run, models.build(arch, num_classes=len(CLASSES), width=width))
+    runs.write(run, meta)
     return run
 
 
@@ -68,8 +71,8 @@ def main() -> None:
         cold_one = timed_report(run, ("energy",), args)
         cold_all = timed_report(run, every, args)
         clear(run)
-        model, meta = checkpoint.load_run(run, rt.device)
-        evaluate.calibrate(run, model, meta, rt, workers=0)  # what the end of training does
+        model, meta = runs.load_run(run, rt.device)
+        calibrate(run, model, meta, rt, workers=0)  # what the end of training does
         keep = {f.name for f in (run / "cache").glob("*")}
         one = min(timed_report(run, ("energy",), args, keep) for _ in range(2))
         all_ = min(timed_report(run, every, args, keep) for _ in range(2))

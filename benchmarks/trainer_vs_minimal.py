@@ -15,11 +15,14 @@ import _common
 import torch
 import torch.nn.functional as F
 
-from lbfood.engine import models, train
+from lbfood.engine import models
 from lbfood.engine.config import TrainConfig
 from lbfood.engine.data import LoadOptions
 from lbfood.engine.data import get as get_dataset
+from lbfood.engine.events import EpochEnd
 from lbfood.engine.runtime import make_runtime
+from lbfood.engine.training import loop as train
+from lbfood.engine.training.setup import prepare_pretrain
 
 
 def lbfood_epoch_speed(args, epochs: int) -> float:
@@ -30,9 +33,9 @@ def lbfood_epoch_speed(args, epochs: int) -> float:
         cfg = TrainConfig(data="backdrops", arch=args.arch, width=args.width, epochs=epochs,
                           batch_size=args.batch_size, limit=args.images, device=args.device,
                           precision=args.precision, workers=0, out=f"{d}/run", log_every=50)
-        s = train.prepare_pretrain(cfg)
+        s = prepare_pretrain(cfg)
         s.test_set = s.test_set.subset(torch.arange(64))  # evaluation is not part of the comparison
-        speeds = [ev.metrics["images_per_s"] for ev in train.fit(s) if isinstance(ev, train.EpochEnd)]
+        speeds = [ev.metrics["images_per_s"] for ev in train.fit(s) if isinstance(ev, EpochEnd)]
     return max(speeds[1:])
 
 

@@ -31,7 +31,7 @@ def fmt_metrics(m: dict[str, float]) -> str:
 
 def training(events: Iterable[Any], quiet: bool = False) -> Any:
     """Render training events with a progress bar; returns the final Finished/Interrupted event."""
-    from lbfood.engine.train import EpochEnd, Finished, Interrupted, Note, Progress, Started
+    from lbfood.engine.events import EpochEnd, Finished, Interrupted, Note, Progress, Started, Step
 
     last = None
     bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -58,6 +58,8 @@ def training(events: Iterable[Any], quiet: bool = False) -> Any:
                 line = f"epoch {ev.epoch + 1:>3}  {fmt_metrics(m)}  test acc {m['test_acc']:.2%}  " \
                        f"{m.get('images_per_s', 0):,.0f} img/s"
                 bar.console.print(line)
+            elif isinstance(ev, Step):
+                bar.console.print(f"[dim]{escape(ev.message)}…[/]")
             elif isinstance(ev, Note):
                 style = "yellow" if ev.level == "warning" else "cyan"
                 bar.console.print(f"[{style}]{escape(ev.message)}[/]")

@@ -95,8 +95,10 @@ def report(result: Any, all_metrics: bool = False) -> None:
     cached = "all features from the cache" if result.extractions == 0 else f"{result.extractions} extraction(s)"
     out.print(f"[dim]{cached}, {result.odin_passes} ODIN pass(es), {result.fits} scorer fit(s), "
               f"{result.seconds:.1f} s · data root {escape(result.data_root)}[/]")
-    if result.output:
-        out.print(f"[green]wrote[/] {escape(result.output)}")
+
+
+def wrote(path) -> None:
+    _console().print(f"[green]wrote[/] {escape(str(path))}")
 
 
 def score_table(rows: Sequence[Any]) -> None:

@@ -11,8 +11,8 @@ import pytest
 def make_run():
     """A factory: make_run(tmp_path, arch=..., width=..., data=..., kind=...) -> run folder.
 
-    Builds the model with a fixed seed (no training), saves it with `checkpoint.save_model` and writes
-    run.json with the keys `train.run_meta` writes, status "done"; `runs/latest` points at it.
+    Builds the model with a fixed seed (no training), saves it with `runs.save_model` and writes
+    run.json with the keys `setup.new_meta` writes, status "done"; `runs/latest` points at it.
     `mean`/`std` override the dataset's normalisation (to check that evaluation uses the run's).
     """
 
@@ -21,10 +21,10 @@ def make_run():
               name: str | None = None, data_root: str | None = None) -> Path:
         import torch
 
-        from lbfood.engine import checkpoint, models
+        from lbfood.engine import models, runs
         from lbfood.engine.config import TrainConfig
         from lbfood.engine.data import get
-        from lbfood.engine.train import run_meta
+        from lbfood.engine.training.setup import new_meta
 
         if classes is None:
             if data == "backdrops":
@@ -36,19 +36,18 @@ def make_run():
         spec = get(data)
         cfg = TrainConfig(data=data, arch=arch, width=width, epochs=1, seed=seed, data_root=data_root,
                           device="cpu")
-        meta = run_meta(kind, cfg, spec, classes, models.input_size(arch))
+        meta = new_meta(kind, cfg, spec, classes, models.input_size(arch)).replace(status="done", epochs_done=1)
         if mean is not None:
-            meta["mean"] = list(mean)
+            meta = meta.replace(mean=list(mean))
         if std is not None:
-            meta["std"] = list(std)
-        meta.update(status="done", epochs_done=1)
+            meta = meta.replace(std=list(std))
         torch.manual_seed(seed)
         model = models.build(arch, num_classes=len(classes), width=width)
         run_dir = Path(tmp_path) / "runs" / (name or f"{kind}-{data}-{arch}-s{seed}")
         run_dir.mkdir(parents=True)
-        checkpoint.save_model(run_dir, model)
-        checkpoint.write_meta(run_dir, meta)
-        checkpoint.point_latest(run_dir, run_dir.parent)
+        runs.save_model(run_dir, model)
+        runs.write(run_dir, meta)
+        runs.point_latest(run_dir, run_dir.parent)
         return run_dir
 
     return _make

@@ -24,13 +24,12 @@ def pretrain_config(out: Path, *, device: str = "auto", seed: int = 0) -> TrainC
                        out=str(Path(out) / "pretrained"), workers=0)
 
 
-def finetune_config(out: Path, parent: Path, *, lam: float, device: str = "auto",
-                    seed: int = 0) -> tuple[FinetuneConfig, set[str]]:
+def finetune_config(out: Path, parent: Path, *, lam: float, device: str = "auto", seed: int = 0) -> FinetuneConfig:
     """The backdrops preset (δ = 1/K, μ auto, 4 epochs); `lam` = 0 gives the CE-only control."""
     name = "lff" if lam > 0 else "ce-only"
     cfg = FinetuneConfig(parent=str(parent), lam=lam, batch_size=128, device=device, seed=seed,
                          out=str(Path(out) / name), workers=0)
-    return cfg, {"lam"}
+    return cfg
 
 
 def report_config(lff: Path, others: list[Path], *, device: str = "auto") -> ReportConfig:

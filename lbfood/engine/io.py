@@ -50,6 +50,17 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     return load_file(str(path), device=str(device))
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str] | None:
+    """A safetensors file's string metadata (header only); None for a damaged or foreign file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception:  # noqa: BLE001 - a damaged or foreign file is a cache miss, not an error
+        return None
+
+
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
     """Append one JSON line (a line is written in one call, so a crash never leaves half a line)."""
     with open(path, "a", encoding="utf-8") as f:

@@ -7,8 +7,8 @@ pooling: the map L_LFF works on), a linear `head`, and `forward(x) = head(GAP(z)
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+import functools
+import math
 from pathlib import Path
 
 import torch
@@ -16,42 +16,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from lbfood.engine.errors import ConfigError
-
-_REGISTRY: dict[str, Callable[..., FeatureModel]] = {}
-_WRN = re.compile(r"^wrn(\d+)_(\d+)$")
-
-
-def register(name: str):
-    def deco(fn):
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+from lbfood.engine.registries import MODELS
 
 
 def names() -> list[str]:
     """Registered architectures (any `wrnD_K` with D = 6n+4 also builds)."""
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def input_size(name: str) -> int:
-    """The input resolution an architecture expects."""
-    return 224 if name.endswith("_imagenet") else 32
+    """The input resolution an architecture expects (its registry entry's `input_size`)."""
+    return int(MODELS.entry(name).meta["input_size"])
 
 
 def check(name: str, width: float = 1.0) -> None:
     """Raise ConfigError for an unknown architecture or a bad width, without building anything."""
-    if width <= 0:
-        raise ConfigError(f"--width must be > 0, got {width}")
-    m = _WRN.match(name)
-    if m and (int(m.group(1)) - 4) % 6 == 0 and int(m.group(1)) >= 10:
-        return
-    if m:
-        raise ConfigError(f"WideResNet depth must be 6n+4 (10, 16, 22, 28, 40, ...), got {m.group(1)}")
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown architecture {name!r}; valid: {', '.join(names())} (or wrnD_K)")
+    if not (isinstance(width, int | float) and math.isfinite(width) and width > 0):
+        raise ConfigError(f"--width must be a finite number > 0, got {width}")
+    MODELS.load(name)  # unknown names and bad WideResNet depths raise here
 
 
 def build(name: str, *, num_classes: int, width: float = 1.0) -> FeatureModel:
@@ -59,10 +41,7 @@ def build(name: str, *, num_classes: int, width: float = 1.0) -> FeatureModel:
     check(name, width)
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
-    if name in _REGISTRY:
-        return _REGISTRY[name](num_classes=num_classes, width=width)
-    m = _WRN.match(name)
-    return WideResNet(depth=int(m.group(1)), widen=int(m.group(2)), num_classes=num_classes, width=width)
+    return MODELS.load(name)(num_classes=num_classes, width=width)
 
 
 def _ch(c: int, width: float) -> int:
@@ -290,26 +269,35 @@ def _init(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-@register("resnet18")
 def resnet18(*, num_classes: int, width: float = 1.0) -> FeatureModel:
     return CifarResNet(BasicBlock, [2, 2, 2, 2], num_classes, width)
 
 
-@register("resnet34")
 def resnet34(*, num_classes: int, width: float = 1.0) -> FeatureModel:
     return CifarResNet(BasicBlock, [3, 4, 6, 3], num_classes, width)
 
 
-@register("resnet50")
 def resnet50(*, num_classes: int, width: float = 1.0) -> FeatureModel:
     return CifarResNet(Bottleneck, [3, 4, 6, 3], num_classes, width)
 
 
-@register("wrn28_10")
 def wrn28_10(*, num_classes: int, width: float = 1.0) -> FeatureModel:
     return WideResNet(28, 10, num_classes, width)
 
 
-@register("resnet50_imagenet")
 def resnet50_imagenet(*, num_classes: int, width: float = 1.0) -> FeatureModel:
     return ImageNetResNet50(num_classes, width)
+
+
+def wide_resnet(*, depth: str, widen: str):
+    """The builder of `wrnD_K` (depth D = 6n+4, widening factor K), for the `wrnD_K` registry family."""
+    d, k = int(depth), int(widen)
+    if (d - 4) % 6 or d < 10:
+        raise ConfigError(f"WideResNet depth must be 6n+4 (10, 16, 22, 28, 40, ...), got {d}")
+    if k < 1:
+        raise ConfigError(f"WideResNet widening factor must be >= 1, got {k}")
+    return functools.partial(_wrn, d, k)
+
+
+def _wrn(depth: int, widen: int, *, num_classes: int, width: float = 1.0) -> FeatureModel:
+    return WideResNet(depth, widen, num_classes, width)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from lbfood.engine.data import register, register_family
+from lbfood.engine.data import register
 from lbfood.engine.data.base import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -232,5 +232,13 @@ def _flatten(found: dict[str, list[Path]], classes: tuple[str, ...]) -> tuple[li
     return files, torch.tensor(labels, dtype=torch.long)
 
 
-register_family("imagefolder", _imagefolder_family)
-register_family("folder", _folder_family)
+
+
+def imagefolder_family(path: str) -> DatasetSpec:
+    """`imagefolder:PATH` (declared in lbfood/engine/registries.py)."""
+    return _imagefolder_family(path)
+
+
+def folder_family(path: str) -> DatasetSpec:
+    """`folder:PATH` (declared in lbfood/engine/registries.py)."""
+    return _folder_family(path)

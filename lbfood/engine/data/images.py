@@ -71,20 +71,21 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def resize_center_crop(arr: np.ndarray, size: int) -> np.ndarray:
-    """Resize the shorter side to `size` (bilinear, antialiased), then centre crop size×size.
+def resize_center_crop(arr: np.ndarray, size: int, resize: int | None = None) -> np.ndarray:
+    """Resize the shorter side to `resize` (default `size`; bilinear, antialiased), then centre crop size×size.
 
-    The same arithmetic as torchvision's `Resize(size)` + `CenterCrop(size)` on a PIL image.
+    The same arithmetic as torchvision's `Resize(resize)` + `CenterCrop(size)` on a PIL image.
     Accepts uint8 (H, W), (H, W, 1) or (H, W, 3); returns uint8 (size, size, 3).
     """
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
+    resize = resize or size
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     h, w = arr.shape[:2]
-    if (h, w) != (size, size):
+    if (h, w) != (size, size) or resize != size:
         short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = size, int(size * long / short)
+        new_short, new_long = resize, int(resize * long / short)
         new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
         if (new_h, new_w) != (h, w):
             arr = np.asarray(Image.fromarray(arr).resize((new_w, new_h), Image.BILINEAR))
@@ -94,6 +95,15 @@ def resize_center_crop(arr: np.ndarray, size: int) -> np.ndarray:
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def eval_transform(arr: np.ndarray, size: int) -> np.ndarray:
+    """A decoded uint8 image as evaluation sees it at a run's input size, (size, size, 3).
+
+    Small runs (≤ 64 px, the CIFAR benchmarks): shorter side resized to `size`, then centre crop.
+    Larger runs (ImageNet): `Resize(round(size·256/224))` + `CenterCrop(size)`, the standard test transform.
+    """
+    return resize_center_crop(arr, size, size if size <= IN_MEMORY_MAX_SIZE else int(round(size * 256 / 224)))
 
 
 def resize_all(images: np.ndarray, size: int) -> np.ndarray:

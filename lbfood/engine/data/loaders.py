@@ -11,6 +11,7 @@ the *global* batch and keeps its own slice, so N processes see exactly the batch
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -180,6 +181,16 @@ class _FileDataset(torch.utils.data.Dataset):
             return torch.zeros(3, self.size, self.size), int(self.labels[i]), False
 
 
+def _eval_crop(img, size: int):
+    """The ImageNet test transform, Resize(round(size·256/224)) + CenterCrop(size), with the arithmetic
+    `lbfood score` uses (images.resize_center_crop)."""
+    import numpy as np
+
+    from lbfood.engine.data.images import resize_center_crop
+
+    return resize_center_crop(np.asarray(img), size, int(round(size * 256 / 224)))
+
+
 class FileLoader:
     """torchvision DataLoader for large images, yielding (x, y) on `device`.
 
@@ -201,7 +212,7 @@ class FileLoader:
             if aug.jitter > 0:
                 ops.append(T.ColorJitter(aug.jitter, aug.jitter, aug.jitter))
         else:
-            ops = [T.Resize(int(round(image_size * 256 / 224))), T.CenterCrop(image_size)]
+            ops = [functools.partial(_eval_crop, size=image_size)]
         ops += [T.ToTensor(), T.Normalize(mean, std)]
         ds = _FileDataset(images.files, images.labels, T.Compose(ops), image_size)
         self.device = torch.device(device)

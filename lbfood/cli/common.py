@@ -1,0 +1,147 @@
+"""What the commands share: the error guard, the multi-process launcher, shared options and parsers.
+
+Engine errors (LbfoodError) are caught once, in `guard`, and become one red line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lbfood.engine.registries import DATASETS, MODELS, SCORERS
+
+ARCH_NAMES = MODELS.help()
+DATA_HELP = (f"ID dataset: {DATASETS.help(role='id')}, or imagefolder:PATH (backdrops is embedded: no files). "
+             "`lbfood datasets` lists all with their expected paths.")
+SCORER_NAMES = SCORERS.help()
+
+@contextlib.contextmanager
+def guard():
+    """Turn engine errors into one line on stderr and exit code 2; Ctrl-C into exit code 130."""
+    from lbfood import render
+    from lbfood.engine.errors import LbfoodError
+
+    try:
+        yield
+    except LbfoodError as e:
+        from lbfood.engine.errors import ConfigError
+
+        me = rank()
+        if me == 0:
+            render.error(str(e))
+        elif not isinstance(e, ConfigError):  # flag errors are the same on every rank: rank 0 says it
+            render.error(f"rank {me}: {e}")
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        if rank() == 0:
+            render.error("interrupted")
+        raise typer.Exit(130) from None
+
+
+def rank() -> int:
+    """This process's rank under torchrun, 0 otherwise (from the environment: no torch needed)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
+def launch(devices: int, device: str, command: str) -> bool:
+    """`--devices N`, N > 1: run this command line again in N processes on this machine (torchrun's
+    agent) and return True when they all finished; False for N = 1 (nothing to launch)."""
+    import sys
+
+    from lbfood.engine import distributed
+    from lbfood.engine.errors import ConfigError, DistributedError
+
+    if devices < 1:
+        raise ConfigError(f"--devices must be >= 1, got {devices}")
+    if devices == 1:
+        return False
+    args, i = [], 0
+    raw = sys.argv[1:]
+    while i < len(raw):  # the same arguments without --devices
+        if raw[i] == "--devices":
+            i += 2
+            continue
+        if not raw[i].startswith("--devices="):
+            args.append(raw[i])
+        i += 1
+    if command not in args:
+        raise ConfigError(f"--devices: cannot find the `{command}` command line to re-run; use "
+                          f"`torchrun --nproc-per-node {devices} -m lbfood {command} ...`")
+    try:
+        distributed.launch_local(devices, args, cpu=not distributed.uses_cuda(device))
+    except DistributedError as e:
+        if e.exit_code == 2:  # a user error, which that process printed
+            raise typer.Exit(2) from None
+        raise
+    except KeyboardInterrupt:  # rank 0 said how to resume
+        raise typer.Exit(130) from None
+    return True
+
+
+def join(device: str):
+    """Join the process group torchrun set up (nothing to do for one process); only rank 0 prints."""
+    from lbfood import render
+    from lbfood.engine import distributed
+
+    dist = distributed.init_from_env(device)
+    if not dist.is_main:
+        render.console.quiet = True
+    return dist
+
+
+def milestones(text: str) -> tuple[int, ...]:
+    from lbfood.engine.errors import ConfigError
+
+    if not text.strip():
+        return ()
+    try:
+        return tuple(int(t) for t in text.replace(" ", "").split(","))
+    except ValueError:
+        raise ConfigError(f"--milestones takes comma-separated epochs like 15 or 30,60; got {text!r}") from None
+
+
+# Options shared by pretrain and finetune.
+Device = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")]
+Precision = Annotated[str, typer.Option(help="auto = bf16 on CUDA GPUs that support it, fp16 + GradScaler on "
+                                             "older ones, fp32 on CPU; or fp32, bf16, fp16.")]
+Seed = Annotated[int, typer.Option(help="Random seed (weights, data order, augmentation).")]
+Workers = Annotated[int, typer.Option(help="DataLoader worker processes (large-image datasets only).")]
+Compile = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; one line per epoch.")]
+DataRoot = Annotated[Path | None, typer.Option(help="Where datasets live.", show_default="$LBFOOD_DATA or ./data")]
+SyncBn = Annotated[bool, typer.Option("--sync-bn", help="Synchronise batch norm across processes (CUDA).")]
+Limit = Annotated[int | None, typer.Option(help="Use only the first N training and test images (smoke tests).")]
+Devices = Annotated[int, typer.Option(help="Processes to launch on this machine (data parallel, one per GPU; "
+                                           "--batch-size stays the global batch); 1 = no launcher. Under "
+                                           "torchrun, leave at 1.")]
+
+
+RunOpt = Annotated[str, typer.Option("--model", help="Run folder to evaluate.")]
+Params = Annotated[list[str] | None, typer.Option(
+    "--param", help="Scorer hyper-parameter METHOD.KEY=VALUE (repeatable), e.g. react.percentile=95.")]
+
+
+def params(items: list[str] | None, methods: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """`--param` values as {method: {key: value}}; KEY=VALUE alone applies to a single method."""
+    from lbfood.engine.errors import ConfigError
+
+    out: dict[str, dict[str, str]] = {}
+    for item in items or []:
+        lhs, eq, value = item.partition("=")
+        method, dot, key = lhs.strip().rpartition(".")
+        if not dot and len(methods) == 1:
+            method = methods[0]
+        if not eq or not key or not method:
+            raise ConfigError(f"--param {item!r}: expected METHOD.KEY=VALUE, e.g. react.percentile=95")
+        out.setdefault(method, {})[key] = value.strip()
+    return out
+
+
+def split_names(items: list[str] | None) -> tuple[str, ...]:
+    return tuple(n.strip() for item in items or [] for n in item.split(",") if n.strip())
+

@@ -1,0 +1,134 @@
+"""Evaluation commands: `lbfood report`, `lbfood score` and `lbfood datasets`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lbfood.cli import app
+from lbfood.cli.common import (
+    SCORER_NAMES,
+    DataRoot,
+    Device,
+    Params,
+    Precision,
+    RunOpt,
+    Workers,
+    guard,
+    join,
+    split_names,
+)
+from lbfood.cli.common import (
+    params as parse_params,
+)
+
+
+@app.command()
+def report(
+    model: RunOpt = "runs/latest",
+    id_data: Annotated[str | None, typer.Option(
+        "--id", help="ID dataset (its test split).", show_default="the benchmark's, else the run's dataset")] = None,
+    ood: Annotated[list[str] | None, typer.Option(
+        help="OOD dataset, repeatable (e.g. svhn, folder:PATH).",
+        show_default="the benchmark's, else the built-in benchmark of the ID set")] = None,
+    method: Annotated[list[str] | None, typer.Option(
+        help=f"Scorer, repeatable or comma-separated: {SCORER_NAMES}.", show_default="react")] = None,
+    compare: Annotated[list[str] | None, typer.Option(
+        help="Another run shown side by side (repeatable), e.g. the pretrained parent of a fine-tuned run.")] = None,
+    benchmark: Annotated[str | None, typer.Option(
+        help="backdrops, cifar10, cifar100, imagenet100 or a TOML file: sets --id/--ood and shows the "
+             "paper's numbers beside yours.")] = None,
+    fpr_convention: Annotated[str, typer.Option(
+        help="paper: ID positive (share of OOD kept at 95 % of ID kept); openood: OOD positive.")] = "paper",
+    all_metrics: Annotated[bool, typer.Option("--all-metrics", help="Also show AUPR-In and AUPR-Out.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Also write the result to FILE (.json, .csv or .md).")] = None,
+    param: Params = None,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    workers: Workers = 4,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress line.")] = False,
+) -> None:
+    """OOD detection metrics (FPR95, AUROC) of a run per OOD dataset and method, and its ID accuracy."""
+    with guard():
+        from lbfood import render_eval, writers
+        from lbfood.engine import distributed
+        from lbfood.engine.config import ReportConfig
+        from lbfood.engine.evaluation import report as evaluate
+
+        methods = split_names(method) or ("react",)
+        cfg = ReportConfig(model=model, id_data=id_data, ood=tuple(ood or ()), methods=methods,
+                           compare=tuple(compare or ()), benchmark=benchmark,
+                           data_root=str(data_root) if data_root else None, fpr_convention=fpr_convention,
+                           batch_size=batch_size, device=device, precision=precision,
+                           params=parse_params(param, methods), workers=workers)
+        fmt = writers.output_format(output) if output else None  # a bad extension fails before any work
+        dist = join(device)  # under torchrun: each rank extracts a shard; rank 0 prints and writes
+        with distributed.lost_peer(dist), render_eval.progress(quiet or not dist.is_main) as on_event:
+            result = evaluate.report(cfg, on_event=on_event, dist=dist)
+        if dist.is_main:
+            render_eval.report(result, all_metrics=all_metrics)
+            if output:
+                writers.write_report(result, output, fmt)
+                render_eval.wrote(output)
+        distributed.destroy()
+
+
+@app.command()
+def score(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")],
+    model: RunOpt = "runs/latest",
+    method: Annotated[str, typer.Option(help=f"Scorer: {SCORER_NAMES}.")] = "react",
+    threshold: Annotated[float | None, typer.Option(
+        help="γ: score ≥ γ ⇒ ID (paper Eq. 3).",
+        show_default="the run's threshold for --method keeping 95 % of its ID test images, computed and "
+                     "stored on first use")] = None,
+    param: Params = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+) -> None:
+    """Classify images and say whether each is in-distribution. Exit code 1 if any file failed."""
+    with guard():
+        from lbfood import render_eval
+        from lbfood.engine.config import ScoreConfig
+        from lbfood.engine.evaluation import score as evaluate
+
+        cfg = ScoreConfig(paths=tuple(paths), model=model, method=method, threshold=threshold,
+                          params=parse_params(param, (method,)).get(method, {}), batch_size=batch_size,
+                          data_root=str(data_root) if data_root else None, device=device, precision=precision)
+        with render_eval.progress(json_out) as on_event:
+            rows = evaluate.score_images(cfg, on_event=on_event)
+        if json_out:
+            typer.echo(render_eval.score_json(rows))
+        else:
+            render_eval.score_table(rows)
+    if any(r.error is not None for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def datasets(
+    data_root: DataRoot = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list (name, role, found, count, path).")] = False,
+) -> None:
+    """Which datasets are on disk, where each is expected, and how to obtain it."""
+    with guard():
+        import json
+
+        from lbfood import render_eval
+        from lbfood.engine.data import catalog, default_root
+
+        root = data_root if data_root is not None else default_root()
+        rows = catalog.describe(root)
+        if json_out:
+            keys = ("name", "role", "found", "count", "path")
+            typer.echo(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2))
+        else:
+            render_eval.datasets(rows, root)
+

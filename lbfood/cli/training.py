@@ -1,0 +1,223 @@
+"""Training commands: `lbfood pretrain`, `lbfood finetune` and `lbfood demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lbfood.cli import app
+from lbfood.cli.common import (
+    ARCH_NAMES,
+    DATA_HELP,
+    Compile,
+    DataRoot,
+    Device,
+    Devices,
+    Limit,
+    Precision,
+    Quiet,
+    Seed,
+    SyncBn,
+    Workers,
+    guard,
+    join,
+    launch,
+    rank,
+)
+from lbfood.cli.common import (
+    milestones as parse_milestones,
+)
+
+
+@app.command()
+def pretrain(
+    data: Annotated[str, typer.Option(help=DATA_HELP)] = "backdrops",
+    data_root: DataRoot = None,
+    arch: Annotated[str, typer.Option(help=f"Architecture: {ARCH_NAMES}.")] = "resnet18",
+    width: Annotated[float, typer.Option(help="Channel-width multiplier (e.g. 0.25 for CPU experiments).")] = 1.0,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD).")] = 0.1,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    nesterov: Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum.")] = False,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (not on BN/bias).")] = 5e-4,
+    schedule: Annotated[str, typer.Option(help="cosine (per step) or multistep (see --milestones).")] = "cosine",
+    milestones: Annotated[str, typer.Option(help="multistep: comma-separated epochs where lr ×= gamma.")] = "",
+    gamma: Annotated[float, typer.Option(help="multistep decay factor.")] = 0.1,
+    warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs.")] = 0,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing for CE.")] = 0.0,
+    jitter: Annotated[float, typer.Option(help="Colour-jitter strength (brightness, contrast, saturation); 0 = off.")] = 0.4,
+    val_split: Annotated[float, typer.Option(help="imagefolder with no train/test folders: share held out for test.")] = 0.0,
+    classes: Annotated[Path | None, typer.Option(help="imagenet100: class list file (one wnid per line).")] = None,
+    init: Annotated[Path | None, typer.Option(help="resnet50_imagenet: start from a local torchvision state dict.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder [default: runs/<time>-<data>-<arch>].")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue --out (or the newest run in runs/) from its last epoch.")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Fetch the dataset with torchvision if missing.")] = False,
+    sync_bn: SyncBn = False,
+    limit: Limit = None,
+    devices: Devices = 1,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    seed: Seed = 0,
+    workers: Workers = 4,
+    compile: Compile = False,
+    quiet: Quiet = False,
+) -> None:
+    """Pretrain a classifier with cross-entropy (paper §III-A) and write a run folder."""
+    with guard():
+        from lbfood import render
+        from lbfood.engine import distributed, pipeline
+        from lbfood.engine.config import TrainConfig
+        from lbfood.engine.training.setup import prepare_pretrain
+
+        cfg = TrainConfig(data=data, data_root=str(data_root) if data_root else None, arch=arch, width=width,
+                          epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
+                          weight_decay=weight_decay, schedule=schedule, milestones=parse_milestones(milestones),
+                          gamma=gamma, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, jitter=jitter,
+                          val_split=val_split, classes_file=str(classes) if classes else None,
+                          init=str(init) if init else None, device=device, precision=precision, seed=seed,
+                          out=str(out) if out else None, workers=workers, compile=compile, download=download,
+                          sync_bn=sync_bn, limit=limit)
+        if launch(devices, device, "pretrain"):
+            return
+        dist = join(device)
+        with distributed.lost_peer(dist):
+            session = prepare_pretrain(cfg, resume=resume, dist=dist)
+            _finish(render.training(pipeline.train(session), quiet=quiet))
+        distributed.destroy()
+
+
+def _finish(last) -> None:
+    """Summarise the final event; an interrupted run exits 130 after saying how to resume it."""
+    from lbfood import render
+    from lbfood.engine.events import Interrupted
+
+    if isinstance(last, Interrupted):
+        if rank() != 0:  # rank 0 says it
+            raise typer.Exit(130)
+        if last.run_dir is None:
+            render.warn("interrupted before the first epoch finished: nothing was kept")
+        else:
+            render.warn(f"interrupted after {last.epochs_done} epoch(s); continue with --resume --out {last.run_dir}")
+        raise typer.Exit(130)
+    if last is not None:
+        m = last.metrics
+        render.console.print(f"[green]done[/] in {last.seconds:.0f} s: test accuracy {m.get('test_acc', 0):.2%} "
+                             f"→ {last.run_dir}")
+
+
+@app.command()
+def finetune(
+    from_run: Annotated[Path, typer.Option("--from", help="Parent run to fine-tune.")] = Path("runs/latest"),
+    delta: Annotated[float | None, typer.Option(help="δ (Eq. 5): a location is background when p_j(true class) < δ. "
+                                                     "[default: preset: CIFAR-10 0.1, CIFAR-100/ImageNet-100 0.01, else 1/K]")] = None,
+    mu: Annotated[str | None, typer.Option(help="μ (Eq. 6): norm margin, a number or 'auto' (the --mu-quantile "
+                                                "quantile of the parent's background norms). [default: preset: "
+                                                "CIFAR-10 1, CIFAR-100 2, ImageNet-100 3, else auto]")] = None,
+    lam: Annotated[float | None, typer.Option("--lambda", help="λ (Eq. 7): weight of L_LFF; 0 = CE-only control. "
+                                                               "[default: 1]")] = None,
+    mask_from: Annotated[str, typer.Option(help="Which model picks background locations: current (the model being "
+                                                "fine-tuned) or pretrained (a frozen copy of the parent).")] = "current",
+    mu_quantile: Annotated[float, typer.Option(help="--mu auto: quantile of the parent's background norms.")] = 0.5,
+    epochs: Annotated[int | None, typer.Option(help="[default: preset: CIFAR 30, ImageNet-100 10, backdrops 4]")] = None,
+    lr: Annotated[float | None, typer.Option(help="[default: preset: CIFAR 0.1, ImageNet-100 5e-5, backdrops 0.01]")] = None,
+    milestones: Annotated[str | None, typer.Option(help="Epochs where lr ÷= 10. [default: preset: CIFAR 15, "
+                                                        "ImageNet-100 5, backdrops 2]")] = None,
+    batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 128,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum. [default: 0.9]")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay. [default: 1e-4]")] = None,
+    jitter: Annotated[float | None, typer.Option(help="Colour jitter; the paper drops it when fine-tuning. [default: 0]")] = None,
+    data: Annotated[str | None, typer.Option(help="ID dataset [default: the parent run's].")] = None,
+    data_root: DataRoot = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder [default: runs/<time>-<data>-<arch>-lff (or -ce)].")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue --out (or the newest run) from its last epoch.")] = False,
+    probe_batches: Annotated[int, typer.Option(help="ID training batches measured before the first step.")] = 4,
+    sync_bn: SyncBn = False,
+    limit: Limit = None,
+    devices: Devices = 1,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    seed: Seed = 0,
+    workers: Workers = 4,
+    compile: Compile = False,
+    quiet: Quiet = False,
+) -> None:
+    """Fine-tune a run with CE + λ·L_LFF (paper Eq. 7) and write a new run."""
+    with guard():
+        from lbfood import render
+        from lbfood.engine import distributed, pipeline
+        from lbfood.engine.config import FinetuneConfig
+        from lbfood.engine.training import finetune as ft
+
+        given = dict(delta=delta, mu=ft.parse_mu(mu), lam=lam, epochs=epochs, lr=lr,
+                     milestones=parse_milestones(milestones) if milestones is not None else None, momentum=momentum,
+                     weight_decay=weight_decay, jitter=jitter, data=data,
+                     data_root=str(data_root) if data_root else None)
+        cfg = FinetuneConfig(parent=str(from_run), mask_from=mask_from, mu_quantile=mu_quantile,
+                             batch_size=batch_size, out=str(out) if out else None, probe_batches=probe_batches,
+                             sync_bn=sync_bn, device=device, precision=precision, seed=seed, workers=workers,
+                             compile=compile, limit=limit, **{k: v for k, v in given.items() if v is not None})
+        if launch(devices, device, "finetune"):
+            return
+        dist = join(device)
+        with distributed.lost_peer(dist):
+            session = ft.prepare_finetune(cfg, resume=resume, dist=dist)
+            _finish(render.training(pipeline.train(session), quiet=quiet))
+        distributed.destroy()
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's runs (replaced if it holds an earlier demo).")]
+    = Path("runs/demo"),
+    device: Device = "auto",
+    seed: Seed = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Pretrain, fine-tune with L_LFF and with CE only, and compare them on the embedded `backdrops`
+    benchmark (offline, a few CPU minutes)."""
+    with guard():
+        import shutil
+        import time
+
+        from lbfood import render, render_eval
+        from lbfood.engine import demo as recipe
+        from lbfood.engine import pipeline
+        from lbfood.engine.evaluation import report as evaluate
+        from lbfood.engine.training.finetune import prepare_finetune
+        from lbfood.engine.training.setup import prepare_pretrain
+
+        if out.exists():
+            if not all((p / "run.json").is_file() for p in out.iterdir() if p.is_dir()):
+                from lbfood.engine.errors import ConfigError
+
+                raise ConfigError(f"--out {out} holds something other than demo runs; pick another folder")
+            shutil.rmtree(out)
+        t0 = time.time()
+        render.console.rule("[bold]1/4 pretrain with cross-entropy")
+        pre = render.training(pipeline.train(prepare_pretrain(recipe.pretrain_config(out, device=device,
+                                                                                       seed=seed))), quiet=quiet)
+        _finish(pre)
+        runs = {}
+        for step, lam, label in ((2, 1.0, "fine-tune with CE + λ·L_LFF"), (3, 0.0, "fine-tune with CE only "
+                                                                                   "(the control, λ = 0)")):
+            render.console.rule(f"[bold]{step}/4 {label}")
+            cfg = recipe.finetune_config(out, pre.run_dir, lam=lam, device=device, seed=seed)
+            last = render.training(pipeline.train(prepare_finetune(cfg)), quiet=quiet)
+            _finish(last)
+            runs[lam] = last
+        render.console.rule("[bold]4/4 report: pretrained vs CE-only vs LFF on backdrops")
+        rcfg = recipe.report_config(runs[1.0].run_dir, [pre.run_dir, runs[0.0].run_dir], device=device)
+        with render_eval.progress(quiet) as on_event:
+            result = evaluate.report(rcfg, on_event=on_event)
+        render_eval.report(result)
+        render.kv_table("lbfood demo", [
+            ("ID test accuracy", f"pretrained {pre.metrics['test_acc']:.2%}, CE-only "
+                                 f"{runs[0.0].metrics['test_acc']:.2%}, LFF {runs[1.0].metrics['test_acc']:.2%}"),
+            ("time", f"{time.time() - t0:.0f} s"),
+            ("runs", str(out)),
+            ("next", f"lbfood score IMAGE --model {runs[1.0].run_dir}"),
+        ])
+

@@ -1,0 +1,68 @@
+"""Calibration: the threshold γ of paper Eq. 3 (S(x) ≥ γ ⇒ ID) that keeps 95 % of a run's held-out ID
+images, stored in run.json (through `lbfood.engine.runs`) for `lbfood score`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lbfood.engine import runs
+from lbfood.engine.errors import ConfigError
+from lbfood.engine.evaluation.metrics import keep_threshold
+from lbfood.engine.evaluation.scorers import Scorer
+from lbfood.engine.evaluation.store import RunEval, data_root, jsonable, scorer_key
+from lbfood.engine.events import Step
+from lbfood.engine.runs import RunMeta
+from lbfood.engine.runtime import Runtime
+
+
+def calibrate(run_dir: str | os.PathLike, model: torch.nn.Module, meta: RunMeta, rt: Runtime,
+              method: str = "react", tpr: float = 0.95, *, params: dict[str, Any] | None = None,
+              root: str | os.PathLike | None = None, batch_size: int = 256, workers: int = 4,
+              on_event: Callable[[Step], None] | None = None, limit: int | None = None) -> dict[str, Any]:
+    """The threshold γ (paper Eq. 3) that keeps a share `tpr` of the run's held-out ID images (its
+    dataset's test split): {"method", "value", "tpr", "split", "data", "params"}, for run.json's
+    "threshold". Features and fitted scorers are cached in the run folder, so later reports reuse them.
+    `limit` (default: the run's own `--limit`, if it was trained with one) uses only the first images
+    of the training and test splits, as the run's smoke-test training did.
+    """
+    if not 0.0 < tpr <= 1.0:
+        raise ConfigError(f"tpr must be in (0, 1], got {tpr}")
+    run_dir = Path(run_dir)
+    if limit is None:
+        limit = meta.config.get("limit")
+    ev = RunEval(run_dir, model, meta, rt, id_data=meta.data, data_root=data_root(meta, root),
+                  batch_size=batch_size, workers=workers, on_event=on_event, limit=limit)
+    # The training split is extracted once here, with FeatureNorm's jigsaw norms too, so that later
+    # reports fit every scorer from the cache without another pass over the training data.
+    ev.jigsaw_train = True
+    s = ev.scorer(method, params)
+    scores = ev.scores(s, meta.data, "test", user_std=bool(params and "std" in params))
+    entry = {"method": method, "value": keep_threshold(scores, tpr), "tpr": tpr, "split": "test",
+             "data": meta.data, "params": jsonable(s.params)}
+    if limit is not None:
+        entry["limit"] = limit
+    return entry
+
+
+def stored_threshold(meta: RunMeta, s: Scorer) -> float | None:
+    """The run's calibrated threshold for scorer `s` (same method and parameters), if it has one."""
+    want = jsonable(s.params)
+    candidates = [meta.thresholds.get(scorer_key(s)), meta.threshold]
+    for entry in candidates:
+        if not isinstance(entry, dict) or entry.get("method") != s.name or "value" not in entry:
+            continue
+        if entry.get("params", want) == want:
+            return float(entry["value"])
+    return None
+
+
+def store_threshold(run_dir: str | os.PathLike, key: str, entry: dict[str, Any]) -> None:
+    """Add `entry` to run.json's "thresholds" under `key` (and as "threshold" if the run has none)."""
+    meta = runs.read(run_dir)
+    runs.update(run_dir, thresholds={**meta.thresholds, key: entry}, threshold=meta.threshold or entry)
+

@@ -1,0 +1,203 @@
+"""`lbfood report`: ID accuracy and, per method and OOD dataset, FPR95/AUROC/AUPR of a run and the runs
+compared with it, with the paper's numbers beside them (`--benchmark`). Returns data; the renderers
+print tables and write files (lbfood/render_eval.py, lbfood/writers.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lbfood.engine import distributed, runs
+from lbfood.engine.config import ReportConfig
+from lbfood.engine.data import DatasetSpec
+from lbfood.engine.data import get as get_dataset
+from lbfood.engine.distributed import DistInfo
+from lbfood.engine.errors import ConfigError
+from lbfood.engine.evaluation import metrics, scorers
+from lbfood.engine.evaluation.benchmarks import BUILTIN, load_benchmark
+from lbfood.engine.evaluation.store import RunEval, data_root, jsonable
+from lbfood.engine.events import Step
+from lbfood.engine.runtime import make_runtime
+
+# ---- results --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run's numbers. `metrics[method][dataset]` = {fpr95, auroc, aupr_in, aupr_out} as fractions;
+    dataset "average" is the mean over the OOD datasets."""
+
+    name: str
+    path: str
+    kind: str
+    arch: str
+    width: float
+    data: str
+    id_accuracy: float
+    metrics: dict[str, dict[str, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What `report` measured, and everything needed to read it later (convention, params, data root)."""
+
+    id_data: str
+    ood: tuple[str, ...]
+    methods: tuple[str, ...]
+    params: dict[str, dict[str, Any]]  # method -> the hyper-parameters it ran with
+    convention: str  # FPR95 convention, see metrics.py
+    runs: tuple[RunResult, ...]
+    data_root: str
+    num_images: dict[str, int]  # dataset -> images scored (the ID test split included)
+    benchmark: str | None = None
+    paper: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # fractions, like `metrics`
+    labels: dict[str, str] = field(default_factory=dict)  # method -> name as printed in the paper
+    extractions: int = 0  # forward passes over a dataset split (feature-cache misses)
+    odin_passes: int = 0  # ODIN's own passes (gradient + perturbed forward) over a split
+    fits: int = 0  # scorers fitted now (the others were loaded from <run>/scorers/)
+    notes: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ood"], d["methods"], d["notes"] = list(self.ood), list(self.methods), list(self.notes)
+        return d
+
+
+def _default_ood(id_data: str) -> tuple[str, ...]:
+    for name in BUILTIN:
+        bench = load_benchmark(name)
+        if bench.id == id_data:
+            return bench.ood
+    raise ConfigError(f"no OOD datasets for {id_data}: pass --ood NAME (repeatable; e.g. folder:PATH) or "
+                      "--benchmark; `lbfood datasets` lists the datasets")
+
+
+def _dedupe(items: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
+           dist: DistInfo | None = None) -> ReportResult:
+    """ID accuracy and, per method and OOD set, FPR95/AUROC/AUPR-In/AUPR-Out (fractions) of a run and
+    its `compare` runs; everything is validated before the first forward pass.
+
+    Under torchrun (`dist`), each rank extracts a shard of every split; all ranks get the same result
+    and only rank 0 writes (feature cache, fitted scorers)."""
+    t0 = time.time()
+    dist = dist or DistInfo()
+    if cfg.fpr_convention not in metrics.CONVENTIONS:
+        raise ConfigError(f"unknown --fpr-convention {cfg.fpr_convention!r}; valid: {', '.join(metrics.CONVENTIONS)}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    methods = _dedupe(cfg.methods)
+    if not methods:
+        raise ConfigError(f"no --method given; valid: {', '.join(scorers.names())}")
+    stray = sorted(set(cfg.params) - set(methods))
+    if stray:
+        raise ConfigError(f"parameters given for {', '.join(stray)}, which is not a requested --method")
+    protos = {m: scorers.get(m, **cfg.params.get(m, {})) for m in methods}  # unknown names/params raise
+    bench = load_benchmark(cfg.benchmark) if cfg.benchmark else None
+
+    metas = [runs.read(p) for p in (cfg.model, *cfg.compare)]
+    seen: set[Path] = set()
+    for m in metas:
+        if m.run_dir in seen:
+            raise ConfigError(f"run {m.run_dir} is given twice (--model/--compare)")
+        seen.add(m.run_dir)
+    first = metas[0]
+    id_data = cfg.id_data or (bench.id if bench else first.data)
+    id_spec = get_dataset(id_data)
+    if id_spec.role != "id":
+        raise ConfigError(f"--id {id_data} is an OOD set (no class labels); pass the ID dataset the run "
+                          f"was trained on ({first.data})")
+    ood = _dedupe(cfg.ood) if cfg.ood else (bench.ood if bench else _default_ood(id_data))
+    for name in ood:
+        spec = get_dataset(name)  # unknown names raise with the valid ones
+        if name == id_data:
+            raise ConfigError(f"--ood {name} is the ID dataset; pass OOD sets")
+        if spec.role == "id":
+            raise ConfigError(f"--ood {name} is an ID dataset (it has class labels); OOD sets are "
+                              f"{', '.join(s.name for s in _ood_specs())} or folder:PATH")
+    notes: list[str] = []
+    if bench is not None:
+        sizes = {int(m.input_size) for m in metas}
+        if sizes != {bench.image_size}:
+            notes.append(f"benchmark {bench.name} is evaluated at {bench.image_size} px; the run takes "
+                         f"{', '.join(map(str, sorted(sizes)))} px")
+        archs = sorted({m.arch for m in metas} - {bench.arch})
+        if archs and bench.paper:
+            notes.append(f"the paper's numbers are for {bench.arch}; this run is {', '.join(archs)}")
+    rt = make_runtime(distributed.rank_device(cfg.device, dist), cfg.precision)
+    root = data_root(first, cfg.data_root)
+    data: dict = {}
+    counts = {"extractions": 0, "odin_passes": 0, "fits": 0}
+    num_images: dict[str, int] = {}
+    results = []
+    for run in metas:
+        run_dir = run.run_dir
+        model, meta = runs.load_run(run_dir, rt.device)
+        model = rt.prepare(model)
+        ev = RunEval(run_dir, model, meta, rt, id_data=id_data, data_root=root, batch_size=cfg.batch_size,
+                      workers=cfg.workers, data=data, on_event=on_event, dist=dist)
+        ev.jigsaw_train = any(p.name == "featurenorm" and p.needs_fit and not p.fitted for p in protos.values())
+        try:
+            test = ev.features(id_data, "test")
+            num_images[id_data] = len(test)
+            accuracy = metrics.accuracy(test.logits, test.labels)
+            per_method: dict[str, dict[str, dict[str, float]]] = {}
+            for m in methods:
+                params = cfg.params.get(m, {})
+                s = ev.scorer(m, params)
+                user_std = "std" in params
+                id_scores = ev.scores(s, id_data, "test", user_std=user_std)
+                rows: dict[str, dict[str, float]] = {}
+                for name in ood:
+                    ood_scores = ev.scores(s, name, "test", user_std=user_std)
+                    num_images[name] = len(ood_scores)
+                    rows[name] = metrics.summarize(id_scores, ood_scores, cfg.fpr_convention)
+                rows["average"] = {k: float(np.mean([rows[n][k] for n in ood])) for k in metrics.SUMMARY_KEYS}
+                per_method[m] = rows
+        finally:
+            for k in counts:
+                counts[k] += getattr(ev, k)
+            notes.extend(n for n in ev.notes if n not in notes)
+        results.append(RunResult(name=run_dir.name, path=str(run_dir), kind=meta.kind,
+                                 arch=meta.arch, width=float(meta.width), data=meta.data,
+                                 id_accuracy=accuracy, metrics=per_method))
+        del model, ev
+
+    paper: dict[str, dict[str, dict[str, float]]] = {}
+    if bench is not None:
+        comparable = set(ood) == set(bench.ood)
+        for m in methods:
+            rows = bench.paper.get(m, {})
+            kept = {ds: {k: v / 100.0 for k, v in cell.items()} for ds, cell in rows.items()
+                    if ds in ood or (ds == "average" and comparable)}
+            if kept:
+                paper[m] = kept
+    params = {m: jsonable(protos[m].params) for m in methods}
+    for m in methods:
+        if protos[m].needs_images and "std" in params[m] and "std" not in cfg.params.get(m, {}):
+            params[m]["std"] = list(first.std)  # ODIN divides its step by the run's std (see odin.py)
+    if bench is not None and bench.paper and id_data != bench.id:
+        notes.append(f"the paper's numbers are for ID {bench.id}, not {id_data}")
+    result = ReportResult(
+        id_data=id_data, ood=tuple(ood), methods=methods, params=params, convention=cfg.fpr_convention,
+        runs=tuple(results), data_root=str(root), num_images=num_images,
+        benchmark=bench.name if bench else None, paper=paper,
+        labels={m: bench.labels[m] for m in methods if bench and m in bench.labels},
+        notes=tuple(notes), seconds=round(time.time() - t0, 3), **counts)
+    return result
+
+
+def _ood_specs() -> list[DatasetSpec]:
+    from lbfood.engine.data import specs
+
+    return [s for s in specs() if s.role == "ood"]
+

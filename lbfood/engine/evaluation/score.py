@@ -1,0 +1,154 @@
+"""`lbfood score`: a verdict (ID / OOD at the threshold γ, paper Eq. 3) for each of the user's image files."""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lbfood.engine import runs
+from lbfood.engine.config import ScoreConfig
+from lbfood.engine.data.images import decode, eval_transform
+from lbfood.engine.errors import ConfigError, DataError
+from lbfood.engine.evaluation import features as fx
+from lbfood.engine.evaluation import scorers
+from lbfood.engine.evaluation.calibrate import calibrate, store_threshold, stored_threshold
+from lbfood.engine.evaluation.store import RunEval, data_root, scorer_key
+from lbfood.engine.events import Step
+from lbfood.engine.runtime import make_runtime
+
+
+@dataclass(frozen=True)
+class Row:
+    """One scored file. `error` is set (and the rest None) when it could not be read or scored."""
+
+    file: str
+    predicted: str | None = None  # class name
+    confidence: float | None = None  # max softmax probability
+    score: float | None = None  # higher = more in-distribution (paper Eq. 3)
+    verdict: str | None = None  # "ID" (score ≥ threshold) or "OOD"
+    error: str | None = None
+    method: str = ""
+    threshold: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _walk(folder: Path) -> list[Path]:
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(Path(dirpath, f) for f in filenames if not f.startswith("."))
+    return sorted(found, key=str)
+
+
+def expand_paths(paths: Sequence[str]) -> list[tuple[str, str | None]]:
+    """(file, error) pairs for files, folders (every non-hidden file, recursively) and globs, in order,
+    each file once; a path that names nothing becomes an error entry."""
+    out: dict[str, str | None] = {}
+    for p in paths:
+        path = Path(p).expanduser()
+        if path.is_file():
+            out.setdefault(str(path), None)
+        elif path.is_dir():
+            files = _walk(path)
+            if not files:
+                out.setdefault(str(path), "empty folder: no files to score")
+            for f in files:
+                out.setdefault(str(f), None)
+        elif glob.has_magic(p):
+            matches = sorted(glob.glob(os.path.expanduser(p), recursive=True))
+            if not matches:
+                out.setdefault(p, "no file matches this pattern")
+            for m in matches:
+                mp = Path(m)
+                for f in (_walk(mp) if mp.is_dir() else [mp]):
+                    out.setdefault(str(f), None)
+        else:
+            out.setdefault(p, "file not found")
+    return list(out.items())
+
+
+def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = None) -> list[Row]:
+    """Score each image file with `cfg.method`: predicted class, confidence, score and verdict (ID if
+    score ≥ γ, paper Eq. 3). γ is `cfg.threshold`, else the run's calibrated one (computed on the ID
+    test split and stored in run.json on first use). Unreadable files become error rows."""
+    if not cfg.paths:
+        raise ConfigError("no images given; pass files, folders or globs, e.g. `lbfood score photos/`")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.threshold is not None and not math.isfinite(cfg.threshold):
+        raise ConfigError(f"--threshold must be a finite number, got {cfg.threshold}")
+    s = scorers.get(cfg.method, **cfg.params)  # unknown names and parameters raise before any work
+    rt = make_runtime(cfg.device, cfg.precision)
+    model, meta = runs.load_run(cfg.model, rt.device)
+    model = rt.prepare(model)
+    run_dir = meta.run_dir
+    ev = RunEval(run_dir, model, meta, rt, id_data=meta.data, data_root=data_root(meta, cfg.data_root),
+                  batch_size=cfg.batch_size, workers=0, on_event=on_event,
+                  limit=meta.config.get("limit"))  # fitted as calibrate fits it
+    try:
+        s = ev.scorer(cfg.method, cfg.params)
+    except DataError as e:
+        raise DataError(f"{cfg.method} must be fitted on the run's training data first: {e}") from None
+    threshold = cfg.threshold if cfg.threshold is not None else stored_threshold(meta, s)
+    if threshold is None:
+        try:
+            entry = calibrate(run_dir, model, meta, rt, cfg.method, params=cfg.params,
+                              root=cfg.data_root, batch_size=cfg.batch_size,
+                              workers=0, on_event=on_event)
+        except DataError as e:
+            raise DataError(f"the run has no {cfg.method} threshold and calibrating one needs its ID test "
+                            f"split ({e}); or pass --threshold X") from None
+        store_threshold(run_dir, scorer_key(s), entry)
+        threshold = entry["value"]
+
+    entries = expand_paths(cfg.paths)
+    rows: dict[str, Row] = {}
+    good: list[tuple[str, np.ndarray]] = []
+    size = int(meta.input_size)
+    mean = torch.tensor(ev.mean).view(1, 3, 1, 1)
+    std = torch.tensor(ev.std).view(1, 3, 1, 1)
+    classes = list(meta.classes)
+
+    def flush() -> None:
+        if not good:
+            return
+        x = torch.from_numpy(np.stack([a for _, a in good])).permute(0, 3, 1, 2).float().div_(255)
+        x = ((x - mean) / std).to(rt.device)
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        batch = [(x, None)]
+        feats = fx.extract(model, batch, device=rt.device, precision=rt.precision, blocks=s.needs_blocks)
+        if s.needs_images:
+            sc = s.score_images(model, batch, device=rt.device, std=None if "std" in cfg.params else ev.std)
+        else:
+            sc = s.score(feats)
+        probs = torch.softmax(feats.logits, dim=1)
+        conf, pred = probs.max(dim=1)
+        for (f, _), c, p, v in zip(good, conf.tolist(), pred.tolist(), sc.tolist(), strict=True):
+            rows[f] = Row(f, predicted=classes[p] if p < len(classes) else str(p), confidence=c, score=v,
+                          verdict="ID" if v >= threshold else "OOD", method=s.name, threshold=threshold)
+        good.clear()
+
+    for f, err in entries:
+        if err is not None:
+            rows[f] = Row(f, error=err, method=s.name, threshold=threshold)
+            continue
+        try:
+            good.append((f, eval_transform(decode(f), size)))
+        except DataError as e:
+            msg = str(e)
+            rows[f] = Row(f, error=msg.removeprefix(f"{f}: "), method=s.name, threshold=threshold)
+        if len(good) >= cfg.batch_size:
+            flush()
+    flush()
+    return [rows[f] for f, _ in entries]

@@ -1,0 +1,41 @@
+"""Every model, dataset and scorer name lbfood knows, declared without importing anything heavy.
+
+The CLI builds its choices and `--help` text from these; the engine builds objects with `.load`.
+Add a new architecture, dataset or scorer here and in its own module.
+"""
+
+from __future__ import annotations
+
+from lbfood.engine.errors import ConfigError, DataError
+from lbfood.engine.registry import Registry
+
+_M = "lbfood.engine.models"
+MODELS = Registry("architecture", ConfigError)
+MODELS.add("resnet18", f"{_M}:resnet18", input_size=32)
+MODELS.add("resnet34", f"{_M}:resnet34", input_size=32)
+MODELS.add("resnet50", f"{_M}:resnet50", input_size=32)
+MODELS.add("wrn28_10", f"{_M}:wrn28_10", input_size=32)
+MODELS.add("resnet50_imagenet", f"{_M}:resnet50_imagenet", input_size=224)
+MODELS.add_family(r"wrn(?P<depth>\d+)_(?P<widen>\d+)", f"{_M}:wide_resnet", "wrnD_K", input_size=32)
+
+_S = "lbfood.engine.evaluation.scorers"
+SCORERS = Registry("scorer", ConfigError)
+for _name, _cls in (("msp", "msp:MSP"), ("maxlogit", "maxlogit:MaxLogit"), ("energy", "energy:Energy"),
+                    ("odin", "odin:ODIN"), ("react", "react:ReAct"), ("mahalanobis", "mahalanobis:Mahalanobis"),
+                    ("knn", "knn:KNN"), ("vim", "vim:ViM"), ("dice", "dice:DICE"), ("dice_react", "dice:DICEReAct"),
+                    ("ash", "ash:ASH"), ("featurenorm", "featurenorm:FeatureNorm")):
+    SCORERS.add(_name, f"{_S}.{_cls}")
+
+_D = "lbfood.engine.data"
+DATASETS = Registry("dataset", DataError)
+for _name, _module, _role in (
+        ("backdrops", "backdrops", "id"), ("backdrops-scenes", "backdrops", "ood"),
+        ("backdrops-novel", "backdrops", "ood"), ("backdrops-noise", "backdrops", "ood"),
+        ("cifar10", "cifar", "id"), ("cifar100", "cifar", "id"), ("mnist", "digits", "id"),
+        ("fashion-mnist", "digits", "id"), ("imagenet100", "imagenet", "id"), ("svhn", "svhn", "ood"),
+        ("lsun_c", "folders", "ood"), ("lsun_r", "folders", "ood"), ("isun", "folders", "ood"),
+        ("textures", "folders", "ood"), ("places365", "folders", "ood"), ("inaturalist", "imagenet", "ood"),
+        ("sun", "imagenet", "ood"), ("places", "imagenet", "ood")):
+    DATASETS.add(_name, f"{_D}.{_module}", role=_role)
+DATASETS.add_family(r"imagefolder:(?P<path>.*)", f"{_D}.folders:imagefolder_family", "imagefolder:PATH", role="id")
+DATASETS.add_family(r"folder:(?P<path>.*)", f"{_D}.folders:folder_family", "folder:PATH", role="ood")

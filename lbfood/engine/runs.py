@@ -1,0 +1,291 @@
+"""Run folders: the one module that creates, resumes, finds, loads and writes them.
+
+    model.safetensors        the weights (unwrapped: no `module.` / `_orig_mod.` prefixes)
+    run.json                 `RunMeta`: architecture, width, classes, input size, normalisation, dataset,
+                             the resolved config, versions, status, final metrics, calibrated thresholds
+    train_state.safetensors  optimizer buffers, epoch, RNG state: what `--resume` needs
+    metrics.jsonl            one JSON line per epoch
+    cache/, scorers/         evaluation's extracted features and fitted scorer statistics
+
+`write` (and `update`, built on it) is the only writer of run.json; every write is atomic.
+Loading never unpickles, and a run.json is validated (keys and types) before anything uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lbfood import RUN_FORMAT, __version__
+from lbfood.engine import models
+from lbfood.engine.errors import RunError
+from lbfood.engine.io import atomic_write_json, load_tensors, save_tensors
+
+RUNS_DIR = Path("runs")
+SCHEMA = RUN_FORMAT  # the schema version of run.json ("format"); another version is refused on load
+
+
+@dataclass
+class RunMeta:
+    """What run.json records. `run_dir` is where it was read from (not stored)."""
+
+    kind: str  # pretrain | finetune
+    arch: str
+    width: float  # channel multiplier
+    classes: list[str]
+    input_size: int  # pixels
+    mean: list[float]  # normalisation, per RGB channel
+    std: list[float]
+    data: str
+    config: dict[str, Any]  # the resolved TrainConfig / FinetuneConfig
+    preset: str | None = None
+    status: str = "running"  # running | interrupted | done
+    created: float = field(default_factory=time.time)
+    epochs_done: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float | None = None
+    threshold: dict[str, Any] | None = None  # the default scorer's calibrated γ (paper Eq. 3)
+    thresholds: dict[str, dict[str, Any]] = field(default_factory=dict)  # scorer key -> calibrated γ
+    parent: str | None = None  # finetune: the run it started from
+    probe: dict[str, Any] | None = None  # finetune: the parent's background share and norm quantiles
+    mu_auto: bool | None = None  # finetune: μ was measured (`--mu auto`)
+    run_dir: Path | None = field(default=None, compare=False)
+
+    _OPTIONAL = ("seconds", "threshold", "parent", "probe", "mu_auto")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"format": SCHEMA, "lbfood": __version__, "torch": torch.__version__}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "run_dir" or (f.name in self._OPTIONAL and v is None) or (f.name == "thresholds" and not v):
+                continue
+            d[f.name] = v
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str | os.PathLike = "run.json") -> RunMeta:
+        """Validate keys and types; any problem raises RunError naming the file."""
+        if not isinstance(d, dict) or "format" not in d:
+            raise RunError(f"{where} is not an lbfood run description; pass a run folder")
+        if d["format"] != SCHEMA:
+            raise RunError(f"{where} was written by lbfood {d.get('lbfood', '?')} (run format {d['format']}); "
+                           f"this lbfood {__version__} reads format {SCHEMA}: re-run it with this version or "
+                           "use the version that wrote it")
+        names = {f.name for f in dataclasses.fields(cls)} - {"run_dir"}
+        kw = {k: v for k, v in d.items() if k in names}
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name in names and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING and f.name not in kw]
+        if missing:
+            raise RunError(f"{where} lacks {', '.join(missing)}; the run is incomplete or from another tool: "
+                           "re-run the training that made it")
+
+        def bad(key: str, want: str) -> RunError:
+            return RunError(f"{where}: {key} must be {want}, got {kw[key]!r}; the file was edited or damaged: "
+                            "re-run the training that made it")
+
+        def number(x: Any) -> bool:
+            return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+        for key in ("kind", "arch", "data", "status"):
+            if key in kw and not isinstance(kw[key], str):
+                raise bad(key, "text")
+        if not (number(kw["width"]) and kw["width"] > 0):
+            raise bad("width", "a finite number > 0")
+        if not (isinstance(kw["input_size"], int) and not isinstance(kw["input_size"], bool) and kw["input_size"] > 0):
+            raise bad("input_size", "a positive integer")
+        if not (isinstance(kw["classes"], list) and kw["classes"] and all(isinstance(c, str) for c in kw["classes"])):
+            raise bad("classes", "a non-empty list of class names")
+        for key in ("mean", "std"):
+            v = kw[key]
+            if not (isinstance(v, list) and len(v) == 3 and all(number(x) for x in v)) or \
+                    (key == "std" and min(v) <= 0):
+                raise bad(key, "three finite numbers (RGB)" + (" > 0" if key == "std" else ""))
+        if not isinstance(kw["config"], dict):
+            raise bad("config", "a JSON object")
+        for key in ("metrics", "thresholds"):
+            if key in kw and not isinstance(kw[key], dict):
+                raise bad(key, "a JSON object")
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> RunMeta:
+        return dataclasses.replace(self, **changes)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside DDP and torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+# ---- finding and creating folders -----------------------------------------------------------------
+
+
+def new_run_dir(data: str, arch: str, root: Path = RUNS_DIR, kind: str = "") -> Path:
+    """runs/<time>-<data>-<arch>[-kind], made unique with a suffix if needed (not created here)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in data.split("/")[-1] or data)
+    base = root / f"{stamp}-{safe}-{arch}{'-' + kind if kind else ''}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def resume_target(out: str | os.PathLike | None) -> Path:
+    """The run to resume: `out`, else the newest run folder under runs/."""
+    if out:
+        p = Path(out)
+        if not (p / "run.json").is_file():
+            raise RunError(f"--resume: {p} is not a run folder (no run.json); pass the run to resume with --out")
+        return p
+    found = sorted(p for p in RUNS_DIR.glob("*") if (p / "run.json").is_file() and not p.is_symlink())
+    if not found:
+        raise RunError("--resume: no run under runs/ to resume; pass --out RUN")
+    return found[-1]
+
+
+def output_dir(out: str | os.PathLike | None, *, resume: bool, data: str, arch: str, suffix: str = "") -> Path:
+    """Where a training run writes: the run to resume, `out` (new or empty), or a new runs/ folder."""
+    if resume:
+        return resume_target(out)
+    if out:
+        p = Path(out)
+        if p.exists() and (not p.is_dir() or any(p.iterdir())):
+            raise RunError(f"--out {p} already exists and is not empty; pick a new folder or add --resume")
+        return p
+    return new_run_dir(data, arch, kind=suffix)
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A run folder; `runs/latest` (or any symlink) resolved. Missing folders raise RunError."""
+    p = Path(path)
+    if not p.exists():
+        hint = " (no run yet: run `lbfood pretrain` first)" if p.name == "latest" else ""
+        raise RunError(f"run {p} not found{hint}")
+    if not p.is_dir():
+        raise RunError(f"{p} is not a run folder")
+    return p.resolve()
+
+
+def point_latest(run_dir: Path, runs: Path | None = None) -> None:
+    """Make runs/latest a (relative) symlink to `run_dir`, replaced atomically: later commands default to it."""
+    runs = runs or RUNS_DIR
+    runs.mkdir(parents=True, exist_ok=True)
+    latest = runs / "latest"
+    tmp = runs / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(os.path.relpath(Path(run_dir).resolve(), runs.resolve()))
+    os.replace(tmp, latest)
+
+
+# ---- run.json: the one reader and the one writer --------------------------------------------------
+
+
+def read(path: str | os.PathLike) -> RunMeta:
+    """The run's validated run.json, with `run_dir` set to the resolved folder."""
+    run_dir = resolve(path)
+    meta_path = run_dir / "run.json"
+    if not meta_path.is_file():
+        raise RunError(f"{run_dir} is not an lbfood run (no run.json); pass a folder written by "
+                       "`lbfood pretrain` or `lbfood finetune`")
+    try:
+        raw = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunError(f"{meta_path} is corrupt (not JSON); re-run the training that made it") from None
+    except OSError as e:
+        raise RunError(f"{meta_path} cannot be read ({e.strerror}); check its permissions") from None
+    meta = RunMeta.from_dict(raw, meta_path)
+    meta.run_dir = run_dir
+    return meta
+
+
+def write(run_dir: str | os.PathLike, meta: RunMeta) -> None:
+    """Write run.json atomically: the only place that does."""
+    atomic_write_json(Path(run_dir) / "run.json", meta.to_dict())
+
+
+def update(run_dir: str | os.PathLike, **changes: Any) -> RunMeta:
+    """Read run.json, replace `changes`, write it back; returns the new metadata."""
+    meta = read(run_dir).replace(**changes)
+    write(meta.run_dir, meta)
+    return meta
+
+
+# ---- weights and training state -------------------------------------------------------------------
+
+
+def save_model(run_dir: Path, model: torch.nn.Module) -> None:
+    save_tensors(run_dir / "model.safetensors", unwrap(model).state_dict())
+
+
+def build_from_meta(meta: RunMeta) -> models.FeatureModel:
+    return models.build(meta.arch, num_classes=len(meta.classes), width=float(meta.width))
+
+
+def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[models.FeatureModel, RunMeta]:
+    """(model in eval mode, run.json). Never unpickles: weights come from safetensors."""
+    meta = read(path)
+    weights = meta.run_dir / "model.safetensors"
+    if not weights.is_file():
+        raise RunError(f"{meta.run_dir} has no model.safetensors (status: {meta.status}); "
+                       "finish or --resume that run first")
+    model = build_from_meta(meta)
+    try:
+        state = load_tensors(weights)
+    except Exception:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise RunError(f"{weights} is corrupt; re-run the training that made it") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError:  # shapes differ: run.json (classes, width) does not describe these weights
+        missing, unexpected = ["(shape mismatch)"], []
+    if missing or unexpected:
+        raise RunError(f"{weights} does not match run.json ({meta.arch} width {meta.width:g}, "
+                       f"{len(meta.classes)} classes); the folder mixes two runs: re-run the training that made it")
+    return model.to(device).eval(), meta
+
+
+def save_train_state(run_dir: Path, optimizer: torch.optim.Optimizer, epoch: int,
+                     scaler: torch.amp.GradScaler | None = None) -> None:
+    """Optimizer buffers, the next epoch to run, RNG state: enough to resume bit-for-bit on one device."""
+    tensors: dict[str, torch.Tensor] = {"epoch": torch.tensor(epoch), "rng_cpu": torch.get_rng_state()}
+    for i, group in enumerate(optimizer.param_groups):
+        for j, p in enumerate(group["params"]):
+            st = optimizer.state.get(p, {})
+            if "momentum_buffer" in st and st["momentum_buffer"] is not None:
+                tensors[f"opt.{i}.{j}.momentum_buffer"] = st["momentum_buffer"]
+    if scaler is not None and scaler.is_enabled():
+        tensors["scaler_scale"] = scaler.get_scale() * torch.ones(())
+    save_tensors(run_dir / "train_state.safetensors", tensors)
+
+
+def load_train_state(run_dir: Path, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler | None = None) -> int:
+    """Restore what save_train_state wrote; returns the next epoch."""
+    path = run_dir / "train_state.safetensors"
+    if not path.is_file():
+        raise RunError(f"{run_dir} has no train_state.safetensors: it finished no epoch; start it afresh")
+    t = load_tensors(path)
+    for i, group in enumerate(optimizer.param_groups):
+        for j, p in enumerate(group["params"]):
+            key = f"opt.{i}.{j}.momentum_buffer"
+            if key in t:
+                optimizer.state[p]["momentum_buffer"] = t[key].to(p.device)
+    torch.set_rng_state(t["rng_cpu"])
+    if scaler is not None and "scaler_scale" in t:
+        scaler.update(float(t["scaler_scale"]))
+    return int(t["epoch"])

@@ -1,0 +1,215 @@
+"""Fine-tuning with L = CE + λ·L_LFF (paper §IV-B, Eq. 7), through the shared training loop.
+
+Presets follow the paper (§V-A); every field can be overridden flag by flag:
+
+    dataset       δ (Eq. 5)  μ (Eq. 6)  λ (Eq. 7)  epochs  lr     ÷10 at
+    cifar10       0.1        1          1          30      0.1    15
+    cifar100      0.01       2          1          30      0.1    15
+    imagenet100   0.01       3          1          10      5e-5   5
+    backdrops     1/K        auto       1          4       0.01   2
+    custom        1/K        auto       1          CIFAR recipe at 32 px, ImageNet recipe at 224 px
+
+δ = 1/K for data without a paper preset generalises the paper's choices (0.1 for 10 classes, 0.01 for
+100): a location is background when it gives the true class less than chance probability. μ has no
+portable value (feature norms depend on depth, width and training), so it is measured: `--mu auto`
+sets μ to the `mu_quantile` (default 0.5) quantile of the parent model's background-location norms.
+
+Where the mask comes from: by default the model being fine-tuned (its current head and features, the
+reading of Fig. 4 where one network both classifies and selects); `--mask-from pretrained` uses a
+frozen copy of the starting model, so the set S of Eq. 5 is fixed as in the paper's "extract, then
+fine-tune" wording (§IV-A). The two differ once the head moves; both are available for comparison.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from lbfood.engine import runs
+from lbfood.engine.config import FinetuneConfig
+from lbfood.engine.data import get as get_dataset
+from lbfood.engine.data.loaders import Augment, make_loader
+from lbfood.engine.distributed import DistInfo, rank_device
+from lbfood.engine.errors import ConfigError, RunError
+from lbfood.engine.events import Note
+from lbfood.engine.runtime import make_runtime, seed_everything
+from lbfood.engine.training import losses
+from lbfood.engine.training.setup import Session, check_parallel, load_id_data, new_meta
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cifar10": dict(delta=0.1, mu=1.0, lam=1.0, epochs=30, lr=0.1, milestones=(15,)),
+    "cifar100": dict(delta=0.01, mu=2.0, lam=1.0, epochs=30, lr=0.1, milestones=(15,)),
+    "imagenet100": dict(delta=0.01, mu=3.0, lam=1.0, epochs=10, lr=5e-5, milestones=(5,)),
+    "backdrops": dict(delta=None, mu="auto", lam=1.0, epochs=4, lr=0.01, milestones=(2,)),
+    "custom32": dict(delta=None, mu="auto", lam=1.0, epochs=30, lr=0.1, milestones=(15,)),
+    "custom224": dict(delta=None, mu="auto", lam=1.0, epochs=10, lr=5e-5, milestones=(5,)),
+}
+# Shared by every preset (paper §V-A): SGD momentum 0.9, weight decay 1e-4, no colour jitter.
+COMMON = dict(momentum=0.9, weight_decay=1e-4, schedule="multistep", gamma=0.1, jitter=0.0, warmup_epochs=0)
+
+
+def preset_for(preset: str, input_size: int) -> dict[str, Any]:
+    if preset in PRESETS:
+        return PRESETS[preset]
+    return PRESETS["custom224" if input_size > 64 else "custom32"]
+
+
+def preset_values(preset: str, input_size: int, num_classes: int) -> dict[str, Any]:
+    """The fine-tuning recipe for a dataset preset (δ = 1/K where the paper gives none)."""
+    p = {**COMMON, **preset_for(preset, input_size)}
+    if p["delta"] is None:
+        p["delta"] = 1.0 / num_classes
+    return p
+
+
+def parse_mu(text: str | None) -> float | str | None:
+    """`--mu` text: a number, 'auto', or None (preset)."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--mu takes a number >= 0 or 'auto', got {text!r}") from None
+
+
+class LFFHook:
+    """L_LFF as a loss hook: returns λ·L_LFF and the running statistics shown while training.
+
+    Under data parallelism the mean of Eq. 6 is taken over the background locations of the whole
+    global batch: the count G is summed over ranks (an all-reduce of one number, no host sync) and rank
+    r returns W·S_r / G for its own hinge sum S_r (W processes). DDP averages gradients over ranks, so
+    the step follows ∇(Σ_r S_r / G), the gradient of the global-batch mean, exactly as one process on
+    the whole batch; ranks with fewer (or no) background locations are weighted correctly. The logged
+    value is divided by W again when the ranks' per-step values are summed (`_read_metrics`).
+    """
+
+    def __init__(self, model: torch.nn.Module, delta: float, mu: float, lam: float,
+                 frozen: torch.nn.Module | None = None, dist: DistInfo | None = None):
+        self.model, self.delta, self.mu, self.lam, self.frozen = model, delta, mu, lam, frozen
+        self.dist = dist or DistInfo()
+
+    def __call__(self, x, y, logits, fmap):
+        head = runs.unwrap(self.model).head
+        if self.frozen is not None:
+            with torch.no_grad():
+                mask = losses.background_mask(self.frozen.forward_features(x), self.frozen.head, y, self.delta)
+        else:
+            mask = losses.background_mask(fmap, head, y, self.delta)
+        count = None
+        if self.dist.enabled:
+            count = mask.sum().float()
+            torch.distributed.all_reduce(count)
+            # G / W, with G clamped first: clamping G / W itself would be wrong for 0 < G < W.
+            count = count.clamp_min(1) / self.dist.world
+        loss, norms = losses.lff_from_mask(fmap, mask, self.mu, count)
+        m = mask.float()
+        stats = {"mean_lff": loss.detach(), "bg": m.sum(), "loc": torch.tensor(float(m.numel()), device=m.device),
+                 "bg_norm": (norms * m).sum(), "fg_norm": (norms * (1 - m)).sum()}
+        return self.lam * loss, stats
+
+    @staticmethod
+    def summarize(sums: dict[str, float], steps: int) -> dict[str, float]:
+        bg, loc = sums["bg"], sums["loc"]
+        return {"lff": sums["mean_lff"] / max(steps, 1), "bg_share": bg / max(loc, 1),
+                "bg_norm": sums["bg_norm"] / max(bg, 1), "fg_norm": sums["fg_norm"] / max(loc - bg, 1)}
+
+
+@torch.inference_mode()
+def probe(model, loader, delta: float, batches: int, rt) -> dict[str, Any]:
+    """Background share and norm quantiles (10/50/90 %) of the parent model on a few ID training batches."""
+    model.eval()
+    bg_norms, fg_norms, total = [], [], 0
+    for i, (x, y) in enumerate(loader):
+        if i >= batches:
+            break
+        with rt.autocast():
+            z = model.forward_features(x)
+        z = z.float()
+        mask = losses.background_mask(z, model.head, y, delta)
+        n = z.norm(dim=1)
+        bg_norms.append(n[mask])
+        fg_norms.append(n[~mask])
+        total += mask.numel()
+    bg, fg = torch.cat(bg_norms).cpu(), torch.cat(fg_norms).cpu()
+    q = torch.tensor([0.1, 0.5, 0.9])
+    return {"bg_share": len(bg) / max(total, 1), "locations": total,
+            "bg_q": torch.quantile(bg, q).tolist() if len(bg) else [],
+            "fg_q": torch.quantile(fg, q).tolist() if len(fg) else [],
+            "bg_norms": bg}
+
+
+def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInfo | None = None) -> Session:
+    """Resolve the parent run, presets, μ and the LFF hook; raises LbfoodError before writing anything.
+
+    `None` fields of `cfg` are filled by `cfg.resolve` (the parent's data, the dataset's preset).
+    """
+    dist = dist or DistInfo()
+    if resume:
+        old = runs.read(runs.resume_target(cfg.out))
+        if old.kind != "finetune":
+            raise RunError(f"{old.run_dir} is a {old.kind} run; resume it with `lbfood {old.kind} --resume`")
+        cfg = FinetuneConfig.from_dict({**old.config, "epochs": cfg.epochs or old.config["epochs"],
+                                        "device": cfg.device, "precision": cfg.precision, "workers": cfg.workers,
+                                        "out": str(old.run_dir)})
+    parent_model, parent = runs.load_run(cfg.parent)
+    if not hasattr(parent_model, "forward_features") or not isinstance(parent_model.head, torch.nn.Linear):
+        raise RunError(f"{parent.run_dir}: architecture {parent.arch} has no feature map and linear head")
+    size = int(parent.input_size)
+    # Data and architecture come from the parent unless given; the recipe from the dataset's preset.
+    from_parent = {k: parent.config[k] for k in ("data", "data_root", "val_split", "classes_file")
+                   if k in parent.config}
+    from_parent.update(arch=parent.arch, width=float(parent.width))
+    spec = get_dataset(cfg.data if cfg.data is not None else parent.data)
+    cfg = cfg.resolve(from_parent, preset_values(spec.preset, size, len(parent.classes)))
+    cfg.check()
+    rt = make_runtime(rank_device(cfg.device, dist), cfg.precision)
+    check_parallel(cfg, rt, dist)
+    seed_everything(cfg.seed)
+    spec, train_set, test_set, notes = load_id_data(cfg, size)
+    if list(train_set.classes) != list(parent.classes):
+        raise ConfigError(f"{cfg.data} has classes {list(train_set.classes)[:5]}… but the parent run was trained on "
+                          f"{parent.classes[:5]}…; fine-tune on the parent's data")
+
+    # Measure the parent before the first step: how much is background, and how large are its norms.
+    aug = Augment(crop_pad=4, flip=True, jitter=cfg.jitter)
+    model = rt.prepare(parent_model)
+    probe_loader = make_loader(train_set, batch_size=cfg.batch_size, mean=spec.mean, std=spec.std,
+                               image_size=size, train=True, aug=aug, device=rt.device, seed=cfg.seed + 1,
+                               channels_last=rt.channels_last, workers=0)
+    stats = probe(model, probe_loader, cfg.delta, cfg.probe_batches, rt)
+    bgq, fgq = stats.pop("bg_q"), stats.pop("fg_q")
+    bg_norms = stats.pop("bg_norms")
+    mu_auto = cfg.mu == "auto"
+    if mu_auto:
+        if len(bg_norms) == 0:
+            raise ConfigError(f"--mu auto: no background location at δ = {cfg.delta:g} in {cfg.probe_batches} "
+                              "batches; raise --delta or give --mu")
+        cfg = cfg.replace(mu=round(float(torch.quantile(bg_norms, cfg.mu_quantile)), 4))
+    fmt = lambda q: "/".join(f"{v:.2f}" for v in q) if q else "n/a"  # noqa: E731
+    notes = notes + [Note(
+        f"parent at δ = {cfg.delta:g}: {stats['bg_share']:.1%} of {stats['locations']} locations are background; "
+        f"‖z_j‖ 10/50/90 %: background {fmt(bgq)}, foreground {fmt(fgq)}; "
+        f"μ = {cfg.mu:g}" + (f" (auto: the {cfg.mu_quantile:g} quantile of background norms)" if mu_auto else ""),
+        data={"bg_share": stats["bg_share"], "bg_quantiles": bgq, "fg_quantiles": fgq, "mu": cfg.mu})]
+    if bgq and cfg.mu < bgq[0] and cfg.lam > 0:
+        notes.append(Note(
+            f"μ = {cfg.mu:g} is below 90 % of the parent's background norms (10 % quantile {bgq[0]:.2f}): L_LFF "
+            "will dominate the first steps and can collapse accuracy; the paper's μ belongs to its backbones. "
+            "Consider --mu auto.", "warning"))
+    if stats["bg_share"] == 0:
+        notes.append(Note(f"no background location at δ = {cfg.delta:g}: L_LFF is 0 until some appear; "
+                          "consider a larger --delta", "warning"))
+
+    frozen = None
+    if cfg.mask_from == "pretrained":
+        frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    hook = LFFHook(model, cfg.delta, float(cfg.mu), cfg.lam, frozen=frozen, dist=dist) if cfg.lam > 0 else None
+    out = runs.output_dir(cfg.out, resume=resume, data=cfg.data, arch=cfg.arch,
+                          suffix="lff" if cfg.lam > 0 else "ce")
+    meta = new_meta("finetune", cfg, spec, train_set.classes, size).replace(
+        parent=str(parent.run_dir), probe={"bg_share": stats["bg_share"], "bg_quantiles": bgq, "fg_quantiles": fgq},
+        mu_auto=mu_auto)
+    return Session(cfg, "finetune", rt, spec, train_set, test_set, model, out, meta, resume=resume, hook=hook,
+                   aug=aug, dist=dist, notes=notes)

@@ -1,0 +1,116 @@
+"""The command line: help without torch, version, pretrain/finetune end to end, bad input → one line, exit 2."""
+
+import json
+import subprocess
+import sys
+
+import fakedata
+import pytest
+from typer.testing import CliRunner
+
+from lbfood import __version__
+from lbfood.cli import app
+
+runner = CliRunner()
+FT = ["--batch-size", "64", "--limit", "128", "--device", "cpu", "--workers", "0", "-q"]
+TINY = ["--width", "0.125", *FT]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from typer.testing import CliRunner; from lbfood.cli import app; "
+            "r = CliRunner().invoke(app, ['--help']); "
+            "r2 = CliRunner().invoke(app, ['pretrain', '--help']); "
+            "print(r.exit_code, r2.exit_code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "0", "False"]
+
+
+def test_version_and_module_entry():
+    assert invoke("--version").output.strip() == f"lbfood {__version__}"
+    r = subprocess.run([sys.executable, "-m", "lbfood", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and __version__ in r.stdout
+
+
+def test_pretrain_help_shows_defaults():
+    out = invoke("pretrain", "--help").output
+    for text in ("backdrops", "resnet18", "default: 100", "default: 128", "default: 0.1"):
+        assert text in out
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_pretrain_then_finetune(in_tmp):
+    r = invoke("pretrain", "--epochs", "1", *TINY)
+    assert r.exit_code == 0, r.output
+    parent = (in_tmp / "runs" / "latest").resolve()
+    r = invoke("finetune", "--epochs", "1", "--delta", "0.2", *FT)
+    assert r.exit_code == 0, r.output
+    assert "background" in r.output
+    child = (in_tmp / "runs" / "latest").resolve()
+    assert child != parent and child.name.endswith("-lff")
+    meta = json.loads((child / "run.json").read_text())
+    assert meta["kind"] == "finetune" and meta["parent"] == str(parent)
+    cfg = meta["config"]
+    assert cfg["delta"] == 0.2 and cfg["lam"] == 1.0 and cfg["jitter"] == 0.0 and cfg["weight_decay"] == 1e-4
+    assert isinstance(cfg["mu"], float) and meta["mu_auto"] is True
+    line = json.loads((child / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"ce", "lff", "bg_share", "bg_norm", "fg_norm", "test_acc"} <= set(line)
+    # The CE-only control: λ = 0.
+    r = invoke("finetune", "--from", parent, "--epochs", "1", "--lambda", "0", *FT)
+    assert r.exit_code == 0, r.output
+    assert (in_tmp / "runs" / "latest").resolve().name.endswith("-ce")
+
+
+def test_cifar10_fake_data_trains_and_reloads(in_tmp):
+    fakedata.write_cifar10(in_tmp / "d", n_train=64, n_test=32)
+    r = invoke("pretrain", "--data", "cifar10", "--data-root", in_tmp / "d", "--epochs", "1", "--out", "c10", *TINY)
+    assert r.exit_code == 0, r.output
+    from lbfood.engine import runs
+
+    model, meta = runs.load_run(in_tmp / "c10")
+    assert meta.data == "cifar10" and len(meta.classes) == 10 and meta.mean[0] == pytest.approx(0.4914)
+
+
+def _one_error_line(r, code=2, *needles):
+    assert r.exit_code == code, r.output
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    text = " ".join(lines)
+    assert "error" in lines[0] and "Traceback" not in r.output
+    for n in needles:
+        assert n in text, text
+
+
+def test_bad_inputs(in_tmp):
+    _one_error_line(invoke("pretrain", "--arch", "vgg11", *TINY), 2, "unknown architecture", "resnet18")
+    _one_error_line(invoke("pretrain", "--data", "nope", *TINY), 2, "unknown dataset", "backdrops")
+    _one_error_line(invoke("pretrain", "--data", "cifar10", "--data-root", in_tmp / "empty", *TINY), 2,
+                    "cifar-10-batches-py", "--download")
+    _one_error_line(invoke("pretrain", "--epochs", "0", *TINY), 2, "--epochs")
+    _one_error_line(invoke("finetune", *FT), 2, "not found")  # no runs/latest yet
+    (in_tmp / "notarun").mkdir()
+    _one_error_line(invoke("finetune", "--from", "notarun", *FT), 2, "not an lbfood run")
+    assert not (in_tmp / "runs").exists()  # nothing half-written
+
+    r = invoke("pretrain", "--epochs", "1", "--out", "r1", *TINY)
+    assert r.exit_code == 0, r.output
+    for flag, value, needle in (("--delta", "1.5", "--delta"), ("--delta", "0", "--delta"), ("--mu", "-1", "--mu"),
+                                ("--mu", "big", "--mu"), ("--lambda", "-0.5", "--lambda"),
+                                ("--mask-from", "nowhere", "--mask-from")):
+        _one_error_line(invoke("finetune", "--from", "r1", flag, value, *FT), 2, needle)
+    assert sorted(p.name for p in (in_tmp / "runs").iterdir()) == ["latest"]  # only the link to r1
+
+    _one_error_line(invoke("pretrain", "--resume", "--out", "r1", "--arch", "resnet34", *TINY), 2, "resnet18")
+    _one_error_line(invoke("pretrain", "--epochs", "1", "--out", "r1", *TINY), 2, "already exists")
+    meta = json.loads((in_tmp / "r1" / "run.json").read_text())
+    (in_tmp / "r1" / "run.json").write_text(json.dumps({**meta, "format": 99, "lbfood": "9.0"}))
+    _one_error_line(invoke("finetune", "--from", "r1", *FT), 2, "format")
+    (in_tmp / "r1" / "run.json").write_text("{not json")
+    _one_error_line(invoke("finetune", "--from", "r1", *FT), 2, "corrupt")

@@ -1,0 +1,250 @@
+"""`lbfood report`, `lbfood score` and `lbfood datasets` through the command line (CliRunner, CPU, tiny runs)."""
+
+import csv
+import json
+
+import fakedata
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lbfood.cli import app, common
+from lbfood.engine import runs
+from lbfood.engine.data import LoadOptions, get
+from lbfood.engine.data.base import CIFAR10_MEAN, CIFAR10_STD
+from lbfood.engine.data.loaders import make_loader
+from lbfood.engine.evaluation import features as fx
+from lbfood.engine.evaluation import metrics, scorers
+from lbfood.engine.io import load_tensors
+from lbfood.engine.runtime import make_runtime
+
+runner = CliRunner()
+OOD = ("backdrops-scenes", "backdrops-novel", "backdrops-noise")
+CPU = ("--device", "cpu", "-q")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_error_line(r, *needles):
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture
+def run(tmp_path, make_run, small_backdrops, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return make_run(tmp_path)
+
+
+def _direct_scores(run_dir, method, name, root, train=None):
+    """A scorer's scores on a dataset, computed here: spec images normalised with the run's mean/std."""
+    rt = make_runtime("cpu")
+    model, meta = runs.load_run(run_dir)
+    model = rt.prepare(model)
+
+    def feats(ds, split):
+        images = get(ds).load(LoadOptions(root=root, image_size=32), split)
+        return fx.extract(model, make_loader(images, batch_size=256, mean=meta.mean, std=meta.std,
+                                             image_size=32, train=False, channels_last=rt.channels_last))
+
+    s = scorers.get(method)
+    if s.needs_fit:
+        s.fit(feats(train or meta.data, "train"), model.head)
+    return s.score(feats(name, "test"))
+
+
+def test_scorer_names_match_the_registry():
+    assert common.SCORER_NAMES == ", ".join(scorers.names())
+
+
+def test_report_table_json_and_cache(run, tmp_path, monkeypatch):
+    r = invoke("report", "--method", "energy,react", "--method", "msp", "--output", "r.json", *CPU)
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["methods"] == ["energy", "react", "msp"] and res["ood"] == list(OOD)
+    assert res["convention"] == "paper" and res["params"]["react"] == {"percentile": 90.0}
+    assert res["runs"][0]["path"] == str(run) and res["data_root"] == "data"
+    assert res["extractions"] == 5  # test, 3 OOD sets, train (for react)
+    (m,) = [x["metrics"] for x in res["runs"]]
+    id_scores = _direct_scores(run, "energy", "backdrops", tmp_path)
+    for o in OOD:
+        want = metrics.summarize(id_scores, _direct_scores(run, "energy", o, tmp_path))
+        assert m["energy"][o] == pytest.approx(want, abs=1e-9)
+    # The table: one row per OOD set and Average, percentages with two decimals, caption with accuracy.
+    for o in (*OOD, "Average"):
+        assert o in r.output
+    assert f"{100 * m['react']['average']['auroc']:.2f}" in r.output
+    assert f"{100 * m['msp']['backdrops-noise']['fpr95']:.2f}" in r.output
+    assert f"accuracy {res['runs'][0]['id_accuracy']:.2%}" in r.output and "convention paper" in r.output
+    assert "AUPR" not in r.output
+
+    monkeypatch.setattr(fx, "extract", lambda *a, **k: pytest.fail("features were re-extracted"))
+    r = invoke("report", "--method", "vim", "--method", "maxlogit", "--all-metrics", "--output", "r2.json", *CPU)
+    assert r.exit_code == 0, r.output
+    res2 = json.loads((tmp_path / "r2.json").read_text())
+    assert (res2["extractions"], res2["fits"]) == (0, 1)  # only vim was fitted, from the cached train split
+    assert "AUPR-In" in r.output and "AUPR-Out" in r.output
+
+
+def test_output_formats(run, tmp_path):
+    assert invoke("report", "--method", "energy", "--output", "r.json", *CPU).exit_code == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    m = res["runs"][0]["metrics"]["energy"]
+    r = invoke("report", "--method", "energy", "--output", "r.csv", *CPU)
+    assert r.exit_code == 0 and "wrote r.csv" in r.output
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert [row["dataset"] for row in rows] == [*OOD, "average"]
+    for row in rows:
+        for k in metrics.SUMMARY_KEYS:
+            assert float(row[k]) == m[row["dataset"]][k]
+        assert row["method"] == "energy" and row["convention"] == "paper"
+    assert invoke("report", "--method", "energy", "--output", "r.md", *CPU).exit_code == 0
+    md = (tmp_path / "r.md").read_text()
+    assert "| Run | Method | Dataset | FPR95↓ | AUROC↑ | AUPR-In↑ | AUPR-Out↑ |" in md
+    avg = m["average"]
+    assert f"| energy | Average | {100 * avg['fpr95']:.2f} | {100 * avg['auroc']:.2f} |" in md
+    assert "ID accuracy" in md and "convention: ID positive" in md
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["r.csv", "r.json", "r.md"]  # atomic
+
+
+def test_compare_and_benchmark(run, make_run, tmp_path, monkeypatch):
+    ft = make_run(tmp_path, kind="finetune", seed=1)
+    r = invoke("report", "--model", ft, "--compare", run, "--benchmark", "backdrops", "--method", "energy",
+               "--output", "c.json", *CPU)
+    assert r.exit_code == 0, r.output
+    assert "finetune" in r.output and "pretrain" in r.output and "benchmark" in r.output
+    res = json.loads((tmp_path / "c.json").read_text())
+    assert [x["kind"] for x in res["runs"]] == ["finetune", "pretrain"] and res["benchmark"] == "backdrops"
+
+    # The better value of each pair is bold green (rendered on a colour terminal).
+    import io
+
+    from rich.console import Console
+
+    from lbfood import render, render_eval
+    from lbfood.engine.config import ReportConfig
+    from lbfood.engine.evaluation import report as evaluate
+
+    result = evaluate.report(ReportConfig(model=str(ft), compare=(str(run),), methods=("energy",), device="cpu"))
+    buf = io.StringIO()
+    monkeypatch.setattr(render, "console", Console(file=buf, force_terminal=True, color_system="standard", width=250))
+    render_eval.report(result)
+    a, b = (x.metrics["energy"]["average"]["auroc"] for x in result.runs)
+    better = f"{100 * max(a, b):.2f}"
+    assert f"\x1b[1;32m{better}" in buf.getvalue()
+
+
+def test_benchmark_file_carries_paper_numbers(run, tmp_path):
+    bench = tmp_path / "b.toml"
+    bench.write_text('[benchmark]\nname = "mine"\nid = "backdrops"\nood = ["backdrops-noise"]\nimage_size = 32\n'
+                     'arch = "resnet18"\n[paper.energy]\nbackdrops-noise = {fpr95 = 12.34, auroc = 98.76}\n'
+                     'average = {fpr95 = 12.34, auroc = 98.76}\n')
+    r = invoke("report", "--benchmark", bench, "--method", "energy", *CPU)
+    assert r.exit_code == 0, r.output
+    assert "12.34" in r.output and "98.76" in r.output and "paper" in r.output
+
+
+def test_bad_inputs(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(fx, "extract", lambda *a, **k: pytest.fail("work started"))
+    one_error_line(invoke("report", "--method", "nope", *CPU), "unknown scorer", "react")
+    one_error_line(invoke("report", "--ood", "nope", *CPU), "unknown dataset", "backdrops-noise")
+    one_error_line(invoke("report", "--output", "r.xlsx", *CPU), ".json, .csv or .md")
+    one_error_line(invoke("report", "--param", "react.pct=3", *CPU), "percentile")
+    one_error_line(invoke("report", "--model", "missing", *CPU), "not found")
+    (tmp_path / "notarun").mkdir()
+    one_error_line(invoke("report", "--model", "notarun", *CPU), "not an lbfood run")
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "format": 99, "lbfood": "9.0"}))
+    one_error_line(invoke("report", *CPU), "format 99")
+    one_error_line(invoke("score", "x.png", "--device", "cpu"), "format 99")
+    (run / "run.json").unlink()
+    (tmp_path / "runs" / "latest").unlink()
+    one_error_line(invoke("report", *CPU), "not found", "lbfood pretrain")
+    assert not (tmp_path / "r.xlsx").exists()
+
+
+def test_datasets_on_an_empty_root(tmp_path):
+    from lbfood.engine.data import specs
+
+    r = invoke("datasets", "--data-root", tmp_path / "empty", "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert [row["name"] for row in rows] == [s.name for s in specs()]
+    assert all(set(row) == {"name", "role", "found", "count", "path"} for row in rows)
+    generated = {s.name for s in specs() if s.generated}
+    for row in rows:
+        if row["name"] in generated:
+            assert row["found"]
+        else:
+            assert not row["found"] and row["count"] is None and row["path"].startswith(str(tmp_path / "empty"))
+    table = invoke("datasets", "--data-root", tmp_path / "empty")
+    assert table.exit_code == 0 and "missing" in table.output and "found" in table.output and "cifar10" in table.output
+
+
+def test_cifar10_run_with_svhn_and_a_folder(tmp_path, make_run, small_backdrops, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # (small_backdrops: for its single-thread setting)
+    root = tmp_path / "data"
+    fakedata.write_cifar10(root, n_train=20, n_test=6)
+    fakedata.write_svhn(root, n=5)
+    fakedata.write_flat_folder(tmp_path / "mine", n=3, size=(48, 40))
+    run = make_run(tmp_path, data="cifar10")
+    r = invoke("report", "--id", "cifar10", "--ood", "svhn", "--ood", f"folder:{tmp_path / 'mine'}",
+               "--method", "energy,react", "--data-root", root, "--output", "r.json", *CPU)
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "r.json").read_text())
+    folder = f"folder:{tmp_path / 'mine'}"
+    assert res["num_images"] == {"cifar10": 6, "svhn": 5, folder: 3}
+    assert res["data_root"] == str(root)
+    # OOD sets are normalised with the run's (CIFAR-10) statistics, not their specs' (ImageNet's for folders).
+    assert get(folder).mean != tuple(CIFAR10_MEAN) and runs.read(run).std == list(CIFAR10_STD)
+    for method in ("energy", "react"):
+        id_scores = _direct_scores(run, method, "cifar10", root)
+        for name in ("svhn", folder):
+            want = metrics.summarize(id_scores, _direct_scores(run, method, name, root))
+            assert res["runs"][0]["metrics"][method][name] == pytest.approx(want, abs=1e-9)
+
+
+def test_score_mixed_files(run, tmp_path):
+    fakedata.write_mixed_images(tmp_path / "mixed")
+    bad = {"truncated.jpg", "notes.txt", "fake.png"}
+    r = invoke("score", tmp_path / "mixed", "--json", "--device", "cpu")
+    assert r.exit_code == 1, r.output
+    rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    by_name = {row["file"].rsplit("/", 1)[-1]: row for row in rows}
+    assert set(by_name) == {"rgb.png", "photo.jpg", "gray.png", "rgba.png", "gray16.png", "palette.png", *bad}
+    for name, row in by_name.items():
+        if name in bad:
+            assert row["error"] and row["score"] is None and row["verdict"] is None, row
+        else:
+            assert row["error"] is None and row["verdict"] in ("ID", "OOD") and 0 < row["confidence"] <= 1
+            assert row["predicted"] in fakedata_classes() and row["method"] == "react"
+            assert row["verdict"] == ("ID" if row["score"] >= row["threshold"] else "OOD")
+    assert "truncated or corrupt" in by_name["truncated.jpg"]["error"]
+    # The threshold was calibrated on the ID test split and stored; it keeps >= 95 % of those images.
+    meta = json.loads((run / "run.json").read_text())
+    thr = meta["thresholds"]["react"]
+    assert thr["value"] == rows[0]["threshold"] and thr["tpr"] == 0.95
+    (cached,) = (run / "cache").glob("features-backdrops.test.32px-*.safetensors")
+    (fitted,) = (run / "scorers").glob("react.safetensors")
+    react = scorers.get("react").load_state_dict(load_tensors(fitted))
+    id_scores = react.score(fx.Features.from_tensors(load_tensors(cached)))
+    assert int((id_scores >= thr["value"]).sum()) >= 95  # of 100
+    table = invoke("score", tmp_path / "mixed" / "rgb.png", tmp_path / "mixed" / "notes.txt", "--device", "cpu")
+    assert table.exit_code == 1 and "rgb.png" in table.output and "error" in table.output
+    ok = invoke("score", tmp_path / "mixed" / "*.png", "--threshold", "-1e9", "--json", "--device", "cpu")
+    assert ok.exit_code == 1  # fake.png matches the glob and fails
+    verdicts = [json.loads(line)["verdict"] for line in ok.stdout.splitlines()]
+    assert verdicts.count("ID") == 5 and verdicts.count(None) == 1
+    good = invoke("score", tmp_path / "mixed" / "rgb.png", "--json", "--device", "cpu")
+    assert good.exit_code == 0 and np.isfinite(json.loads(good.stdout)["score"])
+
+
+def fakedata_classes():
+    from lbfood.engine.data.backdrops import CLASSES
+
+    return CLASSES

@@ -1,0 +1,246 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lbfood.engine import io
+from lbfood.engine.errors import ConfigError
+from lbfood.engine.evaluation import scorers
+from lbfood.engine.evaluation.features import Features, extract
+from lbfood.engine.evaluation.scorers.ash import ash_s
+from lbfood.engine.evaluation.scorers.vim import principal_dim
+from lbfood.engine.models import build
+
+# Parameters that make every scorer work on a 16-image training set.
+TINY = {"knn": {"k": 3}}
+
+
+def _head(weight, bias=None):
+    w = torch.as_tensor(weight, dtype=torch.float32)
+    head = nn.Linear(w.shape[1], w.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(w)
+        head.bias.copy_(torch.zeros(w.shape[0]) if bias is None else torch.as_tensor(bias, dtype=torch.float32))
+    return head
+
+
+def _feats(features, head, labels=None, **kw):
+    f = torch.as_tensor(features, dtype=torch.float32)
+    with torch.no_grad():
+        return Features(logits=head(f), features=f, labels=labels, **kw)
+
+
+def _lse(*xs):
+    return math.log(sum(math.exp(x) for x in xs))
+
+
+# -- logit scorers -------------------------------------------------------------------------------------
+
+def test_logit_scorers_hand_made():
+    f = Features(logits=torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]), features=torch.zeros(2, 1))
+    e = math.exp
+    assert scorers.get("msp").score(f).tolist() == pytest.approx([e(3) / (e(1) + e(2) + e(3)), 1 / 3])
+    assert scorers.get("maxlogit").score(f).tolist() == [3.0, 0.0]
+    assert scorers.get("energy").score(f).tolist() == pytest.approx([_lse(1, 2, 3), math.log(3)])
+    assert scorers.get("energy", temperature=2).score(f).tolist() == pytest.approx(
+        [2 * _lse(0.5, 1, 1.5), 2 * math.log(3)])
+    assert scorers.get("energy").score(f).dtype == torch.float32
+
+
+def test_react_hand_made():
+    head = _head(torch.eye(3))
+    train = _feats([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], head)  # 50th percentile of 0..5 is 2.5
+    s = scorers.get("react", percentile=50).fit(train, head)
+    assert s.state["threshold"].item() == 2.5
+    test = _feats([[1.0, 3.0, 5.0]], head)
+    assert s.score(test).tolist() == pytest.approx([_lse(1.0, 2.5, 2.5)])
+
+
+def test_dice_hand_made():
+    head = _head([[1.0, -1.0], [2.0, 0.5]])
+    train = _feats([[1.0, 2.0], [3.0, 2.0]], head)  # mean feature (2, 2)
+    # contributions [[2, -2], [4, 1]], median 1.5: keep w[0,0] and w[1,0]
+    s = scorers.get("dice", p=50).fit(train, head)
+    assert s.state["weight"].tolist() == [[1.0, 0.0], [2.0, 0.0]]
+    assert s.score(_feats([[1.0, 1.0]], head)).tolist() == pytest.approx([_lse(1.0, 2.0)])
+    # DICE+ReAct: clip at the 50th percentile of (1, 2, 3, 2) = 2, then the same masked weights
+    s = scorers.get("dice_react", p=50, percentile=50).fit(train, head)
+    assert s.score(_feats([[3.0, 1.0]], head)).tolist() == pytest.approx([_lse(2.0, 4.0)])
+
+
+def test_ash_hand_made():
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    k = math.exp(10 / 7)  # sum 10 before, 7 after keeping the top half
+    assert ash_s(x, 50)[0].tolist() == pytest.approx([0.0, 0.0, 3 * k, 4 * k])
+    assert ash_s(torch.zeros(1, 4), 50).tolist() == [[0.0] * 4]  # no NaN on an all-zero row
+    head = _head(torch.eye(4))
+    s = scorers.get("ash", p=50).fit(_feats(x, head), head)
+    assert s.score(_feats(x, head)).tolist() == pytest.approx([_lse(0, 0, 3 * k, 4 * k)], rel=1e-5)
+
+
+def test_mahalanobis_hand_made():
+    pts = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0]])
+    head = _head(torch.eye(2))
+    train = _feats(torch.cat([pts, pts + torch.tensor([4.0, 0.0])]), head, labels=[0] * 4 + [1] * 4)
+    s = scorers.get("mahalanobis").fit(train, head)  # Σ = ½·I, so d² = 2‖x − μ‖²
+    torch.testing.assert_close(s.state["precision"], 2 * torch.eye(2, dtype=torch.float64))
+    assert s.score(_feats([[1.0, 0.0], [2.0, 1.0]], head)).tolist() == pytest.approx([-2.0, -10.0])
+    with pytest.raises(ConfigError, match="labelled"):
+        scorers.get("mahalanobis").fit(_feats(pts, head), head)
+
+
+def test_knn_hand_made():
+    head = _head(torch.eye(2))
+    train = _feats([[1.0, 0.0], [0.0, 5.0], [-2.0, 0.0]], head)  # unit vectors after normalising
+    test = _feats([[2.0, 0.0], [0.0, -3.0]], head)
+    r2 = math.sqrt(2)
+    for chunk in (1, 4096):
+        for k, want in ((1, [0.0, -r2]), (2, [-r2, -r2]), (3, [-2.0, -2.0])):
+            s = scorers.get("knn", k=k, chunk=chunk).fit(train, head)
+            assert s.score(test).tolist() == pytest.approx(want, abs=1e-6)
+    with pytest.raises(ConfigError, match="k=50"):
+        scorers.get("knn").fit(train, head)
+
+
+def test_knn_chunking_matches_full():
+    g = torch.Generator().manual_seed(0)
+    head = _head(torch.randn(3, 8, generator=g))
+    train, test = _feats(torch.randn(37, 8, generator=g), head), _feats(torch.randn(11, 8, generator=g), head)
+    full = scorers.get("knn", k=5).fit(train, head).score(test)
+    torch.testing.assert_close(scorers.get("knn", k=5, chunk=3).fit(train, head).score(test), full)
+    d = torch.cdist(nn.functional.normalize(test.features), nn.functional.normalize(train.features))
+    torch.testing.assert_close(full, -d.sort(dim=1).values[:, 4], rtol=1e-5, atol=1e-5)
+
+
+def test_vim_hand_made():
+    head = _head([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # b = 0, so the origin u = 0
+    a, b, c = 3.0, 2.0, 1.0
+    train = _feats([[a, 0, 0], [-a, 0, 0], [0, b, 0], [0, -b, 0], [0, 0, c], [0, 0, -c]], head)
+    s = scorers.get("vim", dim=2).fit(train, head)  # residual space = the z axis
+    # α = mean max-logit / mean residual norm = ((a + b) / 6) / (2c / 6) = 2.5
+    assert s.state["alpha"].item() == pytest.approx(2.5)
+    test = _feats([[1.0, 1.0, 2.0]], head)
+    assert s.score(test).tolist() == pytest.approx([_lse(1.0, 1.0) - 2.5 * 2.0])
+    biased = _head([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], bias=[1.0, -1.0])
+    s = scorers.get("vim", dim=2).fit(train, biased)
+    assert s.state["origin"].tolist() == pytest.approx([-1.0, 1.0, 0.0])  # u = −W⁺b
+    assert (principal_dim(2048), principal_dim(768), principal_dim(512)) == (1000, 512, 256)
+    with pytest.raises(ConfigError, match="dim"):
+        scorers.get("vim", dim=3).fit(train, head)
+
+
+def test_featurenorm_hand_made():
+    head = _head(torch.eye(1))
+    bn = torch.tensor([[1.0, 2.0, 3.0], [2.0, 2.0, 2.0]])
+    jig = torch.tensor([[1.0, 1.0, 6.0], [1.0, 4.0, 1.0]])  # ratios (1, 2, ½), (2, ½, 2): means 1.5, 1.25, 1.25
+    train = _feats([[0.0], [0.0]], head, block_norms=bn, jigsaw_block_norms=jig)
+    s = scorers.get("featurenorm").fit(train, head)
+    assert s.block == 0 and s.state["norm_ratio"].tolist() == pytest.approx([1.5, 1.25, 1.25])
+    assert s.score(train).tolist() == [1.0, 2.0]
+    fixed = scorers.get("featurenorm", block=-1)
+    assert fixed.fitted and fixed.score(train).tolist() == [3.0, 2.0]
+    with pytest.raises(ConfigError, match="jigsaw"):
+        scorers.get("featurenorm").fit(_feats([[0.0]], head, block_norms=bn[:1]), head)
+    with pytest.raises(ConfigError, match="does not exist"):
+        scorers.get("featurenorm", block=5).score(train)
+
+
+def test_odin_hand_made():
+    m = torch.tensor([[1.0, -2.0, 0.5], [0.0, 1.0, -1.0]])
+
+    class Linear(nn.Module):
+        def forward(self, x):
+            return x.flatten(1) @ m.T
+
+    x = torch.tensor([[0.3, 0.2, -0.1]])
+    t, eps, std = 1000.0, 0.1, (0.5, 0.25, 2.0)
+    s = scorers.get("odin", epsilon=eps, std=std)
+    got = s.score_images(Linear(), [(x.view(1, 3, 1, 1), torch.zeros(1))])
+    # ∇ₓ CE(Mx/T, ŷ) = Mᵀ(p − e_ŷ)/T; x̃ = x − ε·sign(∇)/std
+    logits = x @ m.T
+    y = logits.argmax(dim=1)
+    p = torch.softmax(logits / t, dim=1)
+    grad = (p - nn.functional.one_hot(y, 2).float()) @ m / t
+    x_adv = x - eps * torch.where(grad >= 0, 1.0, -1.0) / torch.tensor(std)
+    want = torch.softmax(x_adv @ m.T / t, dim=1).amax(dim=1)
+    torch.testing.assert_close(got, want)
+    assert scorers.get("odin").needs_images
+    with pytest.raises(ConfigError, match="score_images"):
+        s.score(Features(logits=torch.zeros(1, 2), features=torch.zeros(1, 1)))
+
+
+# -- on a tiny model -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = build("resnet18", num_classes=3, width=0.125)
+    g = torch.Generator().manual_seed(0)
+    x_train, x_test = torch.randn(16, 3, 32, 32, generator=g), torch.randn(8, 3, 32, 32, generator=g)
+    train = extract(model, [(x_train, torch.arange(16) % 3)], jigsaw=True)
+    test = extract(model, [(x_test, torch.full((8,), -1))])
+    return model, train, test, x_test
+
+
+@pytest.mark.parametrize("name", scorers.names())
+def test_every_scorer_on_a_tiny_model(name, tiny, tmp_path):
+    model, train, test, x_test = tiny
+    s = scorers.get(name, **TINY.get(name, {}))
+    if s.needs_images:
+        scores = s.score_images(model, [(x_test[:5], None), (x_test[5:], None)])
+    else:
+        scores = s.fit(train, model.head).score(test)
+    assert scores.shape == (8,) and scores.dtype == torch.float32 and torch.isfinite(scores).all()
+    if name in ("msp", "odin"):
+        assert ((scores > 1 / 3 - 1e-6) & (scores <= 1)).all()
+    if name in ("knn",):
+        assert (scores <= 0).all() and (scores >= -2).all()
+    if name == "mahalanobis":
+        assert (scores <= 1e-6).all()
+    if name == "featurenorm":
+        assert (scores >= 0).all()
+    if s.needs_fit:  # fitted statistics survive a safetensors round trip
+        io.save_tensors(tmp_path / "s.safetensors", s.state_dict())
+        fresh = scorers.get(name, **TINY.get(name, {})).load_state_dict(io.load_tensors(tmp_path / "s.safetensors"))
+        assert torch.equal(fresh.score(test), scores)
+        with pytest.raises(ConfigError, match="not fitted"):
+            scorers.get(name, **TINY.get(name, {})).score(test)
+    assert isinstance(s.params, dict) and s.__doc__
+
+
+def test_react_100_is_energy(tiny):
+    model, train, test, _ = tiny
+    react = scorers.get("react", percentile=100).fit(train, model.head)
+    torch.testing.assert_close(react.score(test), scorers.get("energy").score(test))
+    react90 = scorers.get("react").fit(train, model.head)
+    assert react90.state["threshold"].item() == pytest.approx(
+        torch.quantile(train.features.flatten().double(), 0.9).item(), rel=1e-5)
+
+
+def test_odin_epsilon_zero_is_tempered_msp(tiny):
+    model, _, test, x_test = tiny
+    got = scorers.get("odin", epsilon=0).score_images(model, [(x_test, None)])
+    want = torch.softmax(test.logits / 1000, dim=1).amax(dim=1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+# -- registry ---------------------------------------------------------------------------------------------
+
+def test_registry_errors():
+    assert {"msp", "maxlogit", "energy", "react", "odin", "featurenorm", "mahalanobis", "knn", "vim", "dice",
+            "dice_react", "ash"} <= set(scorers.names())
+    with pytest.raises(ConfigError, match="valid: .*energy"):
+        scorers.get("nope")
+    with pytest.raises(ConfigError, match="unknown parameter.*valid: temperature"):
+        scorers.get("energy", temp=2)
+    with pytest.raises(ConfigError, match="must be like"):
+        scorers.get("react", percentile="high")
+    with pytest.raises(ConfigError, match="percentile"):
+        scorers.get("react", percentile=0)
+    assert scorers.get("knn", k="7").params["k"] == 7  # CLI text is converted
+
+    from lbfood.engine.registries import SCORERS
+
+    with pytest.raises(ValueError, match="twice"):
+        SCORERS.add("msp", "lbfood.engine.evaluation.scorers.msp:MSP")

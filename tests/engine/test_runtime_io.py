@@ -1,0 +1,60 @@
+"""lbfood.engine.runtime (device, precision, threads) and lbfood.engine.io (atomic, safe files)."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from lbfood.engine import io, runtime
+from lbfood.engine.errors import ConfigError
+
+
+def test_precision_rule():
+    cpu = torch.device("cpu")
+    assert runtime.resolve_precision("auto", cpu) == "fp32"
+    assert runtime.resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        runtime.resolve_precision("fp16", cpu)
+    with pytest.raises(ConfigError, match="valid: auto, fp32, bf16, fp16"):
+        runtime.resolve_precision("fp8", cpu)
+    rt = runtime.make_runtime("cpu", "auto")
+    assert rt.amp_dtype is None and not rt.use_scaler and rt.precision == "fp32"
+
+
+def test_devices():
+    assert runtime.select_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="unknown device"):
+        runtime.select_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            runtime.select_device("cuda")
+
+
+def test_threads_respect_the_user(monkeypatch):
+    n = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(2)
+        runtime.set_threads()
+        assert torch.get_num_threads() == 2  # the user chose: left alone
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        runtime.set_threads()
+        assert torch.get_num_threads() == min(len(os.sched_getaffinity(0)), 16)
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_atomic_writes_leave_no_temp_files(tmp_path):
+    io.atomic_write_json(tmp_path / "a" / "x.json", {"k": [1, 2]})
+    assert json.loads((tmp_path / "a" / "x.json").read_text()) == {"k": [1, 2]}
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["x.json"]
+
+
+def test_tensors_and_metadata_round_trip(tmp_path):
+    t = {"w": torch.arange(6.0).reshape(2, 3).t()}  # not contiguous
+    io.save_tensors(tmp_path / "t.safetensors", t, metadata={"format": "x"})
+    assert torch.equal(io.load_tensors(tmp_path / "t.safetensors")["w"], t["w"])
+    assert io.read_metadata(tmp_path / "t.safetensors") == {"format": "x"}
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 10)
+    assert io.read_metadata(tmp_path / "bad.safetensors") is None

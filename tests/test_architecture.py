@@ -1,0 +1,64 @@
+"""The house rules that keep the package navigable (ARCHITECTURE.md): checked on the source, not by habit."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "lbfood"
+
+
+def _modules(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports (absolute names), at any depth (function-local imports included)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+@pytest.mark.parametrize(("wing", "other"), [("training", "evaluation"), ("evaluation", "training")])
+def test_the_wings_never_import_each_other(wing, other):
+    bad = {str(p.relative_to(PKG)): sorted(i for i in _imports(p) if i.startswith(f"lbfood.engine.{other}"))
+           for p in _modules(PKG / "engine" / wing)}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_the_engine_never_imports_the_cli_or_rich_or_prints():
+    for p in _modules(PKG / "engine"):
+        imports = _imports(p)
+        assert not {i for i in imports if i.split(".")[0] in ("typer", "rich")}, p
+        assert not {i for i in imports if i.startswith(("lbfood.cli", "lbfood.render", "lbfood.writers"))}, p
+        calls = [n for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"]
+        assert not calls, f"{p} calls print()"
+
+
+def test_run_json_has_one_writer():
+    writers = [p.relative_to(PKG).as_posix() for p in _modules(PKG) if '"run.json"' in p.read_text(encoding="utf-8")
+               and ("atomic_write" in p.read_text(encoding="utf-8") or "write_text" in p.read_text(encoding="utf-8"))]
+    assert writers == ["engine/runs.py"]
+
+
+def test_no_file_over_400_lines():
+    long = {p.relative_to(PKG).as_posix(): n for p in _modules(PKG)
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert long == {}
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, lbfood.cli; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
