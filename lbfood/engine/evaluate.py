@@ -680,6 +680,37 @@ def expand_paths(paths: Sequence[str]) -> list[tuple[str, str | None]]:
     return list(out.items())
 
 
+def fitted_scorer_and_threshold(model: torch.nn.Module, meta: dict[str, Any], rt: Runtime, method: str,
+                                params: dict[str, Any] | None = None, *, threshold: float | None = None,
+                                data_root: str | os.PathLike | None = None, batch_size: int = 64,
+                                on_event: Callable[[Step], None] | None = None) -> tuple[Scorer, float]:
+    """The run's scorer `method`, fitted (or loaded from `<run>/scorers/`), and its threshold γ (paper
+    Eq. 3): `threshold` if given, else the run's stored one, else calibrated now on the ID test split
+    and stored in run.json. `meta` is `checkpoint.load_run`'s (it holds "run_dir"); what `score` and
+    `export` both use, so an exported detector decides as `lbfood score` does."""
+    run_dir = Path(meta["run_dir"])
+    ev = _RunEval(run_dir, model, meta, rt, id_data=meta["data"], data_root=_data_root(meta, data_root),
+                  batch_size=batch_size, workers=0, on_event=on_event,
+                  limit=(meta.get("config") or {}).get("limit"))  # fitted as calibrate fits it
+    try:
+        s = ev.scorer(method, params)
+    except DataError as e:
+        raise DataError(f"{method} must be fitted on the run's training data first: {e}") from None
+    if threshold is None:
+        threshold = stored_threshold(meta, s)
+    if threshold is None:
+        try:
+            entry = calibrate(run_dir, model, meta, rt, method, params=params,
+                              data_root=_data_root(meta, data_root), batch_size=batch_size,
+                              workers=0, on_event=on_event)
+        except DataError as e:
+            raise DataError(f"the run has no {method} threshold and calibrating one needs its ID test "
+                            f"split ({e}); or pass --threshold X") from None
+        store_threshold(run_dir, scorer_key(s), entry)
+        threshold = entry["value"]
+    return s, float(threshold)
+
+
 def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = None) -> list[Row]:
     """Score each image file with `cfg.method`: predicted class, confidence, score and verdict (ID if
     score ≥ γ, paper Eq. 3). γ is `cfg.threshold`, else the run's calibrated one (computed on the ID
@@ -694,32 +725,17 @@ def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = Non
     rt = make_runtime(cfg.device, cfg.precision)
     model, meta = checkpoint.load_run(cfg.model, rt.device)
     model = rt.prepare(model)
-    run_dir = Path(meta["run_dir"])
-    ev = _RunEval(run_dir, model, meta, rt, id_data=meta["data"], data_root=_data_root(meta, cfg.data_root),
-                  batch_size=cfg.batch_size, workers=0, on_event=on_event,
-                  limit=(meta.get("config") or {}).get("limit"))  # fitted as calibrate fits it
-    try:
-        s = ev.scorer(cfg.method, cfg.params)
-    except DataError as e:
-        raise DataError(f"{cfg.method} must be fitted on the run's training data first: {e}") from None
-    threshold = cfg.threshold if cfg.threshold is not None else stored_threshold(meta, s)
-    if threshold is None:
-        try:
-            entry = calibrate(run_dir, model, meta, rt, cfg.method, params=cfg.params,
-                              data_root=_data_root(meta, cfg.data_root), batch_size=cfg.batch_size,
-                              workers=0, on_event=on_event)
-        except DataError as e:
-            raise DataError(f"the run has no {cfg.method} threshold and calibrating one needs its ID test "
-                            f"split ({e}); or pass --threshold X") from None
-        store_threshold(run_dir, scorer_key(s), entry)
-        threshold = entry["value"]
+    s, threshold = fitted_scorer_and_threshold(model, meta, rt, cfg.method, cfg.params, threshold=cfg.threshold,
+                                               data_root=cfg.data_root, batch_size=cfg.batch_size,
+                                               on_event=on_event)
 
     entries = expand_paths(cfg.paths)
     rows: dict[str, Row] = {}
     good: list[tuple[str, np.ndarray]] = []
     size = int(meta["input_size"])
-    mean = torch.tensor(ev.mean).view(1, 3, 1, 1)
-    std = torch.tensor(ev.std).view(1, 3, 1, 1)
+    run_std = tuple(float(v) for v in meta["std"])
+    mean = torch.tensor([float(v) for v in meta["mean"]]).view(1, 3, 1, 1)
+    std = torch.tensor(run_std).view(1, 3, 1, 1)
     classes = list(meta["classes"])
 
     def flush() -> None:
@@ -732,7 +748,7 @@ def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = Non
         batch = [(x, None)]
         feats = fx.extract(model, batch, device=rt.device, precision=rt.precision, blocks=s.needs_blocks)
         if s.needs_images:
-            sc = s.score_images(model, batch, device=rt.device, std=None if "std" in cfg.params else ev.std)
+            sc = s.score_images(model, batch, device=rt.device, std=None if "std" in cfg.params else run_std)
         else:
             sc = s.score(feats)
         probs = torch.softmax(feats.logits, dim=1)
