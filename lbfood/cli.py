@@ -491,6 +491,8 @@ def export(
 ) -> None:
     """Write a run's classifier, OOD score and threshold as one ONNX or TorchScript file (see README)."""
     with _guard():
+        import json
+
         from lbfood import render
         from lbfood.engine.export import ExportConfig
         from lbfood.engine.export import export as run_export
@@ -504,7 +506,8 @@ def export(
         render.kv_table(f"lbfood export → {res.path}", [
             ("format", f"{res.format}, {res.bytes / 2**20:.2f} MiB"),
             ("input", md["input"]),
-            ("outputs", "logits (batch, classes) float32, score (batch,) float32, is_id (batch,) bool"),
+            ("outputs", f"logits (batch, {len(json.loads(md['classes']))}) float32, score (batch,) float32, "
+                        "is_id (batch,) bool"),
             ("method", f"{md['method']} {md['params']}"),
             ("threshold", f"{res.threshold:.6g} ({md['threshold_source']})"),
         ])

@@ -166,3 +166,47 @@ def test_cli_exports_and_refuses_unsupported_methods(run, tmp_path):
                                         "--device", "cpu"]),
                     "feature bank is 0.00977 MiB (40 × 64 float32)", "--param fraction=0.512")
     assert not list(tmp_path.glob("*knn*"))
+
+
+def test_onnx_without_the_onnx_package_says_what_to_install(run, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError
+    _one_error_line(runner.invoke(app, ["export", "--method", "msp"]), "pip install 'lbfood[export]'",
+                    "--format torchscript")
+
+
+def _deploy():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "deploy.py"
+    spec = importlib.util.spec_from_file_location("deploy_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_deploy_example_prepares_images_as_lbfood_score(tmp_path, size):
+    import fakedata
+    from PIL import Image
+
+    deploy = _deploy()
+    for h, w in ((40, 30), (30, 47), (size, size), (300, 260), (17, 17)):
+        arr = fakedata.pattern(h + w, h, w)
+        Image.fromarray(arr).save(tmp_path / "a.png")
+        got = deploy.load(tmp_path / "a.png", size)
+        assert got.shape == (size, size, 3) and np.array_equal(got, evaluate.preprocess(arr, size)), (h, w)
+
+
+def test_deploy_example_classifies_a_folder(run, tmp_path, capsys):
+    folder, x = _images(tmp_path)
+    res = export(ExportConfig(model=str(run), method="energy", out=str(tmp_path / "d.onnx"), device="cpu"))
+    logits, score, is_id = _run_onnx(res.path, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    _deploy().main(res.path, str(folder), batch=5)
+    lines = [ln.split("\t") for ln in capsys.readouterr().out.splitlines()]
+    assert [ln[0] for ln in lines] == [str(folder / f"{i:02d}.png") for i in range(16)]
+    assert [ln[1] for ln in lines] == [backdrops.CLASSES[k] for k in logits.argmax(1)]
+    assert [float(ln[2]) for ln in lines] == pytest.approx(score.tolist(), abs=1e-4)
+    assert [ln[3] for ln in lines] == ["ID" if v else "OOD" for v in is_id]

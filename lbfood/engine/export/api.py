@@ -69,6 +69,12 @@ def check(cfg: ExportConfig) -> None:
         raise ConfigError(f"unknown method {cfg.method!r}; valid for export: {', '.join(exportable())}")
     if cfg.format not in FORMATS:
         raise ConfigError(f"unknown --format {cfg.format!r}; valid: {', '.join(FORMATS)}")
+    if cfg.format == "onnx":
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise ConfigError("--format onnx needs the onnx package: pip install 'lbfood[export]' "
+                              "(or export with --format torchscript)") from None
     if cfg.layout not in LAYOUTS:
         raise ConfigError(f"unknown --layout {cfg.layout!r}; valid: {', '.join(LAYOUTS)}")
     if cfg.threshold is not None and not math.isfinite(cfg.threshold):

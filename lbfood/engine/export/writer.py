@@ -50,9 +50,9 @@ def onnx_bytes(detector: nn.Module, example: torch.Tensor, metadata: dict[str, s
 
 def torchscript_bytes(detector: nn.Module, example: torch.Tensor, metadata: dict[str, str]) -> bytes:
     """The traced module with the metadata as the extra file `lbfood.json`."""
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer notes on constants (the baked statistics)
-        traced = torch.jit.trace(detector, (example,), check_trace=False)
     buf = io.BytesIO()
-    torch.jit.save(traced, buf, _extra_files={EXTRA_FILE: json.dumps(metadata, indent=1)})
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer notes on constants (the baked statistics), deprecation
+        traced = torch.jit.trace(detector, (example,), check_trace=False)
+        torch.jit.save(traced, buf, _extra_files={EXTRA_FILE: json.dumps(metadata, indent=1)})
     return buf.getvalue()
