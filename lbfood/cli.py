@@ -493,7 +493,7 @@ def export(
     with _guard():
         import json
 
-        from lbfood import render
+        from lbfood import render, render_eval
         from lbfood.engine.export import ExportConfig
         from lbfood.engine.export import export as run_export
 
@@ -501,7 +501,8 @@ def export(
                            threshold=threshold, params=_params(param, (method,)).get(method, {}),
                            max_bank_mb=max_bank_mb, batch_size=batch_size,
                            data_root=str(data_root) if data_root else None, device=device, precision=precision)
-        res = run_export(cfg)
+        with render_eval.progress() as on_event:  # fitting and calibrating, when the run has no stored ones
+            res = run_export(cfg, on_event=on_event)
         md = res.metadata
         render.kv_table(f"lbfood export → {res.path}", [
             ("format", f"{res.format}, {res.bytes / 2**20:.2f} MiB"),

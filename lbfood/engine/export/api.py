@@ -41,6 +41,8 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class ExportResult:
+    """What `export` wrote: the file, its size, the threshold baked in and the metadata recorded."""
+
     path: str
     format: str
     method: str
