@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from lbfood.engine import runs
-from lbfood.engine.errors import ConfigError
+from lbfood.engine.errors import ConfigError, DataError
 from lbfood.engine.evaluation.metrics import keep_threshold
 from lbfood.engine.evaluation.scorers import Scorer
 from lbfood.engine.evaluation.store import RunEval, data_root, jsonable, scorer_key
@@ -66,3 +66,33 @@ def store_threshold(run_dir: str | os.PathLike, key: str, entry: dict[str, Any])
     meta = runs.read(run_dir)
     runs.update(run_dir, thresholds={**meta.thresholds, key: entry}, threshold=meta.threshold or entry)
 
+
+
+def fitted_scorer_and_threshold(model: torch.nn.Module, meta: RunMeta, rt: Runtime, method: str,
+                                params: dict[str, Any] | None = None, *, threshold: float | None = None,
+                                root: str | os.PathLike | None = None, batch_size: int = 64,
+                                on_event: Callable[[Step], None] | None = None) -> tuple[Scorer, float]:
+    """The run's scorer `method`, fitted (or loaded from `<run>/scorers/`), and its threshold γ (paper
+    Eq. 3): `threshold` if given, else the run's stored one, else calibrated now on the ID test split
+    and stored in run.json. What `score` and `export` both use, so an exported detector decides as
+    `lbfood score` does."""
+    run_dir = meta.run_dir
+    ev = RunEval(run_dir, model, meta, rt, id_data=meta.data, data_root=data_root(meta, root),
+                 batch_size=batch_size, workers=0, on_event=on_event,
+                 limit=meta.config.get("limit"))  # fitted as calibrate fits it
+    try:
+        s = ev.scorer(method, params)
+    except DataError as e:
+        raise DataError(f"{method} must be fitted on the run's training data first: {e}") from None
+    if threshold is None:
+        threshold = stored_threshold(meta, s)
+    if threshold is None:
+        try:
+            entry = calibrate(run_dir, model, meta, rt, method, params=params, root=root, batch_size=batch_size,
+                              workers=0, on_event=on_event)
+        except DataError as e:
+            raise DataError(f"the run has no {method} threshold and calibrating one needs its ID test "
+                            f"split ({e}); or pass --threshold X") from None
+        store_threshold(run_dir, scorer_key(s), entry)
+        threshold = entry["value"]
+    return s, float(threshold)

@@ -19,8 +19,7 @@ from lbfood.engine.data.images import decode, eval_transform
 from lbfood.engine.errors import ConfigError, DataError
 from lbfood.engine.evaluation import features as fx
 from lbfood.engine.evaluation import scorers
-from lbfood.engine.evaluation.calibrate import calibrate, store_threshold, stored_threshold
-from lbfood.engine.evaluation.store import RunEval, data_root, scorer_key
+from lbfood.engine.evaluation.calibrate import fitted_scorer_and_threshold
 from lbfood.engine.events import Step
 from lbfood.engine.runtime import make_runtime
 
@@ -91,32 +90,16 @@ def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = Non
     rt = make_runtime(cfg.device, cfg.precision)
     model, meta = runs.load_run(cfg.model, rt.device)
     model = rt.prepare(model)
-    run_dir = meta.run_dir
-    ev = RunEval(run_dir, model, meta, rt, id_data=meta.data, data_root=data_root(meta, cfg.data_root),
-                  batch_size=cfg.batch_size, workers=0, on_event=on_event,
-                  limit=meta.config.get("limit"))  # fitted as calibrate fits it
-    try:
-        s = ev.scorer(cfg.method, cfg.params)
-    except DataError as e:
-        raise DataError(f"{cfg.method} must be fitted on the run's training data first: {e}") from None
-    threshold = cfg.threshold if cfg.threshold is not None else stored_threshold(meta, s)
-    if threshold is None:
-        try:
-            entry = calibrate(run_dir, model, meta, rt, cfg.method, params=cfg.params,
-                              root=cfg.data_root, batch_size=cfg.batch_size,
-                              workers=0, on_event=on_event)
-        except DataError as e:
-            raise DataError(f"the run has no {cfg.method} threshold and calibrating one needs its ID test "
-                            f"split ({e}); or pass --threshold X") from None
-        store_threshold(run_dir, scorer_key(s), entry)
-        threshold = entry["value"]
+    s, threshold = fitted_scorer_and_threshold(model, meta, rt, cfg.method, cfg.params, threshold=cfg.threshold,
+                                               root=cfg.data_root, batch_size=cfg.batch_size, on_event=on_event)
 
     entries = expand_paths(cfg.paths)
     rows: dict[str, Row] = {}
     good: list[tuple[str, np.ndarray]] = []
     size = int(meta.input_size)
-    mean = torch.tensor(ev.mean).view(1, 3, 1, 1)
-    std = torch.tensor(ev.std).view(1, 3, 1, 1)
+    run_std = tuple(float(v) for v in meta.std)
+    mean = torch.tensor([float(v) for v in meta.mean]).view(1, 3, 1, 1)
+    std = torch.tensor(run_std).view(1, 3, 1, 1)
     classes = list(meta.classes)
 
     def flush() -> None:
@@ -129,7 +112,7 @@ def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = Non
         batch = [(x, None)]
         feats = fx.extract(model, batch, device=rt.device, precision=rt.precision, blocks=s.needs_blocks)
         if s.needs_images:
-            sc = s.score_images(model, batch, device=rt.device, std=None if "std" in cfg.params else ev.std)
+            sc = s.score_images(model, batch, device=rt.device, std=None if "std" in cfg.params else run_std)
         else:
             sc = s.score(feats)
         probs = torch.softmax(feats.logits, dim=1)

@@ -16,8 +16,16 @@ def ash_s(x: torch.Tensor, p: float) -> torch.Tensor:
     """ASH-S on (N, D) activations: zero all but the top (100 − p) % of each row, then scale the kept
     ones by exp(s1 / s2), s1 and s2 the row sums before and after pruning (Djurisic et al., Alg. 1).
     """
-    n = x.shape[1]
-    k = n - int(round(n * p / 100.0))  # the reference: k = n - np.round(n * percentile / 100)
+    return ash_s_top(x, ash_kept(x.shape[1], p))
+
+
+def ash_kept(n: int, p: float) -> int:
+    """How many of n activations ASH-S keeps at pruning percentile p."""
+    return n - int(round(n * p / 100.0))  # the reference: k = n - np.round(n * percentile / 100)
+
+
+def ash_s_top(x: torch.Tensor, k: int) -> torch.Tensor:
+    """ASH-S keeping the top k of each row (k fixed: an exported graph needs it as a constant)."""
     s1 = x.sum(dim=1)
     if k <= 0:
         return torch.zeros_like(x)

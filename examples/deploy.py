@@ -1,0 +1,45 @@
+"""Classify a folder of images with a detector written by `lbfood export` (onnxruntime, numpy, PIL only).
+
+    lbfood export --model runs/latest --method react --out detector.onnx
+    python examples/deploy.py detector.onnx photos/     # prints: file, class, score, ID or OOD
+
+Images are prepared as `lbfood score` prepares them: RGB, the shorter side resized (bilinear) to the
+run's input size S (to round(S·256/224) when S > 64), then the centre S×S crop, as uint8.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+
+def load(path, size):
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    short = size if size <= 64 else int(round(size * 256 / 224))
+    new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.BILINEAR)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return np.asarray(img)[top:top + size, left:left + size]
+
+
+def main(model, folder, batch=64):
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map  # classes, threshold, input_size, layout, ...
+    size, classes = int(meta["input_size"]), json.loads(meta["classes"])
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))
+    for i in range(0, len(files), batch):
+        x = np.stack([load(p, size) for p in files[i:i + batch]])  # (B, S, S, 3) uint8
+        if meta["layout"] == "NCHW":
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        logits, score, is_id = session.run(None, {"images": x})
+        for p, lg, s, ok in zip(files[i:i + batch], logits, score, is_id, strict=True):
+            print(f"{p}\t{classes[int(lg.argmax())]}\t{s:.4f}\t{'ID' if ok else 'OOD'}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

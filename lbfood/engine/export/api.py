@@ -1,0 +1,159 @@
+"""`lbfood export`: a run's model, a fitted scorer and its threshold γ as one deployable file.
+
+The scorer and γ come from `calibrate.fitted_scorer_and_threshold`, the function `lbfood score` uses,
+so the file decides as `lbfood score` does on the same (already resized) images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lbfood import __version__
+from lbfood.engine.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lbfood.engine.runs import RunMeta
+
+FORMAT = "lbfood-detector-1"
+REFUSED = {"odin": "odin perturbs each input along its gradient, which an exported inference graph "
+                   "cannot compute; export another method (e.g. react or energy)"}
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """`lbfood export`: which run, scorer, threshold and file format."""
+
+    model: str = "runs/latest"
+    method: str = "react"
+    format: str = "onnx"  # onnx | torchscript
+    out: str | None = None  # None: <run name>-<method>.onnx (or .pt) in the current folder
+    layout: str = "NCHW"  # NCHW | NHWC, of the uint8 input images
+    threshold: float | None = None  # γ, Eq. 3; None: the run's calibrated threshold for `method`
+    params: dict = field(default_factory=dict)  # the method's parameters, e.g. {"k": 10}
+    max_bank_mb: float = 256.0  # knn: refuse a feature bank larger than this (MiB of float32)
+    batch_size: int = 64  # images per forward pass when fitting or calibrating
+    data_root: str | None = None  # where the ID data is, if the scorer must be fitted or calibrated
+    device: str = "auto"  # for fitting and calibration; the exported graph is CPU fp32
+    precision: str = "auto"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export` wrote: the file, its size, the threshold baked in and the metadata recorded."""
+
+    path: str
+    format: str
+    method: str
+    threshold: float
+    bytes: int
+    metadata: dict[str, str]
+
+
+def exportable() -> list[str]:
+    """Scorer names that can be exported (every registered one but those in REFUSED)."""
+    from lbfood.engine.evaluation import scorers
+    from lbfood.engine.export.detector import BUILDERS
+
+    return [n for n in scorers.names() if n in BUILDERS]
+
+
+def check(cfg: ExportConfig) -> None:
+    """Raise ConfigError for anything wrong with `cfg` that needs no run: before any work."""
+    from lbfood.engine.evaluation import scorers
+    from lbfood.engine.export.detector import LAYOUTS
+    from lbfood.engine.export.writer import FORMATS
+
+    if cfg.method in REFUSED:
+        raise ConfigError(f"cannot export {cfg.method}: {REFUSED[cfg.method]}")
+    if cfg.method not in exportable():
+        raise ConfigError(f"unknown method {cfg.method!r}; valid for export: {', '.join(exportable())}")
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"unknown --format {cfg.format!r}; valid: {', '.join(FORMATS)}")
+    if cfg.format == "onnx":
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise ConfigError("--format onnx needs the onnx package: pip install 'lbfood[export]' "
+                              "(or export with --format torchscript)") from None
+    if cfg.layout not in LAYOUTS:
+        raise ConfigError(f"unknown --layout {cfg.layout!r}; valid: {', '.join(LAYOUTS)}")
+    if cfg.threshold is not None and not math.isfinite(cfg.threshold):
+        raise ConfigError(f"--threshold must be a finite number, got {cfg.threshold}")
+    if not cfg.max_bank_mb > 0:
+        raise ConfigError(f"--max-bank-mb must be > 0, got {cfg.max_bank_mb}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    scorers.get(cfg.method, **cfg.params)  # unknown or out-of-range parameters raise
+
+
+def check_bank(s: Any, max_mb: float) -> None:
+    """KNN carries its training bank in the file: refuse one over `max_mb` MiB, saying how to shrink it."""
+    if "bank" not in s.state:
+        return
+    n, d = s.state["bank"].shape
+    mb = n * d * 4 / 2**20
+    if mb > max_mb:
+        keep = s.params["fraction"] * max_mb / mb
+        raise ConfigError(f"knn: the feature bank is {mb:.3g} MiB ({n} × {d} float32), over --max-bank-mb "
+                          f"{max_mb:g}; raise --max-bank-mb or keep fewer features with "
+                          f"--param fraction={math.floor(keep * 1000) / 1000:g}")
+
+
+def metadata(meta: RunMeta, s: Any, threshold: float, source: str, layout: str) -> dict[str, str]:
+    """What the file records, as strings: classes, mean, std and params are JSON, the rest plain text."""
+    size = int(meta.input_size)
+    shape = f"(batch, 3, {size}, {size})" if layout == "NCHW" else f"(batch, {size}, {size}, 3)"
+    return {
+        "format": FORMAT,
+        "lbfood_version": __version__,
+        "method": s.name,
+        "params": json.dumps(s.params, sort_keys=True, default=list),
+        "threshold": repr(float(threshold)),
+        "threshold_source": source,
+        "score": "higher = more in-distribution; is_id = score >= threshold",
+        "classes": json.dumps(list(meta.classes)),
+        "input": f"images: uint8 {layout} {shape}, RGB, resized and centre-cropped to {size} px",
+        "input_size": str(size),
+        "layout": layout,
+        "mean": json.dumps([float(v) for v in meta.mean]),
+        "std": json.dumps([float(v) for v in meta.std]),
+        "arch": meta.arch,
+        "width": repr(float(meta.width)),
+        "data": meta.data,
+        "run": str(meta.run_dir),
+        "parent_run": meta.parent or "",
+    }
+
+
+def export(cfg: ExportConfig, on_event: Callable[[Any], None] | None = None) -> ExportResult:
+    """Fit (or load) the scorer, resolve γ as `lbfood score` does, and write the detector file."""
+    import torch
+
+    from lbfood.engine import runs
+    from lbfood.engine.evaluation.calibrate import fitted_scorer_and_threshold
+    from lbfood.engine.export import detector, writer
+    from lbfood.engine.runtime import make_runtime
+
+    check(cfg)
+    rt = make_runtime(cfg.device, cfg.precision)
+    model, meta = runs.load_run(cfg.model, rt.device)
+    s, threshold = fitted_scorer_and_threshold(
+        rt.prepare(model), meta, rt, cfg.method, cfg.params, threshold=cfg.threshold, root=cfg.data_root,
+        batch_size=cfg.batch_size, on_event=on_event)
+    check_bank(s, cfg.max_bank_mb)
+    source = "--threshold" if cfg.threshold is not None else "run"
+    model = model.to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()  # what is traced
+    size = int(meta.input_size)
+    det = detector.build(model, s, size=size, mean=meta.mean, std=meta.std, threshold=threshold,
+                         layout=cfg.layout, channels_last=cfg.format == "torchscript")
+    shape = (2, 3, size, size) if cfg.layout == "NCHW" else (2, size, size, 3)
+    example = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = Path(cfg.out) if cfg.out else Path(f"{meta.run_dir.name}-{s.name}{writer.FORMATS[cfg.format]}")
+    md = metadata(meta, s, threshold, source, cfg.layout)
+    n = writer.write(det, example, out, cfg.format, md)
+    return ExportResult(path=str(out), format=cfg.format, method=s.name, threshold=threshold, bytes=n, metadata=md)

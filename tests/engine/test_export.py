@@ -1,0 +1,212 @@
+"""`lbfood export`: the ONNX and TorchScript detectors give `lbfood score`'s logits, scores and verdicts."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lbfood.cli import app
+from lbfood.cli import export as cli
+from lbfood.engine import runs
+from lbfood.engine.config import ScoreConfig
+from lbfood.engine.data import backdrops
+from lbfood.engine.data.images import eval_transform
+from lbfood.engine.evaluation import features as fx
+from lbfood.engine.evaluation import score as evaluate
+from lbfood.engine.export import ExportConfig, export, exportable
+
+ort = pytest.importorskip("onnxruntime")
+runner = CliRunner()
+LIMIT = 40  # the run's `limit`: scorers are fitted on 40 training images, γ calibrated on 40 test images
+PARAMS = {"knn": {"k": 5}, "vim": {"dim": 16}}  # knn's default k = 50 exceeds the 40 training images
+
+
+@pytest.fixture
+def run(tmp_path, make_run, small_backdrops, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = make_run(tmp_path)
+    _set(run_dir, limit=LIMIT, parent="runs/the-parent")
+    return run_dir
+
+
+def _set(run_dir, limit, parent):
+    meta = runs.read(run_dir)
+    runs.write(run_dir, meta.replace(config={**meta.config, "limit": limit}, parent=parent))
+
+
+def _images(tmp_path):
+    """8 ID test and 8 novel-object images (uint8, 32 px: the run's size, so nothing is resized) as PNGs."""
+    from PIL import Image
+
+    x = torch.cat([backdrops.generate("test")[0][50:58], backdrops.generate("novel")[0][:8]]).numpy()
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, a in enumerate(x):
+        Image.fromarray(a).save(folder / f"{i:02d}.png")
+    return folder, x
+
+
+def _run_onnx(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [np.asarray(o) for o in sess.run(None, {"images": x})]
+
+
+def _run_ts(path, x):
+    m = torch.jit.load(str(path))
+    return [o.numpy() for o in m(torch.from_numpy(x))]
+
+
+# Every exportable method, in groups that keep each test short: logits and block norms; the head on
+# shaped features; statistics of the training features.
+GROUPS = {"logits": ("msp", "maxlogit", "energy", "featurenorm"), "head": ("react", "dice", "dice_react", "ash"),
+          "statistics": ("mahalanobis", "vim", "knn")}
+
+
+def test_the_groups_and_help_cover_every_exportable_method():
+    assert sorted(m for g in GROUPS.values() for m in g) == exportable() == [
+        "ash", "dice", "dice_react", "energy", "featurenorm", "knn", "mahalanobis", "maxlogit", "msp", "react",
+        "vim"]
+    assert cli.EXPORT_NAMES == ", ".join(exportable())
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_every_method_matches_lbfood_score(run, tmp_path, fmt, group):
+    folder, x = _images(tmp_path)
+    nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    model, meta = runs.load_run(run)
+    xf = (torch.from_numpy(nchw).float() / 255 - torch.tensor(meta.mean).view(1, 3, 1, 1)) / \
+        torch.tensor(meta.std).view(1, 3, 1, 1)
+    want_logits = fx.extract(model, [(xf, None)]).logits.numpy()
+    decided = set()
+    for method in GROUPS[group]:
+        rows = evaluate.score_images(ScoreConfig(paths=(str(folder),), model=str(run), method=method,
+                                                 params=PARAMS.get(method, {}), device="cpu"))
+        scores = np.array([r.score for r in rows])
+        thr = rows[0].threshold
+        res = export(ExportConfig(model=str(run), method=method, format=fmt, params=PARAMS.get(method, {}),
+                                  device="cpu"))
+        assert res.threshold == thr and float(res.metadata["threshold"]) == thr
+        logits, score, is_id = (_run_onnx if fmt == "onnx" else _run_ts)(res.path, nchw)
+        assert logits.dtype == np.float32 and score.dtype == np.float32 and is_id.dtype == np.bool_
+        assert np.abs(logits - want_logits).max() <= 1e-4, method
+        err = np.abs(score - scores)
+        if method == "mahalanobis" and fmt == "onnx":
+            # Scores reach −231 here (one float32 ulp: 1.5e-5), and onnxruntime's convolutions differ
+            # from PyTorch's by ~2e-6 in the logits (as PyTorch's NCHW and channels-last ones differ by
+            # 1.4e-6), which the squared distance amplifies to 2.7e-4 (3e-6 of the score): a relative
+            # bound here. TorchScript runs PyTorch's kernels and matches `lbfood score` exactly.
+            assert np.all(err <= 1e-4 + 1e-5 * np.abs(scores)), (method, err / np.abs(scores))
+        else:
+            assert err.max() <= 1e-4, (method, err.max())
+        assert [r.predicted for r in rows] == [meta.classes[k] for k in logits.argmax(1)]
+        # Same verdicts; a score within float noise of γ could legitimately go either way.
+        clear = np.abs(scores - thr) > 1e-4
+        assert clear.sum() >= 14, method  # at most two of the 16 are that close
+        assert list(is_id[clear]) == [r.verdict == "ID" for r, c in zip(rows, clear, strict=True) if c]
+        assert list(is_id) == list(score.astype(np.float64) >= thr)
+        decided |= {r.verdict for r in rows}
+    assert decided == {"ID", "OOD"}  # the images exercise both verdicts
+
+
+def test_metadata_layout_and_dynamic_batch(run, tmp_path):
+    import onnx
+
+    _, x = _images(tmp_path)
+    a = export(ExportConfig(model=str(run), method="react", format="onnx", layout="NHWC", threshold=2.5,
+                            out=str(tmp_path / "d.onnx"), device="cpu"))
+    b = export(ExportConfig(model=str(run), method="react", format="torchscript", device="cpu"))
+    assert b.path == f"{run.name}-react.pt" and (tmp_path / b.path).is_file()
+    props = {p.key: p.value for p in onnx.load(a.path).metadata_props}
+    assert props == a.metadata
+    extra = {"lbfood.json": ""}
+    torch.jit.load(b.path, _extra_files=extra)
+    ts = json.loads(extra["lbfood.json"])
+    assert ts == b.metadata
+    assert props["threshold"] == "2.5" and props["threshold_source"] == "--threshold"
+    assert ts["threshold_source"] == "run" and float(ts["threshold"]) == b.threshold != 2.5
+    assert json.loads(props["classes"]) == list(backdrops.CLASSES) and props["method"] == "react"
+    assert json.loads(props["params"]) == {"percentile": 90.0} and props["input_size"] == "32"
+    assert (props["layout"], ts["layout"]) == ("NHWC", "NCHW")
+    assert json.loads(props["mean"]) == json.loads((run / "run.json").read_text())["mean"]
+    assert props["run"] == str(run) and props["parent_run"] == "runs/the-parent"
+    assert props["lbfood_version"] == "0.1.0" and props["format"] == "lbfood-detector-1"
+    # NHWC input gives the NCHW file's logits; any batch size (the example had 2 images) runs.
+    nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    for n in (1, 5, 16):
+        la, sa, ia = _run_onnx(a.path, x[:n])
+        lb, sb, _ = _run_ts(b.path, nchw[:n])
+        assert la.shape == (n, 10) and sa.shape == ia.shape == (n,)
+        assert np.abs(la - lb).max() <= 1e-4 and np.abs(sa - sb).max() <= 1e-4
+        assert list(ia) == list(sa.astype(np.float64) >= 2.5)
+
+
+def _one_error_line(r, *needles):
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_cli_exports_and_refuses_unsupported_methods(run, tmp_path):
+    r = runner.invoke(app, ["export", "--method", "energy", "--out", "e.onnx", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "e.onnx").is_file() and "e.onnx" in r.output
+    _one_error_line(runner.invoke(app, ["export", "--method", "odin"]), "cannot export odin", "gradient")
+    _one_error_line(runner.invoke(app, ["export", "--method", "nope"]), "unknown method 'nope'",
+                    "valid for export: ash, dice, dice_react, energy, featurenorm, knn, mahalanobis, maxlogit, "
+                    "msp, react, vim")
+    _one_error_line(runner.invoke(app, ["export", "--method", "msp", "--format", "tflite"]), "--format 'tflite'")
+    _one_error_line(runner.invoke(app, ["export", "--method", "msp", "--layout", "NWHC"]), "--layout 'NWHC'")
+    # KNN's bank: 40 training features × 64 dims × 4 bytes = 10,240 bytes ≈ 0.0098 MiB.
+    _one_error_line(runner.invoke(app, ["export", "--method", "knn", "--param", "k=5", "--max-bank-mb", "0.005",
+                                        "--device", "cpu"]),
+                    "feature bank is 0.00977 MiB (40 × 64 float32)", "--param fraction=0.512")
+    assert not list(tmp_path.glob("*knn*"))
+
+
+def test_onnx_without_the_onnx_package_says_what_to_install(run, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError
+    _one_error_line(runner.invoke(app, ["export", "--method", "msp"]), "pip install 'lbfood[export]'",
+                    "--format torchscript")
+
+
+def _deploy():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "deploy.py"
+    spec = importlib.util.spec_from_file_location("deploy_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_deploy_example_prepares_images_as_lbfood_score(tmp_path, size):
+    import fakedata
+    from PIL import Image
+
+    deploy = _deploy()
+    for h, w in ((40, 30), (30, 47), (size, size), (300, 260), (17, 17)):
+        arr = fakedata.pattern(h + w, h, w)
+        Image.fromarray(arr).save(tmp_path / "a.png")
+        got = deploy.load(tmp_path / "a.png", size)
+        assert got.shape == (size, size, 3) and np.array_equal(got, eval_transform(arr, size)), (h, w)
+
+
+def test_deploy_example_classifies_a_folder(run, tmp_path, capsys):
+    folder, x = _images(tmp_path)
+    res = export(ExportConfig(model=str(run), method="energy", out=str(tmp_path / "d.onnx"), device="cpu"))
+    logits, score, is_id = _run_onnx(res.path, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    _deploy().main(res.path, str(folder), batch=5)
+    lines = [ln.split("\t") for ln in capsys.readouterr().out.splitlines()]
+    assert [ln[0] for ln in lines] == [str(folder / f"{i:02d}.png") for i in range(16)]
+    assert [ln[1] for ln in lines] == [backdrops.CLASSES[k] for k in logits.argmax(1)]
+    assert [float(ln[2]) for ln in lines] == pytest.approx(score.tolist(), abs=1e-4)
+    assert [ln[3] for ln in lines] == ["ID" if v else "OOD" for v in is_id]
