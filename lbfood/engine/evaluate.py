@@ -29,7 +29,7 @@ import torch
 from lbfood import __version__
 from lbfood.engine import checkpoint, distributed, metrics, scorers
 from lbfood.engine import features as fx
-from lbfood.engine.benchmarks import BUILTIN, load_benchmark
+from lbfood.engine.benchmarks import BUILTIN, is_lff_run, load_benchmark, paper_numbers
 from lbfood.engine.config import ReportConfig, ScoreConfig
 from lbfood.engine.data import DatasetSpec, ImageSet, LoadOptions, default_root
 from lbfood.engine.data import get as get_dataset
@@ -39,6 +39,7 @@ from lbfood.engine.distributed import DistInfo
 from lbfood.engine.errors import ConfigError, DataError, LbfoodError, RunError
 from lbfood.engine.features import Features
 from lbfood.engine.io import atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
+from lbfood.engine.ood_labels import labels_for, split_labels
 from lbfood.engine.runtime import Runtime, make_runtime
 from lbfood.engine.scorers import Scorer
 
@@ -69,6 +70,7 @@ class RunResult:
     data: str
     id_accuracy: float
     metrics: dict[str, dict[str, dict[str, float]]]
+    lff: bool = False  # fine-tuned with L_LFF (λ > 0): compared with the paper's "+Ours" rows
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class ReportResult:
     benchmark: str | None = None
     paper: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # fractions, like `metrics`
     labels: dict[str, str] = field(default_factory=dict)  # method -> name as printed in the paper
+    paper_ours: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # Table IV "+Ours" rows
+    ood_labels: dict[str, str] = field(default_factory=dict)  # OOD set -> short label for tables
     extractions: int = 0  # forward passes over a dataset split (feature-cache misses)
     odin_passes: int = 0  # ODIN's own passes (gradient + perturbed forward) over a split
     fits: int = 0  # scorers fitted now (the others were loaded from <run>/scorers/)
@@ -97,6 +101,11 @@ class ReportResult:
         d = asdict(self)
         d["ood"], d["methods"], d["notes"] = list(self.ood), list(self.methods), list(self.notes)
         return d
+
+    def paper_for(self, run: RunResult, method: str) -> dict[str, dict[str, float]]:
+        """The paper's row shown beside `run`: "+Ours" for an LFF run (none if the paper has none),
+        else the baseline row."""
+        return (self.paper_ours if run.lff else self.paper).get(method, {})
 
 
 @dataclass(frozen=True)
@@ -466,7 +475,8 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
     if id_spec.role != "id":
         raise ConfigError(f"--id {id_data} is an OOD set (no class labels); pass the ID dataset the run "
                           f"was trained on ({first['data']})")
-    ood = _dedupe(cfg.ood) if cfg.ood else (bench.ood if bench else _default_ood(id_data))
+    ood_names, ood_given = split_labels(cfg.ood)  # NAME=DATASET labels a set in the printed tables
+    ood = _dedupe(ood_names) if ood_names else (bench.ood if bench else _default_ood(id_data))
     for name in ood:
         spec = get_dataset(name)  # unknown names raise with the valid ones
         if name == id_data:
@@ -518,18 +528,11 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
             notes.extend(n for n in ev.notes if n not in notes)
         results.append(RunResult(name=run_dir.name, path=str(run_dir), kind=str(meta.get("kind", "")),
                                  arch=str(meta["arch"]), width=float(meta["width"]), data=str(meta["data"]),
-                                 id_accuracy=accuracy, metrics=per_method))
+                                 id_accuracy=accuracy, metrics=per_method, lff=is_lff_run(meta)))
         del model, ev
 
-    paper: dict[str, dict[str, dict[str, float]]] = {}
-    if bench is not None:
-        comparable = set(ood) == set(bench.ood)
-        for m in methods:
-            rows = bench.paper.get(m, {})
-            kept = {ds: {k: v / 100.0 for k, v in cell.items()} for ds, cell in rows.items()
-                    if ds in ood or (ds == "average" and comparable)}
-            if kept:
-                paper[m] = kept
+    paper = paper_numbers(bench, methods, ood) if bench is not None else {}
+    paper_ours = paper_numbers(bench, methods, ood, ours=True) if bench is not None else {}
     params = {m: _jsonable(protos[m].params) for m in methods}
     for m in methods:
         if protos[m].needs_images and "std" in params[m] and "std" not in cfg.params.get(m, {}):
@@ -539,8 +542,9 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
     result = ReportResult(
         id_data=id_data, ood=tuple(ood), methods=methods, params=params, convention=cfg.fpr_convention,
         runs=tuple(results), data_root=str(data_root), num_images=num_images,
-        benchmark=bench.name if bench else None, paper=paper,
+        benchmark=bench.name if bench else None, paper=paper, paper_ours=paper_ours,
         labels={m: bench.labels[m] for m in methods if bench and m in bench.labels},
+        ood_labels=labels_for(ood, ood_given),
         notes=tuple(notes), seconds=round(time.time() - t0, 3), output=cfg.output, **counts)
     if cfg.output and dist.is_main:
         write_report(result, cfg.output, fmt)
@@ -574,15 +578,16 @@ def _csv(result: ReportResult) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["run", "kind", "method", "dataset", *metrics.SUMMARY_KEYS, "id_accuracy", "convention",
-                "paper_fpr95", "paper_auroc"])
+                "paper_fpr95", "paper_auroc", "paper_row"])
     for run in result.runs:
         for m in result.methods:
             for ds in _datasets(result):
                 cell = run.metrics[m][ds]
-                paper = result.paper.get(m, {}).get(ds, {})
+                paper = result.paper_for(run, m).get(ds, {})
                 w.writerow([run.name, run.kind, m, ds, *(repr(cell[k]) for k in metrics.SUMMARY_KEYS),
                             repr(run.id_accuracy), result.convention,
-                            repr(paper["fpr95"]) if paper else "", repr(paper["auroc"]) if paper else ""])
+                            repr(paper["fpr95"]) if paper else "", repr(paper["auroc"]) if paper else "",
+                            ("+Ours" if run.lff else "baseline") if paper else ""])
     return buf.getvalue()
 
 
@@ -599,10 +604,10 @@ def _markdown(result: ReportResult) -> str:
     for run in result.runs:
         lines.append(f"- {run.name} ({run.kind}, {run.arch} ×{run.width:g}): ID accuracy {_pct(run.id_accuracy)} %")
     lines.append("")
-    has_paper = bool(result.paper)
+    has_paper = bool(result.paper or result.paper_ours)
     head = ["Run", "Method", "Dataset", "FPR95↓", "AUROC↑", "AUPR-In↑", "AUPR-Out↑"]
     if has_paper:
-        head += ["Paper FPR95↓", "Paper AUROC↑"]
+        head += ["Paper FPR95↓", "Paper AUROC↑", "Paper row"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|")
     for run in result.runs:
@@ -612,8 +617,9 @@ def _markdown(result: ReportResult) -> str:
                 row = [run.name, result.labels.get(m, m), "Average" if ds == "average" else ds,
                        *(_pct(cell[k]) for k in metrics.SUMMARY_KEYS)]
                 if has_paper:
-                    paper = result.paper.get(m, {}).get(ds)
-                    row += [_pct(paper["fpr95"]) if paper else "", _pct(paper["auroc"]) if paper else ""]
+                    paper = result.paper_for(run, m).get(ds)
+                    row += [_pct(paper["fpr95"]) if paper else "", _pct(paper["auroc"]) if paper else "",
+                            ("+Ours" if run.lff else "baseline") if paper else ""]
                 lines.append("| " + " | ".join(r.replace("|", "\\|") for r in row) + " |")
     lines.append("")
     lines.append("All values are percentages. " + "; ".join(
