@@ -259,3 +259,13 @@ def test_lff_runs_are_compared_with_the_plus_ours_rows(run, make_run, tmp_path):
     csv_rows = evaluate._csv(res).splitlines()
     assert csv_rows[0].endswith("paper_fpr95,paper_auroc,paper_row")
     assert csv_rows[2].endswith(",0.3,0.9,+Ours") and csv_rows[4].endswith(",0.5,0.8,baseline")
+
+
+def test_featurenorm_threshold_from_the_stage_layout_is_not_reused():
+    entry = {"method": "featurenorm", "value": 3.5, "params": {"block": None}}
+    meta = {"thresholds": {"featurenorm": entry}}
+    assert evaluate.stored_threshold(meta, scorers.get("featurenorm")) is None  # no "features": recalibrate
+    entry["features"] = fx.FORMAT
+    assert evaluate.stored_threshold(meta, scorers.get("featurenorm")) == 3.5
+    react = {"method": "react", "value": 1.5, "params": scorers.get("react").params}  # no block norms: kept
+    assert evaluate.stored_threshold({"thresholds": {"react": react}}, scorers.get("react")) == 1.5

@@ -392,6 +392,8 @@ def calibrate(run_dir: str | os.PathLike, model: torch.nn.Module, meta: dict[str
              "data": meta["data"], "params": _jsonable(s.params)}
     if limit is not None:
         entry["limit"] = limit
+    if s.needs_blocks:  # block norms change meaning with the feature format (stages, then residual blocks)
+        entry["features"] = fx.FORMAT
     return entry
 
 
@@ -402,6 +404,8 @@ def stored_threshold(meta: dict[str, Any], s: Scorer) -> float | None:
     for entry in candidates:
         if not isinstance(entry, dict) or entry.get("method") != s.name or "value" not in entry:
             continue
+        if s.needs_blocks and entry.get("features") != fx.FORMAT:
+            continue  # calibrated on block norms of another layout: calibrate again
         if entry.get("params", want) == want:
             return float(entry["value"])
     return None

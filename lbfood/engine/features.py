@@ -22,7 +22,7 @@ from lbfood.engine.distributed import DistInfo
 from lbfood.engine.errors import ConfigError
 
 # 2: block norms are per residual block (1 had one per stage); a file of another format is a cache miss.
-_FORMAT = "lbfood-features-2"
+FORMAT = "lbfood-features-2"
 _OPTIONAL = ("block_norms", "jigsaw_block_norms")
 
 
@@ -221,7 +221,7 @@ def cached_extract(cache_dir: str | Path, key: str, model: nn.Module, make_loade
     """
     dist = dist or DistInfo()
     path = cache_path(cache_dir, key)
-    want = {"format": _FORMAT, "key": key, "fingerprint": fingerprint,
+    want = {"format": FORMAT, "key": key, "fingerprint": fingerprint,
             "blocks": str(bool(kw.get("blocks", True))), "jigsaw": str(bool(kw.get("jigsaw", False))),
             "precision": str(kw.get("precision", "fp32"))}
     hit = None
