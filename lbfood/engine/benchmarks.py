@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -132,7 +133,8 @@ def is_lff_run(meta: dict) -> bool:
     return meta.get("kind") == "finetune" and isinstance(lam, (int, float)) and lam > 0
 
 
-def paper_numbers(bench: Benchmark, methods, ood, *, ours: bool = False) -> dict[str, dict[str, dict[str, float]]]:
+def paper_numbers(bench: Benchmark, methods: Sequence[str], ood: Sequence[str], *,
+                  ours: bool = False) -> dict[str, dict[str, dict[str, float]]]:
     """The paper's rows (baseline, or "+Ours" with `ours`) for `methods` as fractions, for the OOD sets
     evaluated; "average" only when exactly the benchmark's OOD sets are (else it averages others)."""
     comparable = set(ood) == set(bench.ood)
