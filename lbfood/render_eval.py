@@ -14,9 +14,6 @@ from rich.table import Table
 
 from lbfood import render
 
-_METRICS = (("fpr95", "FPR95↓", False), ("auroc", "AUROC↑", True), ("aupr_in", "AUPR-In↑", True),
-            ("aupr_out", "AUPR-Out↑", True))
-
 
 def _console() -> Console:
     """The shared console on a terminal; a wide one when piped, so tables are not squeezed."""
@@ -39,57 +36,18 @@ def progress(quiet: bool = False) -> Iterator[Any]:
         yield lambda step: status.update(escape(step.message))
 
 
-def _run_labels(result: Any) -> list[str]:
-    """Short column labels for runs: their kind (pretrain, finetune) when that tells them apart."""
-    kinds = [r.kind or r.name for r in result.runs]
-    if len(set(kinds)) == len(kinds):
-        return kinds
-    return [r.name for r in result.runs]
+def report(result: Any, all_metrics: bool = False, console: Console | None = None) -> None:
+    """The report's tables (see render_report: one per method when runs are compared, the paper's
+    baseline or "+Ours" numbers beside each run, fitted to the terminal or 120 columns when piped), then
+    the legend (runs, full OOD names), notes and what was computed."""
+    from lbfood import render_report
 
-
-def report(result: Any, all_metrics: bool = False) -> None:
-    """One row per OOD dataset and an Average row; per method FPR95↓ and AUROC↑ (percentages), runs side
-    by side (the better value in bold green, as the paper's Table IV), the paper's numbers beside them."""
-    shown = _METRICS if all_metrics else _METRICS[:2]
-    labels = _run_labels(result)
-    many = len(result.runs) > 1
-    conv = "paper: ID positive" if result.convention == "paper" else "openood: OOD positive"
-    acc = ", ".join(f"{lab} {r.id_accuracy:.2%}" for lab, r in zip(labels, result.runs, strict=True)) if many \
-        else f"{result.runs[0].id_accuracy:.2%}"
-    caption = f"ID {escape(result.id_data)} accuracy {acc} · FPR95 convention {conv} · values in %"
-    if result.benchmark:
-        caption += f" · benchmark {escape(result.benchmark)}" + (" (paper's numbers dimmed)" if result.paper else "")
-    title = "lbfood report: " + (" vs ".join(escape(r.name) for r in result.runs))
-    table = Table(title=title, caption=caption, header_style="bold")
-    table.add_column("OOD dataset")
-    columns: list[tuple[str, str, int | None, bool]] = []  # (method, metric key, run index or None=paper, up)
-    for m in result.methods:
-        name = result.labels.get(m, m)
-        paper = result.paper.get(m, {})
-        for key, head, up in shown:
-            for i, lab in enumerate(labels):
-                table.add_column(f"{escape(name)}\n{head}" + (f"\n{escape(lab)}" if many else ""), justify="right")
-                columns.append((m, key, i, up))
-            if paper and key in ("fpr95", "auroc"):
-                table.add_column(f"{escape(name)}\n{head}\npaper", justify="right", style="dim")
-                columns.append((m, key, None, up))
-    for ds in [*result.ood, "average"]:
-        cells = []
-        for m, key, i, up in columns:
-            if i is None:
-                cells.append(_pct(result.paper.get(m, {}).get(ds, {}).get(key)))
-                continue
-            v = result.runs[i].metrics[m][ds][key]
-            text = _pct(v)
-            if many:
-                others = [r.metrics[m][ds][key] for j, r in enumerate(result.runs) if j != i]
-                if all((v > o) if up else (v < o) for o in others):
-                    text = f"[bold green]{text}[/]"
-            cells.append(text)
-        label = "[bold]Average[/]" if ds == "average" else escape(ds)
-        table.add_row(label, *cells, end_section=ds == result.ood[-1])
-    out = _console()
-    out.print(table)
+    out = console or (render.console if render.console.is_terminal
+                      else Console(width=render_report.PIPED_WIDTH, soft_wrap=False))
+    for table in render_report.tables(result, out, all_metrics):
+        out.print(table)
+    for line in render_report.legend(result):
+        out.print(line)
     for note in result.notes:
         out.print(f"[yellow]note:[/] {escape(note)}")
     cached = "all features from the cache" if result.extractions == 0 else f"{result.extractions} extraction(s)"

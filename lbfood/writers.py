@@ -49,15 +49,16 @@ def _csv(result: ReportResult) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["run", "kind", "method", "dataset", *metrics.SUMMARY_KEYS, "id_accuracy", "convention",
-                "paper_fpr95", "paper_auroc"])
+                "paper_fpr95", "paper_auroc", "paper_row"])
     for run in result.runs:
         for m in result.methods:
             for ds in _datasets(result):
                 cell = run.metrics[m][ds]
-                paper = result.paper.get(m, {}).get(ds, {})
+                paper = result.paper_for(run, m).get(ds, {})
                 w.writerow([run.name, run.kind, m, ds, *(repr(cell[k]) for k in metrics.SUMMARY_KEYS),
                             repr(run.id_accuracy), result.convention,
-                            repr(paper["fpr95"]) if paper else "", repr(paper["auroc"]) if paper else ""])
+                            repr(paper["fpr95"]) if paper else "", repr(paper["auroc"]) if paper else "",
+                            ("+Ours" if run.lff else "baseline") if paper else ""])
     return buf.getvalue()
 
 
@@ -74,10 +75,10 @@ def _markdown(result: ReportResult) -> str:
     for run in result.runs:
         lines.append(f"- {run.name} ({run.kind}, {run.arch} ×{run.width:g}): ID accuracy {_pct(run.id_accuracy)} %")
     lines.append("")
-    has_paper = bool(result.paper)
+    has_paper = bool(result.paper or result.paper_ours)
     head = ["Run", "Method", "Dataset", "FPR95↓", "AUROC↑", "AUPR-In↑", "AUPR-Out↑"]
     if has_paper:
-        head += ["Paper FPR95↓", "Paper AUROC↑"]
+        head += ["Paper FPR95↓", "Paper AUROC↑", "Paper row"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|")
     for run in result.runs:
@@ -87,8 +88,9 @@ def _markdown(result: ReportResult) -> str:
                 row = [run.name, result.labels.get(m, m), "Average" if ds == "average" else ds,
                        *(_pct(cell[k]) for k in metrics.SUMMARY_KEYS)]
                 if has_paper:
-                    paper = result.paper.get(m, {}).get(ds)
-                    row += [_pct(paper["fpr95"]) if paper else "", _pct(paper["auroc"]) if paper else ""]
+                    paper = result.paper_for(run, m).get(ds)
+                    row += [_pct(paper["fpr95"]) if paper else "", _pct(paper["auroc"]) if paper else "",
+                            ("+Ours" if run.lff else "baseline") if paper else ""]
                 lines.append("| " + " | ".join(r.replace("|", "\\|") for r in row) + " |")
     lines.append("")
     lines.append("All values are percentages. " + "; ".join(

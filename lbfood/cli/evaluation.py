@@ -31,7 +31,7 @@ def report(
     id_data: Annotated[str | None, typer.Option(
         "--id", help="ID dataset (its test split).", show_default="the benchmark's, else the run's dataset")] = None,
     ood: Annotated[list[str] | None, typer.Option(
-        help="OOD dataset, repeatable (e.g. svhn, folder:PATH).",
+        help="OOD dataset, repeatable (e.g. svhn, folder:PATH); NAME=folder:PATH names it in the tables.",
         show_default="the benchmark's, else the built-in benchmark of the ID set")] = None,
     method: Annotated[list[str] | None, typer.Option(
         help=f"Scorer, repeatable or comma-separated: {SCORER_NAMES}.", show_default="react")] = None,

@@ -1,8 +1,9 @@
 """Model zoo: CIFAR-form ResNets, WideResNets and torchvision's ImageNet ResNet-50.
 
 Every model has a `width` multiplier (for CPU-sized experiments), `forward_blocks(x)` (the output of
-each stage, used by FeatureNorm), `forward_features(x)` (the last feature map z, (B, C, H, W), before
-pooling: the map L_LFF works on), a linear `head`, and `forward(x) = head(GAP(z))` (paper Eq. 1).
+every residual block in order: FeatureNorm's candidates, 8 for ResNet-18, 16 for ResNet-34/50, 12 for
+WRN-28-10), `forward_features(x)` (the last feature map z, (B, C, H, W), before pooling: the map L_LFF
+works on), a linear `head`, and `forward(x) = head(GAP(z))` (paper Eq. 1).
 """
 
 from __future__ import annotations
@@ -54,11 +55,16 @@ class FeatureModel(nn.Module):
     head: nn.Linear
 
     def forward_blocks(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every residual block, in order (as the FeatureNorm reference enumerates them)."""
         raise NotImplementedError
+
+    def features_from_last_block(self, last: torch.Tensor) -> torch.Tensor:
+        """z from the last block's output (the same tensor, except where a final BN-ReLU follows)."""
+        return last
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """z = h(x), the last feature map (B, C, H, W)."""
-        return self.forward_blocks(x)[-1]
+        return self.features_from_last_block(self.forward_blocks(x)[-1])
 
     def forward(self, x: torch.Tensor, with_features: bool = False):
         """Logits `head(GAP(z))`; with `with_features`, `(logits, z)` from the same pass (used by the
@@ -138,8 +144,9 @@ class CifarResNet(FeatureModel):
         x = self.stem(x)
         outs = []
         for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
+            for block in stage:
+                x = block(x)
+                outs.append(x)
         return outs
 
     def forward_features(self, x):
@@ -168,7 +175,11 @@ class WideBlock(nn.Module):
 
 
 class WideResNet(FeatureModel):
-    """WRN-depth-widen for 32×32 inputs; the last feature map is taken after the final BN-ReLU."""
+    """WRN-depth-widen for 32×32 inputs; the last feature map is taken after the final BN-ReLU.
+
+    `forward_blocks` gives the raw (pre-activation) block outputs, the last one before that BN-ReLU,
+    as the FeatureNorm reference reads them; FeatureNorm's own ReLU is applied when it is computed.
+    """
 
     def __init__(self, depth: int, widen: int, num_classes: int, width: float = 1.0):
         super().__init__()
@@ -191,10 +202,14 @@ class WideResNet(FeatureModel):
     def forward_blocks(self, x):
         x = self.stem(x)
         outs = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            outs.append(F.relu(self.bn(x)) if i == len(self.stages) - 1 else x)
+        for stage in self.stages:
+            for block in stage:
+                x = block(x)
+                outs.append(x)
         return outs
+
+    def features_from_last_block(self, last):
+        return F.relu(self.bn(last))
 
     def forward_features(self, x):
         x = self.stem(x)
@@ -229,8 +244,9 @@ class ImageNetResNet50(FeatureModel):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         outs = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = layer(x)
-            outs.append(x)
+            for block in layer:
+                x = block(x)
+                outs.append(x)
         return outs
 
     def forward_features(self, x):

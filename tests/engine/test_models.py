@@ -7,6 +7,7 @@ from lbfood.cli import common as cli
 from lbfood.engine import models
 from lbfood.engine.errors import ConfigError
 
+BLOCKS = {"resnet18": 8, "resnet34": 16, "resnet50": 16, "wrn28_10": 12, "resnet50_imagenet": 16}
 EXPECTED = {"resnet18": (64, 4), "resnet34": (64, 4), "resnet50": (256, 4), "wrn28_10": (80, 8),
             "resnet50_imagenet": (256, 7)}
 
@@ -26,7 +27,27 @@ def test_shapes(name):
     torch.testing.assert_close(logits, m.head(z.mean(dim=(2, 3))))
     logits2, z2 = m(x, with_features=True)
     torch.testing.assert_close(logits2, logits)
-    torch.testing.assert_close(m.forward_blocks(x)[-1], z)
+    torch.testing.assert_close(m.features_from_last_block(m.forward_blocks(x)[-1]), z)
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_forward_blocks_is_every_residual_block(name):
+    """FeatureNorm's candidates: one output per residual block, in order, as each block's module returns it."""
+    from torchvision.models.resnet import Bottleneck as TvBottleneck
+
+    torch.manual_seed(0)
+    m = models.build(name, num_classes=3, width=0.125).eval()
+    kinds = (models.BasicBlock, models.Bottleneck, models.WideBlock, TvBottleneck)
+    residual = [mod for mod in m.modules() if isinstance(mod, kinds)]
+    seen = []
+    hooks = [mod.register_forward_hook(lambda _m, _i, out: seen.append(out)) for mod in residual]
+    s = 64 if name.endswith("_imagenet") else 32
+    with torch.no_grad():
+        outs = m.forward_blocks(torch.randn(2, 3, s, s))
+    for h in hooks:
+        h.remove()
+    assert len(outs) == len(residual) == BLOCKS[name]
+    assert all(torch.equal(o, h) for o, h in zip(outs, seen, strict=True))
 
 
 def test_wrn_family_and_errors():

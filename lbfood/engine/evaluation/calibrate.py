@@ -12,6 +12,7 @@ import torch
 
 from lbfood.engine import runs
 from lbfood.engine.errors import ConfigError, DataError
+from lbfood.engine.evaluation.features import FORMAT as FEATURES_FORMAT
 from lbfood.engine.evaluation.metrics import keep_threshold
 from lbfood.engine.evaluation.scorers import Scorer
 from lbfood.engine.evaluation.store import RunEval, data_root, jsonable, scorer_key
@@ -46,6 +47,8 @@ def calibrate(run_dir: str | os.PathLike, model: torch.nn.Module, meta: RunMeta,
              "data": meta.data, "params": jsonable(s.params)}
     if limit is not None:
         entry["limit"] = limit
+    if s.needs_blocks:  # block norms change meaning with the feature format (stages, then residual blocks)
+        entry["features"] = FEATURES_FORMAT
     return entry
 
 
@@ -56,6 +59,8 @@ def stored_threshold(meta: RunMeta, s: Scorer) -> float | None:
     for entry in candidates:
         if not isinstance(entry, dict) or entry.get("method") != s.name or "value" not in entry:
             continue
+        if s.needs_blocks and entry.get("features") != FEATURES_FORMAT:
+            continue  # calibrated on block norms of another layout: calibrate again
         if entry.get("params", want) == want:
             return float(entry["value"])
     return None

@@ -1,7 +1,7 @@
 """Extract once, score many: one forward pass per dataset gives every post-hoc scorer its inputs.
 
 `extract` runs a model over a loader and returns `Features`: logits, the pooled penultimate features
-(GAP of the last feature map z, paper Eq. 1), labels, and FeatureNorm's per-stage norms.
+(GAP of the last feature map z, paper Eq. 1), labels, and FeatureNorm's norm of every residual block.
 `cached_extract` stores them as safetensors so a report re-scores without re-running the model.
 """
 
@@ -21,7 +21,8 @@ from lbfood.engine import distributed, io
 from lbfood.engine.distributed import DistInfo
 from lbfood.engine.errors import ConfigError
 
-_FORMAT = "lbfood-features-1"
+# 2: block norms are per residual block (1 had one per stage); a file of another format is a cache miss.
+FORMAT = "lbfood-features-2"
 _OPTIONAL = ("block_norms", "jigsaw_block_norms")
 
 
@@ -29,7 +30,7 @@ _OPTIONAL = ("block_norms", "jigsaw_block_norms")
 class Features:
     """What one forward pass over a dataset yields (CPU float32 tensors; labels int64, -1 = unlabelled).
 
-    `block_norms[:, b]` is FeatureNorm (Yu et al., CVPR 2023) of stage b of `forward_blocks`;
+    `block_norms[:, b]` is FeatureNorm (Yu et al., CVPR 2023) of residual block b of `forward_blocks`;
     `jigsaw_block_norms` is the same on a 3×3 jigsaw shuffle of each image (its pseudo-OOD).
     """
 
@@ -154,8 +155,12 @@ def extract(model: nn.Module, loader: Iterable, *, device: str | torch.device = 
                 if dev.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
                 with _autocast(dev, precision):
-                    outs = model.forward_blocks(x) if blocks else [model.forward_features(x)]
-                f = outs[-1][:b].float().mean(dim=(2, 3))
+                    if blocks:
+                        outs = model.forward_blocks(x)
+                        z = model.features_from_last_block(outs[-1])
+                    else:
+                        z = model.forward_features(x)
+                f = z[:b].float().mean(dim=(2, 3))
                 feats.append(f)
                 logits.append(model.head(f))  # fp32 head on fp32 features, outside autocast
                 y = torch.full((b,), -1) if y is None else torch.as_tensor(y)
@@ -206,7 +211,7 @@ def cached_extract(cache_dir: str | Path, key: str, model: nn.Module, make_loade
     """
     dist = dist or DistInfo()
     path = cache_path(cache_dir, key)
-    want = {"format": _FORMAT, "key": key, "fingerprint": fingerprint,
+    want = {"format": FORMAT, "key": key, "fingerprint": fingerprint,
             "blocks": str(bool(kw.get("blocks", True))), "jigsaw": str(bool(kw.get("jigsaw", False))),
             "precision": str(kw.get("precision", "fp32"))}
     hit = None

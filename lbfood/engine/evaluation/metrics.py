@@ -7,9 +7,15 @@ count half in AUROC (all-equal scores give AUROC 0.5 and FPR95 1.0).
 
 Two conventions for FPR95 (`convention=`):
 
-* "paper" (default): ID is the positive class, as in the paper's "FPR when the TPR is 95 %" (and
-  the ReAct/KNN/DICE code): the threshold t is the largest score with share(id ≥ t) ≥ tpr, and
-  FPR = share(ood ≥ t).
+* "paper" (default): ID is the positive class, as in the paper's "FPR when the TPR is 95 %", counted
+  as the reference OOD code counts it: `fpr_and_fdr_at_recall` of the Outlier Exposure code base
+  (hendrycks/outlier-exposure, `utils/display_results.py`), which the ReAct, KNN and FeatureNorm
+  repositories reuse with the ID scores as the positive class. Over the distinct score values taken as
+  thresholds (score ≥ t ⇒ ID), down to the lowest ID score, it takes the ID recall closest to `tpr`
+  (float64 |recall − tpr|; it may lie below `tpr`, and of two equally close the higher recall wins)
+  and, of the thresholds with that recall, the lowest one: OOD scores between the last ID score kept
+  and the next ID score below count as false positives. This is not sklearn's `roc_curve` at the
+  first TPR ≥ 0.95, which stops at the ID score itself and never goes below `tpr`.
 * "openood": OOD is the positive class (OpenOOD v1.5, `evaluators/metrics.py::auc_and_fpr_recall`:
   `roc_curve(ood_indicator, -conf)`, FPR at the first point with TPR ≥ 0.95): the cut-off c is the
   smallest score with share(ood ≤ c) ≥ tpr, and FPR = share(id ≤ c). Its AUPRs are OpenOOD's
@@ -81,10 +87,29 @@ def fpr_at_tpr(id_scores: Any, ood_scores: Any, tpr: float = 0.95, convention: s
         raise MetricInputError(f"tpr must be in (0, 1], got {tpr}")
     ind, ood = _pair(id_scores, ood_scores)
     if convention == "paper":
-        t = keep_threshold(ind, tpr)  # the k-th largest ID score
-        return float(np.mean(ood >= t))
+        return _fpr_at_recall(ind, ood, tpr)
     c = np.sort(ood)[_keep_count(ood.size, tpr) - 1]  # the k-th smallest OOD score
     return float(np.mean(ind <= c))
+
+
+def _fpr_at_recall(ind: np.ndarray, ood: np.ndarray, recall_level: float) -> float:
+    """FPR at the ID recall closest to `recall_level`, counted as the Outlier Exposure code's
+    `fpr_and_fdr_at_recall(labels, scores)` with ID labelled 1 (see the module docstring)."""
+    scores = np.concatenate([ind, ood])
+    is_id = np.concatenate([np.ones(ind.size), np.zeros(ood.size)])
+    order = np.argsort(scores, kind="mergesort")[::-1]  # descending, as the reference sorts
+    scores, is_id = scores[order], is_id[order]
+    ends = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]  # last index of each tie block
+    tps = np.cumsum(is_id, dtype=np.float64)[ends]  # ID images with score ≥ each threshold
+    fps = 1 + ends - tps  # OOD images with score ≥ each threshold
+    recall = tps / tps[-1]
+    # From the lowest threshold that keeps every ID image up to the highest: argmin takes the first of
+    # equally close recalls, so the lowest threshold of a run of equal recalls (the most false
+    # positives). The reference also appends a point (recall 1, 0 FPs) after these; it never wins,
+    # because the first point already has recall exactly 1 and argmin keeps the first.
+    full = int(np.searchsorted(tps, tps[-1]))
+    recall, fps = recall[full::-1], fps[full::-1]
+    return float(fps[np.argmin(np.abs(recall - recall_level))] / ood.size)
 
 
 def _average_ranks(a: np.ndarray) -> np.ndarray:

@@ -19,7 +19,8 @@ from lbfood.engine.data import get as get_dataset
 from lbfood.engine.distributed import DistInfo
 from lbfood.engine.errors import ConfigError
 from lbfood.engine.evaluation import metrics, scorers
-from lbfood.engine.evaluation.benchmarks import BUILTIN, load_benchmark
+from lbfood.engine.evaluation.benchmarks import BUILTIN, is_lff_run, load_benchmark, paper_numbers
+from lbfood.engine.evaluation.ood_labels import labels_for, split_labels
 from lbfood.engine.evaluation.store import RunEval, data_root, jsonable
 from lbfood.engine.events import Step
 from lbfood.engine.runtime import make_runtime
@@ -40,6 +41,7 @@ class RunResult:
     data: str
     id_accuracy: float
     metrics: dict[str, dict[str, dict[str, float]]]
+    lff: bool = False  # fine-tuned with L_LFF (λ > 0): compared with the paper's "+Ours" rows
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class ReportResult:
     benchmark: str | None = None
     paper: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # fractions, like `metrics`
     labels: dict[str, str] = field(default_factory=dict)  # method -> name as printed in the paper
+    paper_ours: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # Table IV "+Ours" rows
+    ood_labels: dict[str, str] = field(default_factory=dict)  # OOD set -> short label for tables
     extractions: int = 0  # forward passes over a dataset split (feature-cache misses)
     odin_passes: int = 0  # ODIN's own passes (gradient + perturbed forward) over a split
     fits: int = 0  # scorers fitted now (the others were loaded from <run>/scorers/)
@@ -67,6 +71,11 @@ class ReportResult:
         d = asdict(self)
         d["ood"], d["methods"], d["notes"] = list(self.ood), list(self.methods), list(self.notes)
         return d
+
+    def paper_for(self, run: RunResult, method: str) -> dict[str, dict[str, float]]:
+        """The paper's row shown beside `run`: "+Ours" for an LFF run (none if the paper has none),
+        else the baseline row."""
+        return (self.paper_ours if run.lff else self.paper).get(method, {})
 
 
 def _default_ood(id_data: str) -> tuple[str, ...]:
@@ -116,7 +125,8 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
     if id_spec.role != "id":
         raise ConfigError(f"--id {id_data} is an OOD set (no class labels); pass the ID dataset the run "
                           f"was trained on ({first.data})")
-    ood = _dedupe(cfg.ood) if cfg.ood else (bench.ood if bench else _default_ood(id_data))
+    ood_names, ood_given = split_labels(cfg.ood)  # NAME=DATASET labels a set in the printed tables
+    ood = _dedupe(ood_names) if ood_names else (bench.ood if bench else _default_ood(id_data))
     for name in ood:
         spec = get_dataset(name)  # unknown names raise with the valid ones
         if name == id_data:
@@ -169,18 +179,11 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
             notes.extend(n for n in ev.notes if n not in notes)
         results.append(RunResult(name=run_dir.name, path=str(run_dir), kind=meta.kind,
                                  arch=meta.arch, width=float(meta.width), data=meta.data,
-                                 id_accuracy=accuracy, metrics=per_method))
+                                 id_accuracy=accuracy, metrics=per_method, lff=is_lff_run(meta)))
         del model, ev
 
-    paper: dict[str, dict[str, dict[str, float]]] = {}
-    if bench is not None:
-        comparable = set(ood) == set(bench.ood)
-        for m in methods:
-            rows = bench.paper.get(m, {})
-            kept = {ds: {k: v / 100.0 for k, v in cell.items()} for ds, cell in rows.items()
-                    if ds in ood or (ds == "average" and comparable)}
-            if kept:
-                paper[m] = kept
+    paper = paper_numbers(bench, methods, ood) if bench is not None else {}
+    paper_ours = paper_numbers(bench, methods, ood, ours=True) if bench is not None else {}
     params = {m: jsonable(protos[m].params) for m in methods}
     for m in methods:
         if protos[m].needs_images and "std" in params[m] and "std" not in cfg.params.get(m, {}):
@@ -190,8 +193,9 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
     result = ReportResult(
         id_data=id_data, ood=tuple(ood), methods=methods, params=params, convention=cfg.fpr_convention,
         runs=tuple(results), data_root=str(root), num_images=num_images,
-        benchmark=bench.name if bench else None, paper=paper,
+        benchmark=bench.name if bench else None, paper=paper, paper_ours=paper_ours,
         labels={m: bench.labels[m] for m in methods if bench and m in bench.labels},
+        ood_labels=labels_for(ood, ood_given),
         notes=tuple(notes), seconds=round(time.time() - t0, 3), **counts)
     return result
 

@@ -413,6 +413,13 @@ def test_builtin_benchmarks(name):
     packaged = (REPO / "lbfood" / "engine" / "evaluation" / "benchmark_files" / f"{name}.toml").read_text()
     assert packaged == (REPO / "examples" / f"{name}.toml").read_text()
     assert load_benchmark(REPO / "examples" / f"{name}.toml").paper == b.paper
+    assert load_benchmark(REPO / "examples" / f"{name}.toml").paper_ours == b.paper_ours
+    if b.paper:  # Table IV: the "+Ours" rows of five methods; ReAct+Ours is the method's own row ("ours")
+        assert set(b.paper_ours) == {"msp", "energy", "odin", "react", "featurenorm"}
+        assert b.paper_ours["react"] == b.paper["ours"]
+        for m in ("msp", "energy", "odin", "featurenorm"):  # lower FPR95, higher AUROC than the baseline
+            assert b.paper_ours[m]["average"]["fpr95"] < b.paper[m]["average"]["fpr95"]
+            assert b.paper_ours[m]["average"]["auroc"] > b.paper[m]["average"]["auroc"]
     for method, rows in b.paper.items():
         assert set(rows) == set(b.ood) | {"average"}, method
         for metric in ("fpr95", "auroc"):
@@ -429,6 +436,15 @@ def test_paper_numbers_spot_checks():
     assert inet.paper["ours"]["sun"] == {"fpr95": 25.93, "auroc": 95.05}
     assert inet.arch == "resnet50_imagenet" and c10.arch == "resnet34" and len(c10.paper) == 18
     assert load_benchmark("backdrops").paper == {}
+    # Table IV, "+Ours" rows (averages)
+    assert c10.paper_ours["msp"]["average"] == {"fpr95": 19.77, "auroc": 96.61}
+    assert c10.paper_ours["featurenorm"]["average"] == {"fpr95": 20.81, "auroc": 96.25}
+    assert c100.paper_ours["energy"]["average"] == {"fpr95": 35.20, "auroc": 92.11}
+    assert c100.paper_ours["odin"]["average"] == {"fpr95": 34.61, "auroc": 92.32}
+    assert c100.paper_ours["react"]["average"] == {"fpr95": 34.82, "auroc": 92.31}
+    assert inet.paper_ours["odin"]["average"] == {"fpr95": 30.62, "auroc": 94.04}
+    assert inet.paper_ours["featurenorm"]["average"] == {"fpr95": 46.81, "auroc": 85.66}
+    assert inet.paper_ours["msp"]["average"] == {"fpr95": 41.60, "auroc": 91.72}
 
 
 def test_benchmark_errors(tmp_path):

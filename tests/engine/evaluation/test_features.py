@@ -33,7 +33,7 @@ def test_extract_matches_the_model(model, batches):
     torch.testing.assert_close(f.logits, logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(f.features, z.mean(dim=(2, 3)), rtol=1e-5, atol=1e-6)
     assert f.labels.dtype == torch.int64 and f.labels.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
-    assert f.block_norms.shape == (10, 4) and f.jigsaw_block_norms is None
+    assert f.block_norms.shape == (10, 8) and f.jigsaw_block_norms is None  # ResNet-18: 8 residual blocks
     expected = torch.stack([o.clamp(min=0).flatten(2).norm(dim=2).mean(dim=1) for o in outs], dim=1)
     torch.testing.assert_close(f.block_norms, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(f.preds, logits.argmax(dim=1))
@@ -46,7 +46,7 @@ def test_extract_options(model, batches):
     assert no_blocks.block_norms is None
     torch.testing.assert_close(no_blocks.logits, plain.logits)
     jig = fx.extract(model, batches, jigsaw=True)
-    assert jig.jigsaw_block_norms.shape == (10, 4)
+    assert jig.jigsaw_block_norms.shape == (10, 8)
     torch.testing.assert_close(jig.block_norms, plain.block_norms, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(jig.logits, plain.logits, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(jig.jigsaw_block_norms, jig.block_norms)
@@ -127,3 +127,17 @@ def test_cached_extract(tmp_path, model, batches):
         assert calls["loader"] == 4 and torch.equal(c.logits, a.logits)  # unreadable file: recomputed
     finally:
         del model.forward_blocks
+
+
+def test_cache_from_the_stage_layout_is_not_read(tmp_path, model, batches):
+    """A cache written when block norms were one per stage (format 1) is a miss, not 4 norms read as 8."""
+    from lbfood.engine import io
+
+    fresh = fx.cached_extract(tmp_path, "cifar10/test", model, lambda: batches, fingerprint="abc")
+    path = fx.cache_path(tmp_path, "cifar10/test")
+    old = {**fresh.to_tensors(), "block_norms": torch.ones(10, 4)}
+    io.save_tensors(path, old, metadata={"format": "lbfood-features-1", "key": "cifar10/test", "fingerprint": "abc",
+                                         "blocks": "True", "jigsaw": "False", "precision": "fp32"})
+    again = fx.cached_extract(tmp_path, "cifar10/test", model, lambda: batches, fingerprint="abc")
+    assert again.block_norms.shape == (10, 8)
+    torch.testing.assert_close(again.block_norms, fresh.block_norms)

@@ -13,13 +13,19 @@ def _labels(ind, ood):
     return np.r_[np.ones(len(ind)), np.zeros(len(ood))], np.r_[ind, ood]
 
 
-def _sk_fpr95(ind, ood, convention):
+def _ref_fpr95(ind, ood, convention):
+    """FPR95 written out the slow way, one threshold at a time."""
     y_id, s = _labels(ind, ood)
-    if convention == "paper":  # ID positive
-        fpr, tpr, _ = roc_curve(y_id, s, drop_intermediate=False)
-    else:  # OpenOOD: OOD positive, scores negated
+    if convention == "openood":  # OOD positive, scores negated: sklearn's roc_curve, first TPR ≥ 0.95
         fpr, tpr, _ = roc_curve(1 - y_id, -s, drop_intermediate=False)
-    return fpr[np.argmax(tpr >= 0.95)]
+        return fpr[np.argmax(tpr >= 0.95)]
+    # paper (Outlier Exposure's fpr_and_fdr_at_recall, ID positive): every distinct score t ≥ min(ID) is
+    # a threshold; take the recall closest to 0.95 and, among the thresholds with that recall, the lowest
+    thresholds = sorted({float(v) for v in s if v >= ind.min()})
+    recall = [np.sum(ind >= t) / ind.size for t in thresholds]
+    best = min(abs(r - 0.95) for r in recall)
+    t = next(t for t, r in zip(thresholds, recall, strict=True) if abs(r - 0.95) == best)
+    return np.sum(ood >= t) / ood.size
 
 
 def _cases():
@@ -32,11 +38,11 @@ def _cases():
 
 
 @pytest.mark.parametrize("convention", ["paper", "openood"])
-def test_against_sklearn(convention):
+def test_against_reference(convention):
     for ind, ood in _cases():
         y_id, s = _labels(ind, ood)
         assert metrics.fpr_at_tpr(ind, ood, convention=convention) == pytest.approx(
-            _sk_fpr95(ind, ood, convention), abs=1e-12)
+            _ref_fpr95(ind, ood, convention), abs=1e-12)
         assert metrics.auroc(ind, ood) == pytest.approx(roc_auc_score(y_id, s), abs=1e-12)
         if convention == "paper":
             assert metrics.aupr_in(ind, ood) == pytest.approx(average_precision_score(y_id, s), abs=1e-12)
@@ -57,6 +63,42 @@ def test_fpr95_hand_made():
     ood20 = np.arange(-10.0, 10.0)  # cut-off at the 19th smallest OOD score = 8 → ID ≤ 8 are 8 of 20
     assert metrics.fpr_at_tpr(ind, ood20, convention="openood") == 0.4
     assert metrics.fpr_at_tpr(ind, ood20) == 0.4  # paper: OOD ≥ 2 are 2..9 → 8 of 20
+
+
+def test_fpr95_paper_counts_below_the_threshold():
+    # ID 1..20, OOD 0, 1.5, 2.5, 30. Thresholds (score ≥ t ⇒ ID) at the distinct scores ≥ min(ID) = 1:
+    #   t = 2:   ID ≥ 2 are 19 of 20 (recall 0.95), OOD ≥ 2 are 2.5, 30        → 2 FPs
+    #   t = 1.5: ID ≥ 1.5 are the same 19 (recall 0.95), OOD 1.5, 2.5, 30      → 3 FPs
+    #   t = 1:   recall 1.0
+    # The recall closest to 0.95 is 0.95 itself; of its two thresholds the reference takes the lower
+    # one, 1.5, so FPR95 = 3/4 (sklearn's roc_curve at the first TPR ≥ 0.95 stops at t = 2: 2/4).
+    ind, ood = np.arange(1.0, 21.0), np.array([0.0, 1.5, 2.5, 30.0])
+    assert metrics.fpr_at_tpr(ind, ood) == 0.75
+    assert _sk_first_tpr95(ind, ood) == 0.5
+
+
+def test_fpr95_paper_ties_and_recall_below_tpr():
+    # ID: nine 2s and one 1 (ties); OOD 0, 0, 1, 1.5. Thresholds at the distinct scores ≥ 1:
+    #   t = 2:   ID ≥ 2 are 9 of 10, recall 0.9, OOD ≥ 2: none                    → 0 FPs
+    #   t = 1.5: recall 0.9, OOD ≥ 1.5: 1.5                                        → 1 FP
+    #   t = 1:   recall 1.0 (the tied 1s: ID 1 and OOD 1 enter together), OOD 1, 1.5 → 2 FPs
+    # No threshold gives 0.95. In float64 |0.9 − 0.95| = 0.04999999999999993 < |1.0 − 0.95| =
+    # 0.050000000000000044, so the reference takes recall 0.9, at its lower threshold 1.5: FPR95 = 1/4.
+    # sklearn's first TPR ≥ 0.95 is recall 1.0 at t = 1: 2/4.
+    ind, ood = np.r_[np.full(9, 2.0), 1.0], np.array([0.0, 0.0, 1.0, 1.5])
+    assert metrics.fpr_at_tpr(ind, ood) == 0.25
+    assert _sk_first_tpr95(ind, ood) == 0.5
+    # All tied: one threshold, recall 1.0, every OOD image counted: 4/4.
+    assert metrics.fpr_at_tpr(np.full(10, 1.0), np.full(4, 1.0)) == 1.0
+    # The OpenOOD convention is unchanged: OOD positive, cut-off at the ⌈0.95·4⌉ = 4th smallest OOD
+    # score, 1.5; ID ≤ 1.5 are the single 1 → 1/10.
+    assert metrics.fpr_at_tpr(ind, ood, convention="openood") == 0.1
+
+
+def _sk_first_tpr95(ind, ood):
+    y_id, s = _labels(ind, ood)
+    fpr, tpr, _ = roc_curve(y_id, s, drop_intermediate=False)
+    return fpr[np.argmax(tpr >= 0.95)]
 
 
 def test_auroc_and_ap_hand_made():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lbfood.engine import runs
+from lbfood.engine import runs as runs_mod
 from lbfood.engine.config import ReportConfig, ScoreConfig
 from lbfood.engine.data import LoadOptions, get
 from lbfood.engine.data.images import eval_transform
@@ -234,3 +235,43 @@ def test_calibrate_limit_and_a_stored_threshold(run, tmp_path):
                                              device="cpu"))
     assert [r.threshold for r in rows] == [1.5, 1.5]
     assert "thresholds" not in json.loads((run / "run.json").read_text())
+
+
+def test_lff_runs_are_compared_with_the_plus_ours_rows(run, make_run, tmp_path):
+    """A fine-tuned run with λ > 0 gets the paper's "+Ours" row; the pretrained run and the λ = 0 control
+    the baseline row. `--ood NAME=DATASET` labels a set without changing what is evaluated."""
+    runs = {}
+    for lam in (1.0, 0.0):
+        d = make_run(tmp_path, kind="finetune", seed=int(lam) + 1, mean=MEAN, std=STD)
+        meta = runs_mod.read(d)
+        runs_mod.write(d, meta.replace(config={**meta.config, "lam": lam}))
+        runs[lam] = d
+    bench = tmp_path / "mine.toml"
+    bench.write_text('[benchmark]\nname = "mine"\nid = "backdrops"\nood = ["backdrops-noise"]\nimage_size = 32\n'
+                     'arch = "resnet18"\n[paper.energy]\naverage = {fpr95 = 50.0, auroc = 80.0}\n'
+                     '[paper_ours.energy]\naverage = {fpr95 = 30.0, auroc = 90.0}\n')
+    res = evaluate.report(ReportConfig(model=str(runs[1.0]), compare=(str(runs[0.0]), str(run)),
+                                       ood=("noise=backdrops-noise",), methods=("energy",), benchmark=str(bench),
+                                       device="cpu"))
+    assert res.ood == ("backdrops-noise",) and res.ood_labels == {"backdrops-noise": "noise"}
+    assert [(r.kind, r.lff) for r in res.runs] == [("finetune", True), ("finetune", False), ("pretrain", False)]
+    ours, control, pretrained = (res.paper_for(r, "energy") for r in res.runs)
+    assert ours == {"average": {"fpr95": 0.3, "auroc": 0.9}}
+    assert control == pretrained == {"average": {"fpr95": 0.5, "auroc": 0.8}}
+    from lbfood.writers import _csv
+
+    csv_rows = _csv(res).splitlines()
+    assert csv_rows[0].endswith("paper_fpr95,paper_auroc,paper_row")
+    assert csv_rows[2].endswith(",0.3,0.9,+Ours") and csv_rows[4].endswith(",0.5,0.8,baseline")
+
+
+def test_featurenorm_threshold_from_the_stage_layout_is_not_reused(run):
+    from lbfood.engine.evaluation.calibrate import stored_threshold
+
+    entry = {"method": "featurenorm", "value": 3.5, "params": {"block": None}}
+    meta = runs.read(run).replace(thresholds={"featurenorm": entry})
+    assert stored_threshold(meta, scorers.get("featurenorm")) is None  # no "features": recalibrate
+    entry["features"] = fx.FORMAT
+    assert stored_threshold(meta, scorers.get("featurenorm")) == 3.5
+    react = {"method": "react", "value": 1.5, "params": scorers.get("react").params}  # no block norms: kept
+    assert stored_threshold(meta.replace(thresholds={"react": react}), scorers.get("react")) == 1.5

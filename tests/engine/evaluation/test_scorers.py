@@ -144,6 +144,31 @@ def test_featurenorm_hand_made():
         scorers.get("featurenorm").fit(_feats([[0.0]], head, block_norms=bn[:1]), head)
     with pytest.raises(ConfigError, match="does not exist"):
         scorers.get("featurenorm", block=5).score(train)
+    assert s.state["num_blocks"].tolist() == [3]
+    # statistics saved before blocks were residual blocks (no num_blocks) are refitted, not read
+    with pytest.raises(ConfigError, match="num_blocks"):
+        scorers.get("featurenorm").load_state_dict({"block": torch.tensor([0]), "norm_ratio": torch.ones(3)})
+    with pytest.raises(ConfigError, match="fitted on features with 3 blocks"):
+        s.score(_feats([[0.0]], head, block_norms=torch.ones(1, 4)))
+
+
+@pytest.mark.parametrize("arch, blocks", [("resnet18", 8), ("resnet34", 16), ("resnet50", 16), ("wrn28_10", 12),
+                                          ("resnet50_imagenet", 16)])
+def test_featurenorm_selects_among_every_residual_block(arch, blocks):
+    from lbfood.engine.evaluation.features import extract
+    from lbfood.engine.models import build, input_size
+
+    torch.manual_seed(0)
+    model = build(arch, num_classes=3, width=0.125)
+    size = 64 if input_size(arch) > 32 else 32
+    train = extract(model, [(torch.randn(6, 3, size, size), None)], jigsaw=True)
+    s = scorers.get("featurenorm").fit(train, model.head)
+    ratio = s.state["norm_ratio"]
+    assert ratio.shape == (blocks,) and train.block_norms.shape == (6, blocks)
+    expected = (train.block_norms.double() / train.jigsaw_block_norms.double()).mean(dim=0).float()
+    torch.testing.assert_close(ratio, expected)
+    assert ratio[s.block] == ratio.max()
+    assert s.score(train).tolist() == train.block_norms[:, s.block].tolist()
 
 
 def test_odin_hand_made():
