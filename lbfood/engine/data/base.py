@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lbfood.engine.errors import DataError
+from lbfood.engine.errors import ConfigError, DataError
 
 # Normalisation constants (per channel, on [0, 1] pixels).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -74,6 +74,11 @@ class LoadOptions:
     classes_file: Path | None = None  # imagenet100: a class list (one wnid per line)
     image_size: int = 32  # the model's input size; small OOD sets are resized (then centre-cropped) to it
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.val_split != 0.0 and not 0.0 < self.val_split < 1.0:  # also refuses NaN
+            raise ConfigError(f"--val-split must be a share between 0 and 1 (e.g. 0.2), or 0 for no split; "
+                              f"got {self.val_split}")
 
 
 @dataclass(frozen=True)
