@@ -436,12 +436,14 @@ def score(
         cfg = ScoreConfig(paths=tuple(paths), model=model, method=method, threshold=threshold,
                           params=_params(param, (method,)).get(method, {}), batch_size=batch_size,
                           data_root=str(data_root) if data_root else None, device=device, precision=precision)
+        notes: list[str] = []
         with render_eval.progress(json_out) as on_event:
-            rows = evaluate.score_images(cfg, on_event=on_event)
+            rows = evaluate.score_images(cfg, on_event=on_event, notes=notes)
         if json_out:
             typer.echo(render_eval.score_json(rows))
         else:
             render_eval.score_table(rows)
+        render_eval.notes(notes)
     if any(r.error is not None for r in rows):
         raise typer.Exit(1)
 

@@ -11,7 +11,6 @@ and stored in `<run>/scorers/<name>[-<params hash>].safetensors`, then reloaded 
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import io
 import json
@@ -35,8 +34,9 @@ from lbfood.engine.data import DatasetSpec, ImageSet, LoadOptions, default_root
 from lbfood.engine.data import get as get_dataset
 from lbfood.engine.data.images import IN_MEMORY_MAX_SIZE, decode
 from lbfood.engine.data.loaders import make_loader
+from lbfood.engine.data.paths import expand_paths
 from lbfood.engine.distributed import DistInfo
-from lbfood.engine.errors import ConfigError, DataError, LbfoodError, RunError
+from lbfood.engine.errors import ConfigError, DataError, LbfoodError, RunError, StorageError
 from lbfood.engine.features import Features
 from lbfood.engine.io import atomic_write_bytes, atomic_write_json, load_tensors, save_tensors
 from lbfood.engine.runtime import Runtime, make_runtime
@@ -211,6 +211,14 @@ class _RunEval:
                                 classes_file=Path(cfg["classes_file"]) if cfg.get("classes_file") else None,
                                 seed=int(cfg.get("seed") or 0))
 
+    def unsaved(self, err: StorageError) -> None:
+        """A cache or fitted-scorer file could not be written (a read-only run, a full disk): it only
+        saves time later, so the evaluation goes on, with a note."""
+        note = (f"could not save to {Path(err.path).parent} ({err.reason}): the results are complete, "
+                "but the next run recomputes what was not saved")
+        if note not in self.notes:
+            self.notes.append(note)
+
     def _event(self, message: str) -> None:
         if self.on_event is not None:
             self.on_event(Step(message))
@@ -273,7 +281,7 @@ class _RunEval:
 
         try:
             feats = fx.cached_extract(self.run_dir / "cache", key, self.model, make, fingerprint=fingerprint,
-                                      device=self.rt.device, precision=self.rt.precision, blocks=True,
+                                      on_write_error=self.unsaved, device=self.rt.device, precision=self.rt.precision, blocks=True,
                                       jigsaw=jigsaw, dist=self.dist)
         except _Miss:
             return None
@@ -327,7 +335,10 @@ class _RunEval:
         s.fit(train, self.model.head)
         self.fits += 1
         if self.dist.is_main:
-            save_tensors(path, s.state_dict(), metadata=want)
+            try:
+                save_tensors(path, s.state_dict(), metadata=want)
+            except StorageError as e:
+                self.unsaved(e)
         return s
 
     def scores(self, s: Scorer, name: str, split: str, *, user_std: bool = False) -> torch.Tensor:
@@ -360,12 +371,14 @@ def _keep_threshold(scores: torch.Tensor, tpr: float) -> float:
 def calibrate(run_dir: str | os.PathLike, model: torch.nn.Module, meta: dict[str, Any], rt: Runtime,
               method: str = "react", tpr: float = 0.95, *, params: dict[str, Any] | None = None,
               data_root: str | os.PathLike | None = None, batch_size: int = 256, workers: int = 4,
-              on_event: Callable[[Step], None] | None = None, limit: int | None = None) -> dict[str, Any]:
+              on_event: Callable[[Step], None] | None = None, limit: int | None = None,
+              notes: list[str] | None = None) -> dict[str, Any]:
     """The threshold γ (paper Eq. 3) that keeps a share `tpr` of the run's held-out ID images (its
     dataset's test split): {"method", "value", "tpr", "split", "data", "params"}, for run.json's
     "threshold". Features and fitted scorers are cached in the run folder, so later reports reuse them.
     `limit` (default: the run's own `--limit`, if it was trained with one) uses only the first images
-    of the training and test splits, as the run's smoke-test training did.
+    of the training and test splits, as the run's smoke-test training did. `notes` receives what the
+    user should know (e.g. a cache file that could not be saved).
     """
     if not 0.0 < tpr <= 1.0:
         raise ConfigError(f"tpr must be in (0, 1], got {tpr}")
@@ -383,6 +396,8 @@ def calibrate(run_dir: str | os.PathLike, model: torch.nn.Module, meta: dict[str
              "data": meta["data"], "params": _jsonable(s.params)}
     if limit is not None:
         entry["limit"] = limit
+    if notes is not None:
+        notes.extend(n for n in ev.notes if n not in notes)
     return entry
 
 
@@ -645,45 +660,12 @@ def preprocess(arr: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(arr[top:top + size, left:left + size])
 
 
-def _walk(folder: Path) -> list[Path]:
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(Path(dirpath, f) for f in filenames if not f.startswith("."))
-    return sorted(found, key=str)
-
-
-def expand_paths(paths: Sequence[str]) -> list[tuple[str, str | None]]:
-    """(file, error) pairs for files, folders (every non-hidden file, recursively) and globs, in order,
-    each file once; a path that names nothing becomes an error entry."""
-    out: dict[str, str | None] = {}
-    for p in paths:
-        path = Path(p).expanduser()
-        if path.is_file():
-            out.setdefault(str(path), None)
-        elif path.is_dir():
-            files = _walk(path)
-            if not files:
-                out.setdefault(str(path), "empty folder: no files to score")
-            for f in files:
-                out.setdefault(str(f), None)
-        elif glob.has_magic(p):
-            matches = sorted(glob.glob(os.path.expanduser(p), recursive=True))
-            if not matches:
-                out.setdefault(p, "no file matches this pattern")
-            for m in matches:
-                mp = Path(m)
-                for f in (_walk(mp) if mp.is_dir() else [mp]):
-                    out.setdefault(str(f), None)
-        else:
-            out.setdefault(p, "file not found")
-    return list(out.items())
-
-
-def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = None) -> list[Row]:
+def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = None,
+                 notes: list[str] | None = None) -> list[Row]:
     """Score each image file with `cfg.method`: predicted class, confidence, score and verdict (ID if
     score ≥ γ, paper Eq. 3). γ is `cfg.threshold`, else the run's calibrated one (computed on the ID
-    test split and stored in run.json on first use). Unreadable files become error rows."""
+    test split and stored in run.json on first use). Unreadable files become error rows. `notes`
+    receives what the user should know (e.g. a read-only run: a fit or threshold not saved)."""
     if not cfg.paths:
         raise ConfigError("no images given; pass files, folders or globs, e.g. `lbfood score photos/`")
     if cfg.batch_size < 1:
@@ -707,12 +689,17 @@ def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = Non
         try:
             entry = calibrate(run_dir, model, meta, rt, cfg.method, params=cfg.params,
                               data_root=_data_root(meta, cfg.data_root), batch_size=cfg.batch_size,
-                              workers=0, on_event=on_event)
+                              workers=0, on_event=on_event, notes=ev.notes)
         except DataError as e:
             raise DataError(f"the run has no {cfg.method} threshold and calibrating one needs its ID test "
                             f"split ({e}); or pass --threshold X") from None
-        store_threshold(run_dir, scorer_key(s), entry)
+        try:
+            store_threshold(run_dir, scorer_key(s), entry)
+        except StorageError as e:  # a read-only run: use the threshold now, compute it again next time
+            ev.unsaved(e)
         threshold = entry["value"]
+    if notes is not None:
+        notes.extend(ev.notes)
 
     entries = expand_paths(cfg.paths)
     rows: dict[str, Row] = {}
