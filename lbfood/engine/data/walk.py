@@ -60,7 +60,11 @@ def _entries(folder: Path) -> Iterator[tuple[Path, bool, os.stat_result]]:
 
 def walk_keyed(folder: str | os.PathLike, *, recursive: bool = True,
                keep: Callable[[str], bool] | None = None) -> dict[Key, Path]:
-    """identity -> path of each regular file under `folder` whose name passes `keep` (see the module)."""
+    """identity -> path of each regular file under `folder` whose name passes `keep` (see the module).
+
+    Plain entries are classified from the directory listing itself (type and inode, no stat call);
+    only links and folders are stat-ed, so the walk costs little more than os.walk.
+    """
     root = Path(folder)
     try:
         if not stat.S_ISDIR(os.stat(root).st_mode):
@@ -68,27 +72,47 @@ def walk_keyed(folder: str | os.PathLike, *, recursive: bool = True,
         seen = _above(root)
     except OSError:
         return {}
-    best: dict[Key, tuple[bool, str, Path]] = {}
-    direct, linked = [root], []  # folders reached without a link are all walked before linked ones
+    best: dict[Key, tuple[bool, str]] = {}
+    direct, linked = [str(root)], []  # folders reached without a link are all walked before linked ones
     while direct or linked:
         here = direct.pop() if direct else linked.pop(0)
         try:
-            key = identity(here)
+            st = os.stat(here)
+            with os.scandir(here) as it:
+                entries = [e for e in it if not e.name.startswith(".")]
         except OSError:
-            continue
+            continue  # unreadable or gone: skipped, as os.walk does
+        key = identity(here, st)
         if key in seen:
             continue
         seen.add(key)
-        for path, is_link, st in _entries(here):
-            if stat.S_ISDIR(st.st_mode):
-                if recursive:
-                    (linked if is_link else direct).append(path)
-            elif stat.S_ISREG(st.st_mode) and (keep is None or keep(path.name)):
-                fkey = identity(path, st)
-                rank = (is_link, str(path), path)
-                if fkey not in best or rank[:2] < best[fkey][:2]:
-                    best[fkey] = rank
-    return {k: v[2] for k, v in best.items()}
+        via_link = []
+        for e in entries:
+            try:
+                if e.is_symlink():
+                    target = os.stat(e.path)
+                    if stat.S_ISDIR(target.st_mode):
+                        if recursive:
+                            via_link.append(e.path)
+                        continue
+                    if not stat.S_ISREG(target.st_mode) or (keep is not None and not keep(e.name)):
+                        continue
+                    fkey, rank = identity(e.path, target), (True, e.path)
+                elif e.is_dir(follow_symlinks=False):
+                    if recursive:
+                        direct.append(e.path)
+                    continue
+                elif e.is_file(follow_symlinks=False) and (keep is None or keep(e.name)):
+                    # a plain entry lives on its folder's device (a mount point is a folder)
+                    fkey, rank = ((st.st_dev, e.inode()) if e.inode() else os.path.realpath(e.path)), (False, e.path)
+                else:
+                    continue
+            except OSError:
+                continue  # a broken link, or an entry that vanished
+            if fkey not in best or rank < best[fkey]:
+                best[fkey] = rank
+        linked.extend(sorted(via_link))  # which link reaches a folder first decides the paths shown
+    return {k: Path(path) for k, (_, path) in best.items()}
 
 
 def _above(folder: Path) -> set[Key]:
