@@ -205,6 +205,16 @@ def test_report_output_in_a_read_only_folder_is_one_line(run, tmp_path, read_onl
     assert list((tmp_path / "ro").iterdir()) == []
 
 
+def test_pretrain_into_a_read_only_folder_is_one_line(tmp_path, small_backdrops, monkeypatch, read_only):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ro").mkdir()
+    read_only(tmp_path / "ro")
+    before = tree(tmp_path)
+    r = invoke("pretrain", *TINY, "--limit", "8", "--out", tmp_path / "ro" / "run")
+    one_error_line(r, f"cannot use {tmp_path / 'ro' / 'run'}: permission denied", f"make {tmp_path / 'ro'} writable")
+    assert tree(tmp_path) == before
+
+
 def test_full_disk_report_notes_cache_and_refuses_output(run, tmp_path, full_disk):
     before = tree(tmp_path)
     r = invoke("report", "--method", "energy", "--ood", "backdrops-noise", *CPU)

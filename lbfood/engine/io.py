@@ -21,10 +21,13 @@ import torch
 from lbfood.engine.errors import StorageError
 
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+# The errors that come from the user's folders and disks, not from lbfood.
+STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, *_FULL)
 
 
-def storage_error(path: str | os.PathLike, e: OSError) -> StorageError:
-    """An OSError from writing `path` as a one-line StorageError that says what to do."""
+def storage_error(path: str | os.PathLike, e: OSError, verb: str = "write") -> StorageError:
+    """An OSError from writing (or, with `verb`, otherwise using) `path` as a one-line StorageError
+    that says what to do."""
     path = Path(path)
     if e.errno in (errno.EACCES, errno.EPERM):
         reason, todo = "permission denied", f"make {path.parent} writable, or choose another folder"
@@ -34,7 +37,7 @@ def storage_error(path: str | os.PathLike, e: OSError) -> StorageError:
         reason, todo = "no space left on the device (or over quota)", "free some space and run it again"
     else:
         reason, todo = e.strerror or str(e), f"check {path.parent} and run it again"
-    return StorageError(f"cannot write {path}: {reason}; {todo}", path=str(path), reason=reason)
+    return StorageError(f"cannot {verb} {path}: {reason}; {todo}", path=str(path), reason=reason)
 
 
 def _create_temp(path: Path) -> tuple[int, Path]:
