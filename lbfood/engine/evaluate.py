@@ -281,8 +281,8 @@ class _RunEval:
 
         try:
             feats = fx.cached_extract(self.run_dir / "cache", key, self.model, make, fingerprint=fingerprint,
-                                      on_write_error=self.unsaved, device=self.rt.device, precision=self.rt.precision, blocks=True,
-                                      jigsaw=jigsaw, dist=self.dist)
+                                      device=self.rt.device, precision=self.rt.precision, blocks=True,
+                                      jigsaw=jigsaw, dist=self.dist, on_write_error=self.unsaved)
         except _Miss:
             return None
         self.memo[key] = feats

@@ -78,14 +78,14 @@ def walk_keyed(folder: str | os.PathLike, *, recursive: bool = True,
         here = direct.pop() if direct else linked.pop(0)
         try:
             st = os.stat(here)
+            key = identity(here, st)
+            if key in seen:
+                continue
+            seen.add(key)
             with os.scandir(here) as it:
                 entries = [e for e in it if not e.name.startswith(".")]
         except OSError:
             continue  # unreadable or gone: skipped, as os.walk does
-        key = identity(here, st)
-        if key in seen:
-            continue
-        seen.add(key)
         via_link = []
         for e in entries:
             try:
@@ -135,10 +135,10 @@ def subfolders(folder: str | os.PathLike) -> list[Path]:
     except OSError:
         return []
     # direct subfolders claim their identity before links to them
-    dirs = sorted((is_link, path) for path, is_link, st in _entries(folder) if stat.S_ISDIR(st.st_mode))
+    dirs = sorted((is_link, path, identity(path, st)) for path, is_link, st in _entries(folder)
+                  if stat.S_ISDIR(st.st_mode))
     out, seen = [], set(up)
-    for _, path in dirs:
-        key = identity(path)
+    for _, path, key in dirs:
         if key not in seen:
             seen.add(key)
             out.append(path)
