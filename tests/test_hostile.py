@@ -181,6 +181,8 @@ def test_report_on_a_read_only_run_finishes_with_a_note(run, tmp_path, read_only
     assert math.isfinite(res["runs"][0]["metrics"]["react"]["backdrops-noise"]["auroc"])
     after = tree(tmp_path)
     assert after.pop("r.json") and after == before
+    with pytest.raises(StorageError, match=f"cannot write {run}/cache/f: permission denied; make {run} writable"):
+        atomic_write_bytes(run / "cache" / "f", b"")  # the advice names the folder that refused
 
 
 def test_score_on_a_read_only_run_uses_the_threshold_without_storing_it(run, tmp_path, read_only):

@@ -29,14 +29,16 @@ def storage_error(path: str | os.PathLike, e: OSError, verb: str = "write") -> S
     """An OSError from writing (or, with `verb`, otherwise using) `path` as a one-line StorageError
     that says what to do."""
     path = Path(path)
+    # the folder that refused: the parent of what failed (the file, its temp file, or a folder to create)
+    folder = Path(e.filename).parent if isinstance(e.filename, str) and e.filename else path.parent
     if e.errno in (errno.EACCES, errno.EPERM):
-        reason, todo = "permission denied", f"make {path.parent} writable, or choose another folder"
+        reason, todo = "permission denied", f"make {folder} writable, or choose another folder"
     elif e.errno == errno.EROFS:
         reason, todo = "read-only file system", "choose a folder on a writable disk"
     elif e.errno in _FULL:
         reason, todo = "no space left on the device (or over quota)", "free some space and run it again"
     else:
-        reason, todo = e.strerror or str(e), f"check {path.parent} and run it again"
+        reason, todo = e.strerror or str(e), f"check {folder} and run it again"
     return StorageError(f"cannot {verb} {path}: {reason}; {todo}", path=str(path), reason=reason)
 
 
