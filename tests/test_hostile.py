@@ -250,6 +250,20 @@ def test_device_meta_is_one_line(run, tmp_path):
     assert tree(tmp_path) == before
 
 
+def test_select_device_refuses_meta_and_a_missing_gpu_index(monkeypatch):
+    import torch
+
+    from lbfood.engine.runtime import select_device
+
+    with pytest.raises(ConfigError, match="--device meta: lbfood computes on cpu, cuda or mps"):
+        select_device("meta")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        select_device("cuda:2")
+    assert select_device("cuda:1") == torch.device("cuda", 1)
+
+
 # ---- 10. folders with symbolic links to themselves ------------------------------------------------
 
 
