@@ -80,6 +80,12 @@ def score_table(rows: Sequence[Any]) -> None:
         render.err_console.print(f"[yellow]{failed} of {len(rows)} file(s) could not be scored[/]")
 
 
+def notes(lines: Sequence[str]) -> None:
+    """What the user should know beside the results (on stderr, so --json output stays parseable)."""
+    for line in lines:
+        render.err_console.print(f"[yellow]note:[/] {escape(line)}")
+
+
 def score_json(rows: Sequence[Any]) -> str:
     """One JSON object per line."""
     return "\n".join(json.dumps(r.to_dict()) for r in rows)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from lbfood.engine.errors import ConfigError
 from lbfood.engine.evaluation import metrics
-from lbfood.engine.io import atomic_write_bytes
+from lbfood.engine.io import atomic_write_bytes, storage_error
 
 if TYPE_CHECKING:
     from lbfood.engine.evaluation.report import ReportResult
@@ -26,6 +26,36 @@ def output_format(path: str | os.PathLike) -> str:
     if ext not in OUTPUT_FORMATS:
         raise ConfigError(f"--output {path}: unknown extension {ext or '(none)'!r}; use .json, .csv or .md")
     return OUTPUT_FORMATS[ext]
+
+
+def check_output(path: str | os.PathLike) -> str:
+    """Refuse, before any computing, an --output that could not be written or would damage a run: a bad
+    extension, a path inside a run folder (a folder with run.json), a folder that is not writable.
+    Returns the format."""
+    fmt = output_format(path)
+    target = Path(path).expanduser().absolute()
+    for folder in target.parents:
+        if (folder / "run.json").is_file():
+            raise ConfigError(f"--output {path} is inside the run folder {folder}; lbfood owns that folder: "
+                              "write the report elsewhere")
+    if target.is_dir():
+        raise ConfigError(f"--output {path} is a folder; give a file name ending in .json, .csv or .md")
+    folder = next((p for p in (target.parent, *target.parent.parents) if p.exists()), target.parent)
+    if not folder.is_dir():
+        raise ConfigError(f"--output {path}: {folder} is not a folder; choose another place for the report")
+    probe = folder / f".lbfood-write-test-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"x")  # a byte, flushed: a full disk shows here, not after the report is computed
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink()
+    except OSError as e:
+        e.filename = str(target)  # the message names the report, and its folder as the one to fix
+        raise storage_error(target, e) from None
+    return fmt
 
 
 def write_report(result: ReportResult, path: str | os.PathLike, fmt: str | None = None) -> None:

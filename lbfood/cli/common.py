@@ -35,6 +35,13 @@ def guard():
         elif not isinstance(e, ConfigError):  # flag errors are the same on every rank: rank 0 says it
             render.error(f"rank {me}: {e}")
         raise typer.Exit(e.exit_code) from None
+    except OSError as e:  # a folder or disk the engine met outside lbfood.engine.io (e.g. a run folder's mkdir)
+        from lbfood.engine.io import STORAGE_ERRNOS, storage_error
+
+        if e.errno not in STORAGE_ERRNOS or e.filename is None:
+            raise
+        render.error(("" if rank() == 0 else f"rank {rank()}: ") + str(storage_error(e.filename, e, verb="use")))
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         if rank() == 0:
             render.error("interrupted")

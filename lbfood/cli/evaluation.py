@@ -65,7 +65,7 @@ def report(
                            data_root=str(data_root) if data_root else None, fpr_convention=fpr_convention,
                            batch_size=batch_size, device=device, precision=precision,
                            params=parse_params(param, methods), workers=workers)
-        fmt = writers.output_format(output) if output else None  # a bad extension fails before any work
+        fmt = writers.check_output(output) if output else None  # refused before any work
         dist = join(device)  # under torchrun: each rank extracts a shard; rank 0 prints and writes
         with distributed.lost_peer(dist), render_eval.progress(quiet or not dist.is_main) as on_event:
             result = evaluate.report(cfg, on_event=on_event, dist=dist)
@@ -102,12 +102,14 @@ def score(
         cfg = ScoreConfig(paths=tuple(paths), model=model, method=method, threshold=threshold,
                           params=parse_params(param, (method,)).get(method, {}), batch_size=batch_size,
                           data_root=str(data_root) if data_root else None, device=device, precision=precision)
+        notes: list[str] = []
         with render_eval.progress(json_out) as on_event:
-            rows = evaluate.score_images(cfg, on_event=on_event)
+            rows = evaluate.score_images(cfg, on_event=on_event, notes=notes)
         if json_out:
             typer.echo(render_eval.score_json(rows))
         else:
             render_eval.score_table(rows)
+        render_eval.notes(notes)
     if any(r.error is not None for r in rows):
         raise typer.Exit(1)
 

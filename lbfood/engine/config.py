@@ -171,6 +171,13 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def check_val_split(val_split: float) -> None:
+    """A share of a flat imagefolder held out for testing: in (0, 1), or 0 for no split (NaN refused)."""
+    if val_split != 0.0 and not 0.0 < val_split < 1.0:
+        raise ConfigError(f"--val-split must be a share between 0 and 1 (e.g. 0.2), or 0 for no split; "
+                          f"got {val_split}")
+
+
 def _check_recipe(cfg: TrainConfig | FinetuneConfig) -> None:
     """The checks pretraining and fine-tuning share."""
     if cfg.epochs < 1:
@@ -197,8 +204,7 @@ def _check_recipe(cfg: TrainConfig | FinetuneConfig) -> None:
         raise ConfigError(f"--warmup-epochs must be in [0, epochs), got {cfg.warmup_epochs}")
     if not (_finite(cfg.width) and cfg.width > 0):
         raise ConfigError(f"--width must be a finite number > 0, got {cfg.width}")
-    if not (_finite(cfg.val_split) and 0 <= cfg.val_split < 1):
-        raise ConfigError(f"--val-split must be in [0, 1), got {cfg.val_split}")
+    check_val_split(cfg.val_split)
     if not 0 <= cfg.seed < 2**63:
         raise ConfigError(f"--seed must be in [0, 2^63), got {cfg.seed}")
 

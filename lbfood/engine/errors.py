@@ -19,6 +19,15 @@ class RunError(LbfoodError):
     """A run folder is missing, not a run, or from an incompatible version."""
 
 
+class StorageError(LbfoodError):
+    """A file could not be written: no permission, a read-only file system, a full disk."""
+
+    def __init__(self, message: str, path: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.path = path  # the file that could not be written
+        self.reason = reason  # why, in a few words ("permission denied", "no space left on the device")
+
+
 class DistributedError(LbfoodError):
     """A data-parallel run could not start or lost one of its processes."""
 

@@ -1,32 +1,80 @@
 """Safe, atomic file writes: a temp file in the same folder, fsync, then rename.
 
 A crash or Ctrl-C mid-write leaves the old file (or nothing), never a half-written one.
+Files get the permissions the user's umask gives new files (0644 under the usual umask 022), as
+`open()` would; a write that fails (no permission, read-only file system, full disk) removes its temp
+file, leaves the old file as it was, and raises StorageError naming the file and what to do.
 Tensors are stored as safetensors; loading never unpickles.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lbfood.engine.errors import StorageError
+
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+# The errors that come from the user's folders and disks, not from lbfood.
+STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, *_FULL)
+
+
+def storage_error(path: str | os.PathLike, e: OSError, verb: str = "write") -> StorageError:
+    """An OSError from writing (or, with `verb`, otherwise using) `path` as a one-line StorageError
+    that says what to do."""
+    path = Path(path)
+    # the folder that refused: the parent of what failed (the file, its temp file, or a folder to create)
+    folder = Path(e.filename).parent if isinstance(e.filename, str) and e.filename else path.parent
+    if e.errno in (errno.EACCES, errno.EPERM):
+        reason, todo = "permission denied", f"make {folder} writable, or choose another folder"
+    elif e.errno == errno.EROFS:
+        reason, todo = "read-only file system", "choose a folder on a writable disk"
+    elif e.errno in _FULL:
+        reason, todo = "no space left on the device (or over quota)", "free some space and run it again"
+    else:
+        reason, todo = e.strerror or str(e), f"check {folder} and run it again"
+    return StorageError(f"cannot {verb} {path}: {reason}; {todo}", path=str(path), reason=reason)
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, empty temp file beside `path`. Created with mode 0o666 and no chmod, so the kernel applies
+    the umask (and any default ACL) exactly as for any new file; mkstemp would force 0600."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent))
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temp(path)
+    except OSError as e:
+        raise storage_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder became unwritable: the original error is the one to report
+        if isinstance(e, OSError):
+            raise storage_error(path, e) from None
         raise
 
 
@@ -63,5 +111,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str] | None:
 
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
     """Append one JSON line (a line is written in one call, so a crash never leaves half a line)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(obj) + "\n")
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(obj) + "\n")
+    except OSError as e:
+        raise storage_error(path, e) from None

@@ -56,6 +56,12 @@ def select_device(name: str = "auto") -> torch.device:
         dev = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # e.g. "meta" holds no data: nothing could be computed
+        raise ConfigError(f"--device {name}: lbfood computes on cpu, cuda or mps; use auto, cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda" and dev.index is not None and torch.cuda.is_available() \
+            and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):

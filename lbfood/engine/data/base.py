@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from lbfood.engine.config import check_val_split
 from lbfood.engine.errors import DataError
 
 # Normalisation constants (per channel, on [0, 1] pixels).
@@ -74,6 +75,9 @@ class LoadOptions:
     classes_file: Path | None = None  # imagenet100: a class list (one wnid per line)
     image_size: int = 32  # the model's input size; small OOD sets are resized (then centre-cropped) to it
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_val_split(self.val_split)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from lbfood.engine.data.base import (
     LoadOptions,
     missing,
 )
-from lbfood.engine.data.images import image_set, list_images
+from lbfood.engine.data.images import image_set, is_image_name, list_images
+from lbfood.engine.data.walk import Key, subfolders, walk_keyed
 from lbfood.engine.errors import DataError
 
 SPLITS = ("train", "test")
@@ -130,23 +131,71 @@ _IF_LAYOUT = "PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg (or val/), or
 
 
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    return subfolders(folder)  # a link back up the tree (a cycle) is not a class
 
 
-def _scan(folder: Path, name: str) -> dict[str, list[Path]]:
-    """class name -> sorted image files; no classes or an empty class raises."""
+def _no_classes(folder: Path, name: str) -> DataError:
+    """What is wrong with a folder that has no class folders: it is empty, or its images lie loose."""
+    loose = len(list_images(folder, recursive=False))
+    if loose:
+        return DataError(f"{name}: no class folders in {folder}: its {loose} image(s) lie directly in it; put "
+                         f"each class in its own folder, {folder}/<class>/*.jpg (expected {_IF_LAYOUT})")
+    what = "is empty" if not any(_visible(folder)) else "holds no class folders and no images"
+    return DataError(f"{name}: {folder} {what}; expected {_IF_LAYOUT}")
+
+
+def _visible(folder: Path):
+    try:
+        return (p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return iter(())
+
+
+def _scan_keyed(folder: Path, name: str) -> dict[str, dict[Key, Path]]:
+    """class name -> {file identity: image file}; no classes, an empty class, or one file in two
+    classes (through a link) raises."""
     dirs = _class_dirs(folder)
     if not dirs:
-        loose = len(list_images(folder, recursive=False))
-        hint = f" ({loose} images lie directly in it: put each class in its own folder)" if loose else ""
-        raise DataError(f"{name}: no class folders in {folder}{hint}; expected {_IF_LAYOUT}")
-    found = {d.name: list_images(d) for d in dirs}
+        raise _no_classes(folder, name)
+    found = {d.name: walk_keyed(d, keep=is_image_name) for d in dirs}
     empty = [c for c, files in found.items() if not files]
     if empty:
         shown = ", ".join(str(folder / c) for c in empty[:3]) + (" ..." if len(empty) > 3 else "")
         raise DataError(f"{name}: {len(empty)} class folder(s) hold no images: {shown}; "
                         f"remove them or add images (expected {_IF_LAYOUT})")
+    owner: dict[Key, Path] = {}
+    for files in found.values():
+        for key, f in files.items():
+            if key in owner:
+                raise _same_file(name, owner[key], f, "two classes")
+            owner[key] = f
     return found
+
+
+def _same_file(name: str, a: Path, b: Path, where: str) -> DataError:
+    return DataError(f"{name}: {a} and {b} are the same file (a symbolic or hard link) in {where}; an image "
+                     "must belong to one class and one split: remove the link or copy the file")
+
+
+def _sorted(found: dict[str, dict[Key, Path]]) -> dict[str, list[Path]]:
+    return {c: sorted(files.values(), key=str) for c, files in found.items()}
+
+
+def _scan(folder: Path, name: str) -> dict[str, list[Path]]:
+    """class name -> sorted image files; no classes, an empty class or a file in two classes raises."""
+    return _sorted(_scan_keyed(folder, name))
+
+
+def _scan_pair(train_dir: Path, test_dir: Path, name: str) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """The train and test class folders; a file in both (a link between them) raises: test images
+    must never be trained on."""
+    train, test = _scan_keyed(train_dir, name), _scan_keyed(test_dir, name)
+    in_train = {k: f for files in train.values() for k, f in files.items()}
+    for files in test.values():
+        for key, f in files.items():
+            if key in in_train:
+                raise _same_file(name, in_train[key], f, "both the train and the test split")
+    return _sorted(train), _sorted(test)
 
 
 def stratified_split(labels: torch.Tensor, val_split: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,11 +234,10 @@ def _imagefolder_family(arg: str) -> DatasetSpec:
             raise DataError(f"{name}: folder {root} not found; expected {_IF_LAYOUT}")
         train_dir, test_dir = _parts()
         if train_dir is not None and test_dir is not None:
-            train = _scan(train_dir, name)
+            train, test = _scan_pair(train_dir, test_dir, name)
             classes = tuple(train)
             if split == "train":
                 return _build(train, classes, opts)
-            test = _scan(test_dir, name)
             unknown = sorted(set(test) - set(train))
             if unknown:
                 raise DataError(f"{name}: {test_dir} has class folders not in {train_dir}: "
@@ -198,6 +246,8 @@ def _imagefolder_family(arg: str) -> DatasetSpec:
         # A single pool of class folders (PATH/<class>/ or only PATH/train/): split it.
         pool_dir = train_dir or root
         if not 0.0 < opts.val_split < 1.0:
+            if train_dir is None and not _class_dirs(root):
+                raise _no_classes(root, name)
             where = (f"{root} has train/ but no test/ or val/" if train_dir is not None
                      else f"{root} has class folders but no train/ and test/")
             raise DataError(f"{name}: {where}; pass --val-split (e.g. 0.2) to hold out a share of each class "

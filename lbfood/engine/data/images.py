@@ -7,6 +7,7 @@ Preprocessing follows torchvision's test transform on the CIFAR benchmarks (`Res
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,11 +17,45 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lbfood.engine.data.base import ImageSet, LoadOptions
-from lbfood.engine.errors import DataError
+from lbfood.engine.data.walk import special_kind, walk_files
+from lbfood.engine.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 # Above this input size images stay on disk as a file list and a DataLoader decodes them per batch.
 IN_MEMORY_MAX_SIZE = 64
+# The most pixels one image may have (8000×8000, about 192 MB decoded as RGB); a larger file is refused
+# before decoding. LBFOOD_MAX_PIXELS overrides it (PIL itself refuses more than twice its own ~89 MP).
+MAX_PIXELS = 64_000_000
+
+
+def max_pixels() -> int:
+    """The most pixels (width × height) `decode` accepts: `LBFOOD_MAX_PIXELS`, else MAX_PIXELS."""
+    text = os.environ.get("LBFOOD_MAX_PIXELS", "").strip()
+    if not text:
+        return MAX_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"LBFOOD_MAX_PIXELS must be a positive whole number of pixels, got {text!r}; "
+                          f"unset it for the default ({MAX_PIXELS:,})")
+    return value
+
+
+def _open_regular(path: Path):
+    """`path` opened for binary reading, or DataError if it is not a regular file. Opened without
+    blocking, so a named pipe with no writer is refused instead of waiting forever."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        kind = special_kind(os.fstat(fd))
+        if kind is not None:
+            raise DataError(f"{path}: not a regular file ({kind}); pass image files")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def decode(path: str | os.PathLike, *, exif_orientation: bool = False) -> np.ndarray:
@@ -28,25 +63,40 @@ def decode(path: str | os.PathLike, *, exif_orientation: bool = False) -> np.nda
 
     Grayscale, palette, RGBA (alpha dropped, as torchvision's loader does) and 16-bit images become
     8-bit RGB; 16-bit values v are scaled as round(v / 257), so 65535 -> 255. A truncated, corrupt or
-    non-image file raises DataError naming it (truncated images are never silently padded).
-    `exif_orientation` applies the EXIF rotation; off by default because the benchmarks' loaders ignore it.
+    non-image file, a named pipe or device, and an image of more than `max_pixels()` pixels (checked
+    from the header, before decoding) raise DataError naming it (truncated images are never silently
+    padded). `exif_orientation` applies the EXIF rotation; off by default because the benchmarks'
+    loaders ignore it.
     """
     path = Path(path)
+    cap = max_pixels()
     try:
-        with Image.open(path) as img:
-            img.load()  # forces a full decode: a truncated file fails here
-            if exif_orientation:
-                img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+        with _open_regular(path) as f:
+            # Our cap replaces PIL's DecompressionBombWarning (emitted by Image.open above ~89 MP).
+            # The filter is process-wide while active; it only ever silences that one PIL warning.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(f)
+            with img:
+                w, h = img.size
+                if w * h > cap:
+                    raise DataError(f"{path}: image is {w}×{h} ({w * h / 1e6:.0f} megapixels), more than the "
+                                    f"{cap / 1e6:g} megapixels lbfood decodes; shrink it, or raise the limit "
+                                    f"with LBFOOD_MAX_PIXELS={w * h}")
+                img.load()  # forces a full decode: a truncated file fails here
+                if exif_orientation:
+                    img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        kind = "broken symbolic link" if path.is_symlink() else "file not found"
+        raise DataError(f"{path}: {kind}") from None
     except (PermissionError, IsADirectoryError) as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file PIL can read (expected one of "
                         f"{', '.join(IMAGE_EXTENSIONS)})") from None
     except Image.DecompressionBombError as e:
-        raise DataError(f"{path}: image too large to decode safely ({e})") from None
+        raise DataError(f"{path}: image too large to decode safely ({e}); shrink it") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL's truncated/corrupt-data errors
         raise DataError(f"{path}: cannot decode image ({e}); the file is truncated or corrupt") from None
 
@@ -131,20 +181,13 @@ def resize_in_memory(images: np.ndarray, size: int, name: str) -> torch.Tensor:
 def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
     """Image files in `folder` (by extension, case-insensitive), sorted; hidden files are skipped.
 
-    Hidden files include macOS `._name.jpg` resource forks, which some OOD tarballs carry.
+    Hidden files include macOS `._name.jpg` resource forks, which some OOD tarballs carry. Links are
+    followed, but each real folder is walked once and each real file listed once (see `walk`).
     """
-    folder = Path(folder)
-    found: list[Path] = []
-    if recursive:
-        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            found.extend(Path(dirpath, f) for f in filenames if _is_image_name(f))
-    elif folder.is_dir():
-        found = [p for p in folder.iterdir() if p.is_file() and _is_image_name(p.name)]
-    return sorted(found, key=lambda p: str(p))
+    return walk_files(folder, recursive=recursive, keep=is_image_name)
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 

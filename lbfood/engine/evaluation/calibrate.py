@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from lbfood.engine import runs
-from lbfood.engine.errors import ConfigError, DataError
+from lbfood.engine.errors import ConfigError, DataError, StorageError
 from lbfood.engine.evaluation.features import FORMAT as FEATURES_FORMAT
 from lbfood.engine.evaluation.metrics import keep_threshold
 from lbfood.engine.evaluation.scorers import Scorer
@@ -24,12 +24,14 @@ from lbfood.engine.runtime import Runtime
 def calibrate(run_dir: str | os.PathLike, model: torch.nn.Module, meta: RunMeta, rt: Runtime,
               method: str = "react", tpr: float = 0.95, *, params: dict[str, Any] | None = None,
               root: str | os.PathLike | None = None, batch_size: int = 256, workers: int = 4,
-              on_event: Callable[[Step], None] | None = None, limit: int | None = None) -> dict[str, Any]:
+              on_event: Callable[[Step], None] | None = None, limit: int | None = None,
+              notes: list[str] | None = None) -> dict[str, Any]:
     """The threshold γ (paper Eq. 3) that keeps a share `tpr` of the run's held-out ID images (its
     dataset's test split): {"method", "value", "tpr", "split", "data", "params"}, for run.json's
     "threshold". Features and fitted scorers are cached in the run folder, so later reports reuse them.
     `limit` (default: the run's own `--limit`, if it was trained with one) uses only the first images
-    of the training and test splits, as the run's smoke-test training did.
+    of the training and test splits, as the run's smoke-test training did. `notes` receives what the
+    user should know (e.g. a cache file that could not be saved).
     """
     if not 0.0 < tpr <= 1.0:
         raise ConfigError(f"tpr must be in (0, 1], got {tpr}")
@@ -49,6 +51,8 @@ def calibrate(run_dir: str | os.PathLike, model: torch.nn.Module, meta: RunMeta,
         entry["limit"] = limit
     if s.needs_blocks:  # block norms change meaning with the feature format (stages, then residual blocks)
         entry["features"] = FEATURES_FORMAT
+    if notes is not None:
+        notes.extend(n for n in ev.notes if n not in notes)
     return entry
 
 
@@ -76,11 +80,13 @@ def store_threshold(run_dir: str | os.PathLike, key: str, entry: dict[str, Any])
 def fitted_scorer_and_threshold(model: torch.nn.Module, meta: RunMeta, rt: Runtime, method: str,
                                 params: dict[str, Any] | None = None, *, threshold: float | None = None,
                                 root: str | os.PathLike | None = None, batch_size: int = 64,
-                                on_event: Callable[[Step], None] | None = None) -> tuple[Scorer, float]:
+                                on_event: Callable[[Step], None] | None = None,
+                                notes: list[str] | None = None) -> tuple[Scorer, float]:
     """The run's scorer `method`, fitted (or loaded from `<run>/scorers/`), and its threshold γ (paper
     Eq. 3): `threshold` if given, else the run's stored one, else calibrated now on the ID test split
     and stored in run.json. What `score` and `export` both use, so an exported detector decides as
-    `lbfood score` does."""
+    `lbfood score` does. `notes` receives what the user should know (e.g. a read-only run: a fit or
+    threshold not saved)."""
     run_dir = meta.run_dir
     ev = RunEval(run_dir, model, meta, rt, id_data=meta.data, data_root=data_root(meta, root),
                  batch_size=batch_size, workers=0, on_event=on_event,
@@ -94,10 +100,15 @@ def fitted_scorer_and_threshold(model: torch.nn.Module, meta: RunMeta, rt: Runti
     if threshold is None:
         try:
             entry = calibrate(run_dir, model, meta, rt, method, params=params, root=root, batch_size=batch_size,
-                              workers=0, on_event=on_event)
+                              workers=0, on_event=on_event, notes=ev.notes)
         except DataError as e:
             raise DataError(f"the run has no {method} threshold and calibrating one needs its ID test "
                             f"split ({e}); or pass --threshold X") from None
-        store_threshold(run_dir, scorer_key(s), entry)
+        try:
+            store_threshold(run_dir, scorer_key(s), entry)
+        except StorageError as e:  # a read-only run: use the threshold now, compute it again next time
+            ev.unsaved(e)
         threshold = entry["value"]
+    if notes is not None:
+        notes.extend(ev.notes)
     return s, float(threshold)

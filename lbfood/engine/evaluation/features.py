@@ -19,7 +19,7 @@ from torch import nn
 
 from lbfood.engine import distributed, io
 from lbfood.engine.distributed import DistInfo
-from lbfood.engine.errors import ConfigError
+from lbfood.engine.errors import ConfigError, StorageError
 
 # 2: block norms are per residual block (1 had one per stage); a file of another format is a cache miss.
 FORMAT = "lbfood-features-2"
@@ -201,13 +201,16 @@ def gather_features(feats: Features, dist: DistInfo, device: str | torch.device 
 
 
 def cached_extract(cache_dir: str | Path, key: str, model: nn.Module, make_loader: Callable[[], Iterable],
-                   *, fingerprint: str, dist: DistInfo | None = None, **kw) -> Features:
+                   *, fingerprint: str, dist: DistInfo | None = None,
+                   on_write_error: Callable[[StorageError], None] | None = None, **kw) -> Features:
     """`extract`, reusing `cache_dir/features-<key>.safetensors` when key, fingerprint and options match.
 
     `fingerprint` identifies the weights (e.g. the hash of model.safetensors); `make_loader` is only
     called on a miss. Any mismatch or unreadable file recomputes and overwrites (atomically).
     Under data parallelism (`dist`), `make_loader` loads this rank's `distributed.shard` of the images:
     the ranks agree on hit or miss (all extract or none), gather their rows in order, and rank 0 writes.
+    A cache file that cannot be written (a read-only run, a full disk) goes to `on_write_error` and the
+    features are returned all the same; without it, the StorageError is raised.
     """
     dist = dist or DistInfo()
     path = cache_path(cache_dir, key)
@@ -227,5 +230,10 @@ def cached_extract(cache_dir: str | Path, key: str, model: nn.Module, make_loade
         return hit
     feats = gather_features(extract(model, make_loader(), **kw), dist, device)
     if dist.is_main:
-        io.save_tensors(path, feats.to_tensors(), metadata=want)
+        try:
+            io.save_tensors(path, feats.to_tensors(), metadata=want)
+        except StorageError as e:
+            if on_write_error is None:
+                raise
+            on_write_error(e)
     return feats

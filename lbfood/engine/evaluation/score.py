@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import glob
 import math
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +13,7 @@ import torch
 from lbfood.engine import runs
 from lbfood.engine.config import ScoreConfig
 from lbfood.engine.data.images import decode, eval_transform
+from lbfood.engine.data.paths import expand_paths
 from lbfood.engine.errors import ConfigError, DataError
 from lbfood.engine.evaluation import features as fx
 from lbfood.engine.evaluation import scorers
@@ -41,45 +39,12 @@ class Row:
         return asdict(self)
 
 
-def _walk(folder: Path) -> list[Path]:
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(Path(dirpath, f) for f in filenames if not f.startswith("."))
-    return sorted(found, key=str)
-
-
-def expand_paths(paths: Sequence[str]) -> list[tuple[str, str | None]]:
-    """(file, error) pairs for files, folders (every non-hidden file, recursively) and globs, in order,
-    each file once; a path that names nothing becomes an error entry."""
-    out: dict[str, str | None] = {}
-    for p in paths:
-        path = Path(p).expanduser()
-        if path.is_file():
-            out.setdefault(str(path), None)
-        elif path.is_dir():
-            files = _walk(path)
-            if not files:
-                out.setdefault(str(path), "empty folder: no files to score")
-            for f in files:
-                out.setdefault(str(f), None)
-        elif glob.has_magic(p):
-            matches = sorted(glob.glob(os.path.expanduser(p), recursive=True))
-            if not matches:
-                out.setdefault(p, "no file matches this pattern")
-            for m in matches:
-                mp = Path(m)
-                for f in (_walk(mp) if mp.is_dir() else [mp]):
-                    out.setdefault(str(f), None)
-        else:
-            out.setdefault(p, "file not found")
-    return list(out.items())
-
-
-def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = None) -> list[Row]:
+def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = None,
+                 notes: list[str] | None = None) -> list[Row]:
     """Score each image file with `cfg.method`: predicted class, confidence, score and verdict (ID if
     score ≥ γ, paper Eq. 3). γ is `cfg.threshold`, else the run's calibrated one (computed on the ID
-    test split and stored in run.json on first use). Unreadable files become error rows."""
+    test split and stored in run.json on first use). Unreadable files become error rows. `notes`
+    receives what the user should know (e.g. a read-only run: a fit or threshold not saved)."""
     if not cfg.paths:
         raise ConfigError("no images given; pass files, folders or globs, e.g. `lbfood score photos/`")
     if cfg.batch_size < 1:
@@ -91,7 +56,8 @@ def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = Non
     model, meta = runs.load_run(cfg.model, rt.device)
     model = rt.prepare(model)
     s, threshold = fitted_scorer_and_threshold(model, meta, rt, cfg.method, cfg.params, threshold=cfg.threshold,
-                                               root=cfg.data_root, batch_size=cfg.batch_size, on_event=on_event)
+                                               root=cfg.data_root, batch_size=cfg.batch_size, on_event=on_event,
+                                               notes=notes)
 
     entries = expand_paths(cfg.paths)
     rows: dict[str, Row] = {}

@@ -24,7 +24,7 @@ from lbfood.engine.data import DatasetSpec, ImageSet, LoadOptions, default_root
 from lbfood.engine.data import get as get_dataset
 from lbfood.engine.data.loaders import make_loader
 from lbfood.engine.distributed import DistInfo
-from lbfood.engine.errors import ConfigError, DataError, LbfoodError, RunError
+from lbfood.engine.errors import ConfigError, DataError, LbfoodError, RunError, StorageError
 from lbfood.engine.evaluation import features as fx
 from lbfood.engine.evaluation import scorers
 from lbfood.engine.evaluation.features import Features
@@ -120,6 +120,14 @@ class RunEval:
                                 classes_file=Path(cfg["classes_file"]) if cfg.get("classes_file") else None,
                                 seed=int(cfg.get("seed") or 0))
 
+    def unsaved(self, err: StorageError) -> None:
+        """A cache or fitted-scorer file could not be written (a read-only run, a full disk): it only
+        saves time later, so the evaluation goes on, with a note."""
+        note = (f"could not save to {Path(err.path).parent} ({err.reason}): the results are complete, "
+                "but the next run recomputes what was not saved")
+        if note not in self.notes:
+            self.notes.append(note)
+
     def _event(self, message: str) -> None:
         if self.on_event is not None:
             self.on_event(Step(message))
@@ -183,7 +191,7 @@ class RunEval:
         try:
             feats = fx.cached_extract(self.run_dir / "cache", key, self.model, make, fingerprint=fingerprint,
                                       device=self.rt.device, precision=self.rt.precision, blocks=True,
-                                      jigsaw=jigsaw, dist=self.dist)
+                                      jigsaw=jigsaw, dist=self.dist, on_write_error=self.unsaved)
         except _Miss:
             return None
         self.memo[key] = feats
@@ -236,7 +244,10 @@ class RunEval:
         s.fit(train, self.model.head)
         self.fits += 1
         if self.dist.is_main:
-            save_tensors(path, s.state_dict(), metadata=want)
+            try:
+                save_tensors(path, s.state_dict(), metadata=want)
+            except StorageError as e:
+                self.unsaved(e)
         return s
 
     def scores(self, s: Scorer, name: str, split: str, *, user_std: bool = False) -> torch.Tensor:

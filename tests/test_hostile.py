@@ -1,0 +1,488 @@
+"""Hostile input (issue 16): what a careless or hostile user does, through the command line, on tiny data.
+
+One section per numbered case of the issue. Each test asserts the exit code, the one-line message,
+that no traceback escaped, and that nothing outside the intended output changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import signal
+import stat
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import fakedata as fd
+import pytest
+from typer.testing import CliRunner
+
+from lbfood.cli import app
+from lbfood.engine import data
+from lbfood.engine.data import LoadOptions
+from lbfood.engine.data.images import MAX_PIXELS, decode
+from lbfood.engine.data.walk import glob_files, walk_files
+from lbfood.engine.errors import ConfigError, DataError, StorageError
+from lbfood.engine.io import atomic_write_bytes
+
+runner = CliRunner()
+CPU = ("--device", "cpu", "-q")
+TINY = ("--arch", "resnet18", "--width", "0.125", "--epochs", "1", "--batch-size", "4", "--device", "cpu", "-q")
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+
+
+def invoke(*args, env=None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def clean(r) -> None:
+    """No Python exception escaped the command (CliRunner keeps it in `exception`, not the output)."""
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "Traceback" not in r.output, r.output
+
+
+def one_error_line(r, *needles: str) -> str:
+    clean(r)
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Every entry under `root` (links not followed): kind and mode, and the size, mtime and bytes of files
+    (a folder's own mtime is left out: it only says that an entry came and went)."""
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        st = p.lstat()
+        kind, mode = stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode)
+        if stat.S_ISREG(st.st_mode):
+            out[str(p.relative_to(root))] = (kind, mode, st.st_size, st.st_mtime_ns, p.read_bytes())
+        else:
+            out[str(p.relative_to(root))] = (kind, mode, os.readlink(p) if p.is_symlink() else None)
+    return out
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail (instead of hanging the suite) if the block runs longer than `seconds`."""
+
+    def boom(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: it hangs")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def png_header(path: Path, w: int, h: int) -> Path:
+    """A PNG that declares w×h RGB pixels but holds almost no data: opening it costs nothing, decoding
+    it would allocate w·h·3 bytes."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def score_rows(r) -> list[dict]:
+    return [json.loads(line) for line in r.stdout.strip().splitlines()]
+
+
+@pytest.fixture
+def run(tmp_path, make_run, small_backdrops, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return make_run(tmp_path)
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """read_only(folder): make `folder` and everything under it unwritable. Folders become 0555; as
+    root (who writes anyway) creating a file or folder below it raises EACCES, as the kernel would."""
+    changed: list[tuple[Path, int]] = []
+    guarded: list[str] = []
+
+    def below(path) -> bool:
+        p = os.path.realpath(os.path.abspath(os.fsdecode(path)))
+        return any(p == g or p.startswith(g + os.sep) for g in guarded)
+
+    def denied(path):
+        return PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def guarded_open(path, flags, mode=0o777, *args, **kw):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and below(path):
+            raise denied(path)
+        return real_open(path, flags, mode, *args, **kw)
+
+    def guarded_mkdir(path, mode=0o777, *args, **kw):
+        if below(path) and not os.path.lexists(path):
+            raise denied(path)
+        return real_mkdir(path, mode, *args, **kw)
+
+    def make(folder: Path) -> None:
+        folder = Path(folder)
+        for p in (folder, *folder.rglob("*")):
+            if p.is_dir() and not p.is_symlink():
+                changed.append((p, stat.S_IMODE(p.stat().st_mode)))
+                p.chmod(0o555)
+        guarded.append(os.path.realpath(folder))
+        if os.geteuid() == 0:
+            monkeypatch.setattr(os, "open", guarded_open)
+            monkeypatch.setattr(os, "mkdir", guarded_mkdir)
+
+    yield make
+    for p, mode in reversed(changed):
+        p.chmod(mode)
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every atomic write fails as on a full disk: the data is written, then fsync reports ENOSPC."""
+
+    def enospc(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", enospc)
+
+
+def temp_files(root: Path) -> list[Path]:
+    return sorted(p for p in Path(root).rglob(".*.tmp"))
+
+
+# ---- 9. read-only folders, full disks, --device ---------------------------------------------------
+
+
+def test_report_on_a_read_only_run_finishes_with_a_note(run, tmp_path, read_only):
+    read_only(run)
+    before = tree(tmp_path)
+    r = invoke("report", "--method", "react", "--ood", "backdrops-noise", "--output", tmp_path / "r.json", *CPU)
+    clean(r)
+    assert r.exit_code == 0, r.output
+    assert f"could not save to {run}/cache (permission denied)" in " ".join(r.output.split())
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["extractions"] == 3 and res["fits"] == 1  # test, noise, train; nothing came from a cache
+    assert math.isfinite(res["runs"][0]["metrics"]["react"]["backdrops-noise"]["auroc"])
+    after = tree(tmp_path)
+    assert after.pop("r.json") and after == before
+    with pytest.raises(StorageError, match=f"cannot write {run}/cache/f: permission denied; make {run} writable"):
+        atomic_write_bytes(run / "cache" / "f", b"")  # the advice names the folder that refused
+
+
+def test_score_on_a_read_only_run_uses_the_threshold_without_storing_it(run, tmp_path, read_only):
+    fd.write_flat_folder(tmp_path / "imgs", n=2)
+    read_only(run)
+    before = tree(tmp_path)
+    r = invoke("score", tmp_path / "imgs", "--method", "energy", "--json", "--device", "cpu")
+    clean(r)
+    assert r.exit_code == 0, r.output
+    rows = score_rows(r)
+    assert [Path(x["file"]).name for x in rows] == ["img_000.png", "img_001.png"]
+    assert all(x["error"] is None and math.isfinite(x["threshold"]) for x in rows)
+    assert "note: could not save to" in r.stderr and "permission denied" in r.stderr
+    assert tree(tmp_path) == before
+
+
+def test_report_output_in_a_read_only_folder_is_one_line(run, tmp_path, read_only):
+    (tmp_path / "ro").mkdir()
+    read_only(tmp_path / "ro")
+    r = invoke("report", "--method", "energy", "--ood", "backdrops-noise", "--output", tmp_path / "ro" / "r.md", *CPU)
+    one_error_line(r, f"cannot write {tmp_path / 'ro' / 'r.md'}: permission denied", f"make {tmp_path / 'ro'} writable")
+    assert list((tmp_path / "ro").iterdir()) == []
+
+
+def test_pretrain_into_a_read_only_folder_is_one_line(tmp_path, small_backdrops, monkeypatch, read_only):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ro").mkdir()
+    read_only(tmp_path / "ro")
+    before = tree(tmp_path)
+    r = invoke("pretrain", *TINY, "--limit", "8", "--out", tmp_path / "ro" / "run")
+    one_error_line(r, f"cannot use {tmp_path / 'ro' / 'run'}: permission denied", f"make {tmp_path / 'ro'} writable")
+    assert tree(tmp_path) == before
+
+
+def test_full_disk_report_notes_cache_and_refuses_output(run, tmp_path, full_disk):
+    before = tree(tmp_path)
+    r = invoke("report", "--method", "energy", "--ood", "backdrops-noise", *CPU)
+    clean(r)
+    assert r.exit_code == 0, r.output
+    assert "(no space left on the device (or over quota))" in " ".join(r.output.split())
+    assert "backdrops-noise" in r.output  # the table was printed
+    # the cache folder may now exist (mkdir needs no space), but holds no file and no temp file
+    assert temp_files(tmp_path) == [] and list((run / "cache").iterdir()) == []
+    r = invoke("report", "--method", "energy", "--ood", "backdrops-noise", "--output", tmp_path / "r.md", *CPU)
+    one_error_line(r, f"cannot write {tmp_path / 'r.md'}: no space left on the device", "free some space")
+    assert not (tmp_path / "r.md").exists() and temp_files(tmp_path) == []
+    (run / "cache").rmdir()
+    assert tree(tmp_path) == before
+
+
+def test_full_disk_keeps_the_old_file(tmp_path, full_disk):
+    target = tmp_path / "keep.json"
+    target.write_bytes(b"old")
+    with pytest.raises(StorageError, match="no space left") as e:
+        atomic_write_bytes(target, b"new contents")
+    assert e.value.path == str(target) and e.value.exit_code == 2
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["keep.json"]
+
+
+def test_device_meta_is_one_line(run, tmp_path):
+    before = tree(tmp_path)
+    one_error_line(invoke("report", "--method", "energy", "--device", "meta", "-q"), "--device meta", "cpu, cuda or mps")
+    one_error_line(invoke("pretrain", *TINY[:-3], "--device", "meta", "--out", tmp_path / "new"), "--device meta")
+    one_error_line(invoke("score", run, "--device", "meta"), "--device meta")
+    assert tree(tmp_path) == before
+
+
+def test_select_device_refuses_meta_and_a_missing_gpu_index(monkeypatch):
+    import torch
+
+    from lbfood.engine.runtime import select_device
+
+    with pytest.raises(ConfigError, match="--device meta: lbfood computes on cpu, cuda or mps"):
+        select_device("meta")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        select_device("cuda:2")
+    assert select_device("cuda:1") == torch.device("cuda", 1)
+
+
+# ---- 10. folders with symbolic links to themselves ------------------------------------------------
+
+
+def _looping_folder(root: Path) -> Path:
+    """root/f: 3 images, two links to itself, a link cycle through a subfolder, and a link to a sibling
+    g/ that holds the same files again (one by symbolic link, one by hard link)."""
+    f = root / "f"
+    fd.write_flat_folder(f, n=3, size=(20, 20))
+    (f / "self").symlink_to(".")
+    (f / "again").symlink_to(".")
+    (f / "sub").mkdir()
+    (f / "sub" / "up").symlink_to("..")
+    (root / "g").mkdir()
+    (root / "g" / "a.png").symlink_to("../f/img_000.png")
+    os.link(f / "img_001.png", root / "g" / "b.png")
+    (f / "twin").symlink_to("../g")
+    (f / ".hidden").mkdir()
+    fd.write_flat_folder(f / ".hidden", n=1)
+    return f
+
+
+def test_walk_lists_each_real_file_once(tmp_path):
+    f = _looping_folder(tmp_path)
+    os.mkfifo(f / "pipe.png")
+    names = ["f/img_000.png", "f/img_001.png", "f/img_002.png"]
+    rel = lambda ps: [p.relative_to(tmp_path).as_posix() for p in ps]  # noqa: E731
+    with deadline(20):
+        assert rel(walk_files(f)) == names
+        assert rel(walk_files(tmp_path)) == names  # the direct path wins over g/'s links
+        assert rel(glob_files(f"{f}/**/*.png")) == names
+        assert rel(glob_files(f"{tmp_path}/*/**")) == names
+        assert rel(walk_files(f, recursive=False)) == names
+
+
+def test_score_a_folder_with_self_links_once_per_image(run, tmp_path):
+    f = _looping_folder(tmp_path)
+    before = tree(tmp_path)
+    with deadline(60):
+        r = invoke("score", f, f"{f}/**/*.png", f / "self" / "img_002.png", "--method", "energy",
+                   "--threshold", "0", "--json", "--device", "cpu")
+    clean(r)
+    assert r.exit_code == 0, r.output
+    assert [x["file"] for x in score_rows(r)] == [str(f / f"img_00{i}.png") for i in range(3)]
+    assert tree(tmp_path) == before
+
+
+def test_report_ood_folder_with_self_links(run, tmp_path):
+    f = _looping_folder(tmp_path)
+    with deadline(60):
+        r = invoke("report", "--method", "energy", "--ood", f"folder:{f}", "--output", tmp_path / "r.json", *CPU)
+    clean(r)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "r.json").read_text())["num_images"][f"folder:{f}"] == 3
+
+
+def test_imagefolder_self_links_load_each_image_once(tmp_path):
+    root = tmp_path / "d"
+    fd.write_image_folder(root / "train", ["a", "b"], 4)
+    fd.write_image_folder(root / "test", ["a", "b"], 2)
+    for c in ("a", "b"):
+        (root / "train" / c / "self").symlink_to(".")
+        (root / "test" / c / "loop").symlink_to("..")
+    (root / "train" / "loop").symlink_to(".")  # not a class: a link back up the tree
+    (root / "train" / "b2").symlink_to("b")  # the same folder as class b: not another class
+    opts = LoadOptions(root=tmp_path)
+    with deadline(20):
+        tr = data.get(f"imagefolder:{root}").load(opts, "train")
+        te = data.get(f"imagefolder:{root}").load(opts, "test")
+    assert tr.classes == ("a", "b") and tr.labels.tolist() == [0] * 4 + [1] * 4
+    assert te.labels.tolist() == [0, 0, 1, 1]
+    # the same as a pool with --val-split: 12 files in all, each in exactly one split
+    pool = tmp_path / "pool"
+    fd.write_image_folder(pool, ["a", "b"], 6)
+    (pool / "loop").symlink_to(".")
+    (pool / "a" / "self").symlink_to(".")
+    opts = LoadOptions(root=tmp_path, val_split=0.5)
+    tr = data.get(f"imagefolder:{pool}").load(opts, "train")
+    te = data.get(f"imagefolder:{pool}").load(opts, "test")
+    assert tr.classes == ("a", "b") and len(tr) == 6 and len(te) == 6
+
+
+def test_imagefolder_link_from_train_into_test_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "d"
+    fd.write_image_folder(root / "train", ["a", "b"], 3)
+    fd.write_image_folder(root / "test", ["a", "b"], 1)
+    (root / "train" / "a" / "peek").symlink_to("../../test/a")
+    before = tree(tmp_path)
+    r = invoke("pretrain", "--data", f"imagefolder:{root}", *TINY, "--out", tmp_path / "out")
+    one_error_line(r, f"{root}/train/a/peek/img_000.png and {root}/test/a/img_000.png are the same file",
+                   "both the train and the test split", "remove the link")
+    assert tree(tmp_path) == before
+    # a sibling class holding links to another class's files: one image, two labels
+    (root / "train" / "a" / "peek").unlink()
+    (root / "train" / "b" / "copy.png").symlink_to("../a/img_000.png")
+    r = invoke("pretrain", "--data", f"imagefolder:{root}", *TINY, "--out", tmp_path / "out")
+    one_error_line(r, "are the same file", "in two classes")
+    assert not (tmp_path / "out").exists()
+
+
+# ---- 12. messages that say what is actually wrong -------------------------------------------------
+
+
+@pytest.mark.parametrize("val_split", ["2", "-0.1", "1", "nan"])
+def test_val_split_outside_0_1_is_one_line(tmp_path, monkeypatch, val_split):
+    monkeypatch.chdir(tmp_path)
+    fd.write_flat_folder(tmp_path / "flat", n=4)
+    before = tree(tmp_path)
+    r = invoke("pretrain", "--data", f"imagefolder:{tmp_path / 'flat'}", *TINY, "--val-split", val_split,
+               "--out", tmp_path / "out")
+    one_error_line(r, "--val-split must be a share between 0 and 1", f"got {float(val_split)}")
+    assert tree(tmp_path) == before
+
+
+def test_imagefolder_empty_or_flat_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    fd.write_flat_folder(tmp_path / "flat", n=4)
+    before = tree(tmp_path)
+    r = invoke("pretrain", "--data", f"imagefolder:{tmp_path / 'empty'}", *TINY)
+    line = one_error_line(r, f"{tmp_path / 'empty'} is empty; expected")
+    assert "has class folders" not in line and "--val-split (e.g." not in line
+    for extra in ((), ("--val-split", "0.5")):
+        r = invoke("pretrain", "--data", f"imagefolder:{tmp_path / 'flat'}", *TINY, *extra)
+        line = one_error_line(r, f"no class folders in {tmp_path / 'flat'}: its 4 image(s) lie directly in it",
+                              "put each class in its own folder")
+        assert "has class folders" not in line
+    assert tree(tmp_path) == before
+
+
+def test_score_dev_null_and_a_fifo_say_what_they_are(run, tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "imgs").mkdir()
+    fd.write_flat_folder(tmp_path / "imgs", n=1)
+    os.mkfifo(tmp_path / "imgs" / "pipe.png")  # in a folder: not a file, skipped
+    before = tree(tmp_path)
+    with deadline(60):
+        r = invoke("score", "/dev/null", tmp_path / "pipe.png", tmp_path / "imgs", f"{tmp_path}/imgs/*.png",
+                   "--method", "energy", "--threshold", "0", "--json", "--device", "cpu")
+    clean(r)
+    assert r.exit_code == 1, r.output
+    rows = score_rows(r)
+    assert [(x["file"], x["error"]) for x in rows[:2]] == [
+        ("/dev/null", "not a regular file (a character device); pass image files, folders or globs"),
+        (str(tmp_path / "pipe.png"), "not a regular file (a named pipe); pass image files, folders or globs")]
+    assert [x["file"] for x in rows[2:]] == [str(tmp_path / "imgs" / "img_000.png")] and rows[2]["error"] is None
+    assert "file not found" not in r.output
+    assert tree(tmp_path) == before
+
+
+def test_decode_refuses_a_fifo_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "p.png")
+    with deadline(10), pytest.raises(DataError, match=r"p\.png: not a regular file \(a named pipe\)"):
+        decode(tmp_path / "p.png")
+    with pytest.raises(DataError, match=r"d: not a regular file \(a folder\)"):
+        (tmp_path / "d").mkdir()
+        decode(tmp_path / "d")
+    (tmp_path / "dangling.png").symlink_to("nowhere.png")
+    with pytest.raises(DataError, match=r"dangling\.png: broken symbolic link"):
+        decode(tmp_path / "dangling.png")
+
+
+# ---- 13. file modes and image size ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_written_files_follow_the_umask(run, tmp_path):
+    for mask, want in ((0o022, 0o644), (0o027, 0o640), (0o077, 0o600)):
+        with umask(mask):
+            atomic_write_bytes(tmp_path / f"w{mask:o}" / "f.bin", b"x")
+        assert stat.S_IMODE((tmp_path / f"w{mask:o}" / "f.bin").stat().st_mode) == want
+    assert stat.S_IMODE((run / "run.json").stat().st_mode) == 0o644  # made under the usual umask 022
+    with umask(0o027):
+        r = invoke("report", "--method", "react", "--ood", "backdrops-noise", *CPU)
+    clean(r)
+    assert r.exit_code == 0, r.output
+    written = [p for p in (*run.joinpath("cache").iterdir(), *run.joinpath("scorers").iterdir())]
+    assert len(written) == 4  # features of test, noise and train; the fitted react
+    assert {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o640}
+
+
+def test_huge_image_is_refused_before_decoding(run, tmp_path):
+    png_header(tmp_path / "huge.png", 12000, 12000)
+    fd.write_flat_folder(tmp_path, n=1)
+    before = tree(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = invoke("score", tmp_path / "huge.png", tmp_path / "img_000.png", "--method", "energy",
+                   "--threshold", "0", "--json", "--device", "cpu")
+    clean(r)
+    assert r.exit_code == 1, r.output
+    huge, ok = score_rows(r)
+    assert huge["error"] == ("image is 12000×12000 (144 megapixels), more than the 64 megapixels lbfood "
+                             "decodes; shrink it, or raise the limit with LBFOOD_MAX_PIXELS=144000000")
+    assert ok["error"] is None and MAX_PIXELS == 64_000_000
+    assert "DecompressionBomb" not in r.output
+    assert not [w for w in caught if "DecompressionBomb" in w.category.__name__]
+    assert tree(tmp_path) == before
+
+
+def test_max_pixels_from_the_environment(run, tmp_path, monkeypatch):
+    fd.write_flat_folder(tmp_path, n=1, size=(20, 20))
+    monkeypatch.setenv("LBFOOD_MAX_PIXELS", "399")
+    r = invoke("score", tmp_path / "img_000.png", "--method", "energy", "--threshold", "0", "--json",
+               "--device", "cpu")
+    clean(r)
+    assert r.exit_code == 1 and "raise the limit with LBFOOD_MAX_PIXELS=400" in score_rows(r)[0]["error"]
+    monkeypatch.setenv("LBFOOD_MAX_PIXELS", "400")
+    assert decode(tmp_path / "img_000.png").shape == (20, 20, 3)
+    monkeypatch.setenv("LBFOOD_MAX_PIXELS", "lots")
+    r = invoke("score", tmp_path / "img_000.png", "--method", "energy", "--threshold", "0", "--device", "cpu")
+    one_error_line(r, "LBFOOD_MAX_PIXELS must be a positive whole number of pixels, got 'lots'")
+    with pytest.raises(ConfigError):
+        decode(tmp_path / "img_000.png")
