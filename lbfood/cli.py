@@ -287,6 +287,8 @@ def finetune(
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's runs (replaced if it holds an earlier demo).")]
     = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke run for CI (< 1 min on 2 CPU cores): a smaller "
+                                                        "model on the first images of each split.")] = False,
     device: Device = "auto",
     seed: Seed = 0,
     quiet: Quiet = False,
@@ -294,34 +296,28 @@ def demo(
     """Pretrain, fine-tune with L_LFF and with CE only, and compare them on the embedded `backdrops`
     benchmark (offline, a few CPU minutes)."""
     with _guard():
-        import shutil
         import time
 
         from lbfood import render, render_eval
         from lbfood.engine import demo as recipe
         from lbfood.engine import evaluate, finetune, train
 
-        if out.exists():
-            if not all((p / "run.json").is_file() for p in out.iterdir() if p.is_dir()):
-                from lbfood.engine.errors import ConfigError
-
-                raise ConfigError(f"--out {out} holds something other than demo runs; pick another folder")
-            shutil.rmtree(out)
+        recipe.prepare_out(out)  # removes an earlier demo's runs; refuses anything else
         t0 = time.time()
         render.console.rule("[bold]1/4 pretrain with cross-entropy")
-        pre = render.training(train.fit(train.prepare_pretrain(recipe.pretrain_config(out, device=device,
-                                                                                       seed=seed))), quiet=quiet)
+        pre = render.training(train.fit(train.prepare_pretrain(recipe.pretrain_config(
+            out, device=device, seed=seed, quick=quick))), quiet=quiet)
         _finish(pre)
         runs = {}
         for step, lam, label in ((2, 1.0, "fine-tune with CE + λ·L_LFF"), (3, 0.0, "fine-tune with CE only "
                                                                                    "(the control, λ = 0)")):
             render.console.rule(f"[bold]{step}/4 {label}")
-            cfg, explicit = recipe.finetune_config(out, pre.run_dir, lam=lam, device=device, seed=seed)
+            cfg, explicit = recipe.finetune_config(out, pre.run_dir, lam=lam, device=device, seed=seed, quick=quick)
             last = render.training(train.fit(finetune.prepare_finetune(cfg, explicit)), quiet=quiet)
             _finish(last)
             runs[lam] = last
         render.console.rule("[bold]4/4 report: pretrained vs CE-only vs LFF on backdrops")
-        rcfg = recipe.report_config(runs[1.0].run_dir, [pre.run_dir, runs[0.0].run_dir], device=device)
+        rcfg = recipe.report_config(runs[1.0].run_dir, [pre.run_dir, runs[0.0].run_dir], device=device, quick=quick)
         with render_eval.progress(quiet) as on_event:
             result = evaluate.report(rcfg, on_event=on_event)
         render_eval.report(result)
@@ -332,6 +328,10 @@ def demo(
             ("runs", str(out)),
             ("next", f"lbfood score IMAGE --model {runs[1.0].run_dir}"),
         ])
+        if quick:
+            render.warn(f"--quick: a smoke run ({recipe.QUICK_LIMIT} images per split, width {recipe.QUICK_WIDTH}, "
+                        f"{recipe.QUICK_PRETRAIN_EPOCHS}+{recipe.QUICK_FINETUNE_EPOCHS} epochs); the numbers "
+                        "are not meaningful at that size, only that the install works end to end")
 
 
 # ---- evaluation: report, score, datasets ----------------------------------------------------------
@@ -382,6 +382,10 @@ def report(
         help="paper: ID positive (share of OOD kept at 95 % of ID kept); openood: OOD positive.")] = "paper",
     all_metrics: Annotated[bool, typer.Option("--all-metrics", help="Also show AUPR-In and AUPR-Out.")] = False,
     output: Annotated[Path | None, typer.Option(help="Also write the result to FILE (.json, .csv or .md).")] = None,
+    gate: Annotated[list[str] | None, typer.Option(
+        help="CI gate [METHOD.][DATASET.]METRIC OP BOUND (repeatable), e.g. fpr95<=30, react.auroc>=90, "
+             "id_acc>=0.9: exit 1 if any fails. Metrics in % as shown (id_acc a fraction); no DATASET = the "
+             "average; no METHOD = every method; applies to --model.")] = None,
     param: Params = None,
     data_root: DataRoot = None,
     device: Device = "auto",
@@ -392,7 +396,7 @@ def report(
 ) -> None:
     """OOD detection metrics (FPR95, AUROC) of a run per OOD dataset and method, and its ID accuracy."""
     with _guard():
-        from lbfood import render_eval
+        from lbfood import render_ci, render_eval
         from lbfood.engine import distributed, evaluate
         from lbfood.engine.config import ReportConfig
 
@@ -402,13 +406,16 @@ def report(
                            data_root=str(data_root) if data_root else None, fpr_convention=fpr_convention,
                            batch_size=batch_size, device=device, precision=precision,
                            params=_params(param, methods), output=str(output) if output else None,
-                           workers=workers)
+                           workers=workers, gates=tuple(gate or ()))
         dist = _join(device)  # under torchrun: each rank extracts a shard; rank 0 prints and writes
         with distributed.lost_peer(dist), render_eval.progress(quiet or not dist.is_main) as on_event:
             result = evaluate.report(cfg, on_event=on_event, dist=dist)
         if dist.is_main:
             render_eval.report(result, all_metrics=all_metrics)
+            render_ci.gates(result.gates)
         distributed.destroy()
+    if any(not c.passed for c in result.gates):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -422,17 +429,23 @@ def score(
                      "stored on first use")] = None,
     param: Params = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")] = False,
+    max_ood_share: Annotated[float | None, typer.Option(
+        help="CI drift check: exit 3 when more than this share (0.05 = 5 %) of the scored images is OOD "
+             "(3 wins over 1 for unreadable files).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     data_root: DataRoot = None,
     device: Device = "auto",
     precision: Precision = "auto",
 ) -> None:
-    """Classify images and say whether each is in-distribution. Exit code 1 if any file failed."""
+    """Classify images and say whether each is in-distribution. Exit code 1 if any file failed, 3 if
+    --max-ood-share is exceeded."""
     with _guard():
-        from lbfood import render_eval
-        from lbfood.engine import evaluate
+        from lbfood import render_ci, render_eval
+        from lbfood.engine import evaluate, gates
         from lbfood.engine.config import ScoreConfig
 
+        if max_ood_share is not None:
+            gates.check_share(max_ood_share)
         cfg = ScoreConfig(paths=tuple(paths), model=model, method=method, threshold=threshold,
                           params=_params(param, (method,)).get(method, {}), batch_size=batch_size,
                           data_root=str(data_root) if data_root else None, device=device, precision=precision)
@@ -442,6 +455,12 @@ def score(
             typer.echo(render_eval.score_json(rows))
         else:
             render_eval.score_table(rows)
+        share = None if max_ood_share is None else gates.ood_share(
+            [None if r.error is not None else r.verdict for r in rows], max_ood_share)
+        if share is not None:
+            render_ci.ood_share(share)
+    if share is not None and share.exceeded:
+        raise typer.Exit(3)
     if any(r.error is not None for r in rows):
         raise typer.Exit(1)
 

@@ -84,6 +84,8 @@ class ReportConfig:
     params: dict = field(default_factory=dict)  # scorer parameters, e.g. {"react": {"percentile": 90}}
     output: str | None = None  # write the result as .json, .csv or .md
     workers: int = 4  # DataLoader workers for large-image sets
+    gates: tuple[str, ...] = ()  # CI gates, e.g. "react.auroc>=90" (engine/gates.py), checked on the `model` run
+    limit: int | None = None  # use only the first N images of every split (smoke tests, `demo --quick`)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import torch
 from lbfood import __version__
 from lbfood.engine import checkpoint, distributed, metrics, scorers
 from lbfood.engine import features as fx
+from lbfood.engine import gates as ci_gates
 from lbfood.engine.benchmarks import BUILTIN, load_benchmark
 from lbfood.engine.config import ReportConfig, ScoreConfig
 from lbfood.engine.data import DatasetSpec, ImageSet, LoadOptions, default_root
@@ -92,6 +93,7 @@ class ReportResult:
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
     output: str | None = None
+    gates: tuple[ci_gates.GateCheck, ...] = ()  # `--gate` checks on the first run (engine/gates.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -452,6 +454,7 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
     if stray:
         raise ConfigError(f"parameters given for {', '.join(stray)}, which is not a requested --method")
     protos = {m: scorers.get(m, **cfg.params.get(m, {})) for m in methods}  # unknown names/params raise
+    checks = ci_gates.parse_all(cfg.gates)
     bench = load_benchmark(cfg.benchmark) if cfg.benchmark else None
 
     runs = [checkpoint.read_meta(p) for p in (cfg.model, *cfg.compare)]
@@ -474,6 +477,7 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
         if spec.role == "id":
             raise ConfigError(f"--ood {name} is an ID dataset (it has class labels); OOD sets are "
                               f"{', '.join(s.name for s in _ood_specs())} or folder:PATH")
+    ci_gates.check_names(checks, methods, ood)  # unknown names are usage errors, before any computing
     notes: list[str] = []
     if bench is not None:
         sizes = {int(m["input_size"]) for _, m in runs}
@@ -493,7 +497,7 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
         model, meta = checkpoint.load_run(run_dir, rt.device)
         model = rt.prepare(model)
         ev = _RunEval(run_dir, model, meta, rt, id_data=id_data, data_root=data_root, batch_size=cfg.batch_size,
-                      workers=cfg.workers, data=data, on_event=on_event, dist=dist)
+                      workers=cfg.workers, data=data, on_event=on_event, dist=dist, limit=cfg.limit)
         ev.jigsaw_train = any(p.name == "featurenorm" and p.needs_fit and not p.fitted for p in protos.values())
         try:
             test = ev.features(id_data, "test")
@@ -541,7 +545,8 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
         runs=tuple(results), data_root=str(data_root), num_images=num_images,
         benchmark=bench.name if bench else None, paper=paper,
         labels={m: bench.labels[m] for m in methods if bench and m in bench.labels},
-        notes=tuple(notes), seconds=round(time.time() - t0, 3), output=cfg.output, **counts)
+        notes=tuple(notes), seconds=round(time.time() - t0, 3), output=cfg.output, **counts,
+        gates=ci_gates.evaluate(checks, results[0].metrics, results[0].id_accuracy))
     if cfg.output and dist.is_main:
         write_report(result, cfg.output, fmt)
     return result
