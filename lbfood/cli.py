@@ -294,8 +294,8 @@ def demo(
     quiet: Quiet = False,
 ) -> None:
     """Pretrain, fine-tune with L_LFF and with CE only, and compare them on the embedded `backdrops`
-    benchmark (offline, a few CPU minutes)."""
-    with _guard():
+    benchmark (offline, a few CPU minutes; --quick: under a minute)."""
+    with _guard(), contextlib.ExitStack() as stack:
         import time
 
         from lbfood import render, render_eval
@@ -303,6 +303,8 @@ def demo(
         from lbfood.engine import evaluate, finetune, train
 
         recipe.prepare_out(out)  # removes an earlier demo's runs; refuses anything else
+        if quick:
+            stack.enter_context(recipe.quick_threads())
         t0 = time.time()
         render.console.rule("[bold]1/4 pretrain with cross-entropy")
         pre = render.training(train.fit(train.prepare_pretrain(recipe.pretrain_config(

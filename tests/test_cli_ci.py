@@ -199,3 +199,20 @@ def test_demo_quick_runs_the_four_steps(tmp_path, monkeypatch):
     for row in (*OOD, "Average"):
         assert row in r.output
     assert "the numbers are not meaningful at that size" in r.output
+
+
+def test_quick_threads_uses_one_thread_unless_the_user_chose(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    try:
+        with demo.quick_threads():
+            assert torch.get_num_threads() == 1 and demo.os.environ["OMP_NUM_THREADS"] == "1"
+        assert torch.get_num_threads() == 2 and "OMP_NUM_THREADS" not in demo.os.environ
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        with demo.quick_threads():
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -11,8 +11,11 @@ a narrower model, fewer epochs, and only the first QUICK_LIMIT images of every b
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from lbfood.engine.config import FinetuneConfig, ReportConfig, TrainConfig
@@ -53,6 +56,26 @@ def finetune_config(out: Path, parent: Path, *, lam: float, device: str = "auto"
 def report_config(lff: Path, others: list[Path], *, device: str = "auto", quick: bool = False) -> ReportConfig:
     return ReportConfig(model=str(lff), compare=tuple(str(p) for p in others), benchmark="backdrops",
                         methods=DEMO_METHODS, device=device, workers=0, limit=QUICK_LIMIT if quick else None)
+
+
+@contextlib.contextmanager
+def quick_threads() -> Iterator[None]:
+    """--quick runs with one intra-op thread unless OMP_NUM_THREADS says otherwise: its convolutions are
+    too small to gain from a second one, and on a busy machine a second thread waits for a core
+    (measured at load 11 on 2 cores: 37 s wall with one thread, 80-100 s with two; BENCHMARKS.md)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    os.environ["OMP_NUM_THREADS"] = "1"  # runtime.set_threads then leaves the count alone
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        del os.environ["OMP_NUM_THREADS"]
+        torch.set_num_threads(threads)
 
 
 def _is_demo_run(path: Path) -> bool:
