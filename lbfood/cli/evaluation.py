@@ -44,6 +44,10 @@ def report(
         help="paper: ID positive (share of OOD kept at 95 % of ID kept); openood: OOD positive.")] = "paper",
     all_metrics: Annotated[bool, typer.Option("--all-metrics", help="Also show AUPR-In and AUPR-Out.")] = False,
     output: Annotated[Path | None, typer.Option(help="Also write the result to FILE (.json, .csv or .md).")] = None,
+    gate: Annotated[list[str] | None, typer.Option(
+        help="CI gate [METHOD.][DATASET.]METRIC OP BOUND (repeatable), e.g. fpr95<=30, react.auroc>=90, "
+             "id_acc>=0.9: exit 1 if any fails. Metrics in % as shown (id_acc a fraction); no DATASET = the "
+             "average; no METHOD = every method; applies to --model.")] = None,
     param: Params = None,
     data_root: DataRoot = None,
     device: Device = "auto",
@@ -54,7 +58,7 @@ def report(
 ) -> None:
     """OOD detection metrics (FPR95, AUROC) of a run per OOD dataset and method, and its ID accuracy."""
     with guard():
-        from lbfood import render_eval, writers
+        from lbfood import render_ci, render_eval, writers
         from lbfood.engine import distributed
         from lbfood.engine.config import ReportConfig
         from lbfood.engine.evaluation import report as evaluate
@@ -64,7 +68,7 @@ def report(
                            compare=tuple(compare or ()), benchmark=benchmark,
                            data_root=str(data_root) if data_root else None, fpr_convention=fpr_convention,
                            batch_size=batch_size, device=device, precision=precision,
-                           params=parse_params(param, methods), workers=workers)
+                           params=parse_params(param, methods), workers=workers, gates=tuple(gate or ()))
         fmt = writers.check_output(output) if output else None  # refused before any work
         dist = join(device)  # under torchrun: each rank extracts a shard; rank 0 prints and writes
         with distributed.lost_peer(dist), render_eval.progress(quiet or not dist.is_main) as on_event:
@@ -74,7 +78,10 @@ def report(
             if output:
                 writers.write_report(result, output, fmt)
                 render_eval.wrote(output)
+            render_ci.gates(result.gates)
         distributed.destroy()
+    if any(not c.passed for c in result.gates):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -88,16 +95,24 @@ def score(
                      "stored on first use")] = None,
     param: Params = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")] = False,
+    max_ood_share: Annotated[float | None, typer.Option(
+        help="CI drift check: exit 3 when more than this share (0.05 = 5 %) of the scored images is OOD "
+             "(3 wins over 1 for unreadable files).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     data_root: DataRoot = None,
     device: Device = "auto",
     precision: Precision = "auto",
 ) -> None:
-    """Classify images and say whether each is in-distribution. Exit code 1 if any file failed."""
+    """Classify images and say whether each is in-distribution. Exit code 1 if any file failed, 3 if
+    --max-ood-share is exceeded."""
     with guard():
-        from lbfood import render_eval
+        from lbfood import render_ci, render_eval
         from lbfood.engine.config import ScoreConfig
+        from lbfood.engine.evaluation import gates
         from lbfood.engine.evaluation import score as evaluate
+
+        if max_ood_share is not None:
+            gates.check_share(max_ood_share)
 
         cfg = ScoreConfig(paths=tuple(paths), model=model, method=method, threshold=threshold,
                           params=parse_params(param, (method,)).get(method, {}), batch_size=batch_size,
@@ -110,6 +125,12 @@ def score(
         else:
             render_eval.score_table(rows)
         render_eval.notes(notes)
+        share = None if max_ood_share is None else gates.ood_share(
+            [None if r.error is not None else r.verdict for r in rows], max_ood_share)
+        if share is not None:
+            render_ci.ood_share(share)
+    if share is not None and share.exceeded:
+        raise typer.Exit(3)
     if any(r.error is not None for r in rows):
         raise typer.Exit(1)
 

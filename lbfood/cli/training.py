@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -172,14 +173,15 @@ def finetune(
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's runs (replaced if it holds an earlier demo).")]
     = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke run for CI (< 1 min on 2 CPU cores): a smaller "
+                                                        "model on the first images of each split.")] = False,
     device: Device = "auto",
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
     """Pretrain, fine-tune with L_LFF and with CE only, and compare them on the embedded `backdrops`
-    benchmark (offline, a few CPU minutes)."""
-    with guard():
-        import shutil
+    benchmark (offline, a few CPU minutes; --quick: under a minute)."""
+    with guard(), contextlib.ExitStack() as stack:
         import time
 
         from lbfood import render, render_eval
@@ -189,27 +191,25 @@ def demo(
         from lbfood.engine.training.finetune import prepare_finetune
         from lbfood.engine.training.setup import prepare_pretrain
 
-        if out.exists():
-            if not all((p / "run.json").is_file() for p in out.iterdir() if p.is_dir()):
-                from lbfood.engine.errors import ConfigError
-
-                raise ConfigError(f"--out {out} holds something other than demo runs; pick another folder")
-            shutil.rmtree(out)
+        recipe.prepare_out(out)  # removes an earlier demo's runs; refuses anything else
+        if quick:
+            stack.enter_context(recipe.quick_threads())
         t0 = time.time()
         render.console.rule("[bold]1/4 pretrain with cross-entropy")
-        pre = render.training(pipeline.train(prepare_pretrain(recipe.pretrain_config(out, device=device,
-                                                                                       seed=seed))), quiet=quiet)
+        pre = render.training(pipeline.train(prepare_pretrain(recipe.pretrain_config(
+            out, device=device, seed=seed, quick=quick))), quiet=quiet)
         _finish(pre)
         runs = {}
         for step, lam, label in ((2, 1.0, "fine-tune with CE + λ·L_LFF"), (3, 0.0, "fine-tune with CE only "
                                                                                    "(the control, λ = 0)")):
             render.console.rule(f"[bold]{step}/4 {label}")
-            cfg = recipe.finetune_config(out, pre.run_dir, lam=lam, device=device, seed=seed)
+            cfg = recipe.finetune_config(out, pre.run_dir, lam=lam, device=device, seed=seed, quick=quick)
             last = render.training(pipeline.train(prepare_finetune(cfg)), quiet=quiet)
             _finish(last)
             runs[lam] = last
         render.console.rule("[bold]4/4 report: pretrained vs CE-only vs LFF on backdrops")
-        rcfg = recipe.report_config(runs[1.0].run_dir, [pre.run_dir, runs[0.0].run_dir], device=device)
+        rcfg = recipe.report_config(runs[1.0].run_dir, [pre.run_dir, runs[0.0].run_dir], device=device,
+                                    quick=quick)
         with render_eval.progress(quiet) as on_event:
             result = evaluate.report(rcfg, on_event=on_event)
         render_eval.report(result)
@@ -220,4 +220,8 @@ def demo(
             ("runs", str(out)),
             ("next", f"lbfood score IMAGE --model {runs[1.0].run_dir}"),
         ])
+        if quick:
+            render.warn(f"--quick: a smoke run ({recipe.QUICK_LIMIT} images per split, width {recipe.QUICK_WIDTH}, "
+                        f"{recipe.QUICK_PRETRAIN_EPOCHS}+{recipe.QUICK_FINETUNE_EPOCHS} epochs); the numbers "
+                        "are not meaningful at that size, only that the install works end to end")
 

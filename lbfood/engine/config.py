@@ -226,6 +226,8 @@ class ReportConfig(_Config):
     precision: str = "auto"
     params: dict = field(default_factory=dict)  # scorer parameters, e.g. {"react": {"percentile": 90}}
     workers: int = 4  # DataLoader workers for large-image sets
+    gates: tuple[str, ...] = ()  # CI gates, e.g. "react.auroc>=90" (evaluation/gates.py), checked on the `model` run
+    limit: int | None = None  # use only the first N images of every split (smoke tests, `demo --quick`)
 
 
 @dataclass(frozen=True)

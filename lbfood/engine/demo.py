@@ -3,35 +3,108 @@
 pretrain (CE) → fine-tune with CE + λ·L_LFF → the CE-only control (λ = 0, same length and recipe) →
 one report with the three runs side by side. Only the difference between the LFF run and the control
 is the method's effect; the pretrained run shows what the extra epochs alone do.
+
+`quick=True` is a smoke run of the same four steps for a CI pipeline (under a minute on a 2-core CPU):
+a narrower model, fewer epochs, and only the first QUICK_LIMIT images of every backdrops split (the
+`limit` option of training and report). Its numbers say that the install works, nothing about LFF.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from lbfood.engine.config import FinetuneConfig, ReportConfig, TrainConfig
+from lbfood.engine.errors import ConfigError
 
 DEMO_ARCH = "resnet18"
 DEMO_WIDTH = 0.25
 DEMO_PRETRAIN_EPOCHS = 6
 DEMO_METHODS = ("react",)  # the paper's default score; `lbfood report --method ...` adds others
+# --quick: the same steps at smoke-test size.
+QUICK_WIDTH = 0.125
+QUICK_PRETRAIN_EPOCHS = 2
+QUICK_FINETUNE_EPOCHS = 1
+QUICK_LIMIT = 256  # first images of each split (train, test, each OOD set)
+# The run folders the demo writes under --out: the only things `prepare_out` may delete.
+RUN_NAMES = ("pretrained", "lff", "ce-only")
 
 
-def pretrain_config(out: Path, *, device: str = "auto", seed: int = 0) -> TrainConfig:
-    return TrainConfig(data="backdrops", arch=DEMO_ARCH, width=DEMO_WIDTH, epochs=DEMO_PRETRAIN_EPOCHS,
+def pretrain_config(out: Path, *, device: str = "auto", seed: int = 0, quick: bool = False) -> TrainConfig:
+    return TrainConfig(data="backdrops", arch=DEMO_ARCH, width=QUICK_WIDTH if quick else DEMO_WIDTH,
+                       epochs=QUICK_PRETRAIN_EPOCHS if quick else DEMO_PRETRAIN_EPOCHS,
                        batch_size=128, lr=0.1, nesterov=True, weight_decay=5e-4, warmup_epochs=1, device=device,
-                       seed=seed,
+                       seed=seed, limit=QUICK_LIMIT if quick else None,
                        out=str(Path(out) / "pretrained"), workers=0)
 
 
-def finetune_config(out: Path, parent: Path, *, lam: float, device: str = "auto", seed: int = 0) -> FinetuneConfig:
-    """The backdrops preset (δ = 1/K, μ auto, 4 epochs); `lam` = 0 gives the CE-only control."""
+def finetune_config(out: Path, parent: Path, *, lam: float, device: str = "auto", seed: int = 0,
+                    quick: bool = False) -> FinetuneConfig:
+    """The backdrops preset (δ = 1/K, μ auto, 4 epochs); `lam` = 0 gives the CE-only control.
+    `quick`: one epoch at the preset's learning rate, on the first QUICK_LIMIT images."""
     name = "lff" if lam > 0 else "ce-only"
+    quick_kw = dict(epochs=QUICK_FINETUNE_EPOCHS, milestones=(), limit=QUICK_LIMIT, probe_batches=2) if quick else {}
     cfg = FinetuneConfig(parent=str(parent), lam=lam, batch_size=128, device=device, seed=seed,
-                         out=str(Path(out) / name), workers=0)
+                         out=str(Path(out) / name), workers=0, **quick_kw)
     return cfg
 
 
-def report_config(lff: Path, others: list[Path], *, device: str = "auto") -> ReportConfig:
+def report_config(lff: Path, others: list[Path], *, device: str = "auto", quick: bool = False) -> ReportConfig:
     return ReportConfig(model=str(lff), compare=tuple(str(p) for p in others), benchmark="backdrops",
-                        methods=DEMO_METHODS, device=device, workers=0)
+                        methods=DEMO_METHODS, device=device, workers=0, limit=QUICK_LIMIT if quick else None)
+
+
+@contextlib.contextmanager
+def quick_threads() -> Iterator[None]:
+    """--quick runs with one intra-op thread unless OMP_NUM_THREADS says otherwise: its convolutions are
+    too small to gain from a second one, and on a busy machine a second thread waits for a core
+    (measured at load 11 on 2 cores: 37 s wall with one thread, 80-100 s with two; BENCHMARKS.md)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    os.environ["OMP_NUM_THREADS"] = "1"  # runtime.set_threads then leaves the count alone
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        del os.environ["OMP_NUM_THREADS"]
+        torch.set_num_threads(threads)
+
+
+def _is_demo_run(path: Path) -> bool:
+    """A real folder named as one of the demo's runs whose run.json is an lbfood run description."""
+    if path.name not in RUN_NAMES or path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        meta = json.loads((path / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "format" in meta and "lbfood" in meta
+
+
+def prepare_out(out: Path) -> list[Path]:
+    """Make `out` ready for a demo: remove the runs an earlier demo left there and return them.
+
+    Anything else in `out` (a file, another folder, a link, a run folder without its run.json) is
+    the user's: then nothing is touched and ConfigError says so."""
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return []
+    if not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a folder for the demo's runs")
+    entries = sorted(out.iterdir())
+    foreign = [p.name for p in entries if not _is_demo_run(p)]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f", … ({len(foreign)} in all)" if len(foreign) > 3 else "")
+        raise ConfigError(f"--out {out} holds {shown}, which is not an lbfood demo run; nothing was deleted: "
+                          "pick another (new or empty) folder")
+    for p in entries:
+        shutil.rmtree(p)
+    return entries

@@ -18,6 +18,7 @@ from lbfood.engine.data import DatasetSpec
 from lbfood.engine.data import get as get_dataset
 from lbfood.engine.distributed import DistInfo
 from lbfood.engine.errors import ConfigError
+from lbfood.engine.evaluation import gates as ci_gates
 from lbfood.engine.evaluation import metrics, scorers
 from lbfood.engine.evaluation.benchmarks import BUILTIN, is_lff_run, load_benchmark, paper_numbers
 from lbfood.engine.evaluation.ood_labels import labels_for, split_labels
@@ -66,6 +67,7 @@ class ReportResult:
     fits: int = 0  # scorers fitted now (the others were loaded from <run>/scorers/)
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    gates: tuple[ci_gates.GateCheck, ...] = ()  # `--gate` checks on the first run (evaluation/gates.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -111,6 +113,7 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
     if stray:
         raise ConfigError(f"parameters given for {', '.join(stray)}, which is not a requested --method")
     protos = {m: scorers.get(m, **cfg.params.get(m, {})) for m in methods}  # unknown names/params raise
+    checks = ci_gates.parse_all(cfg.gates)
     bench = load_benchmark(cfg.benchmark) if cfg.benchmark else None
 
     metas = [runs.read(p) for p in (cfg.model, *cfg.compare)]
@@ -134,6 +137,7 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
         if spec.role == "id":
             raise ConfigError(f"--ood {name} is an ID dataset (it has class labels); OOD sets are "
                               f"{', '.join(s.name for s in _ood_specs())} or folder:PATH")
+    ci_gates.check_names(checks, methods, ood)  # unknown names are usage errors, before any computing
     notes: list[str] = []
     if bench is not None:
         sizes = {int(m.input_size) for m in metas}
@@ -154,7 +158,7 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
         model, meta = runs.load_run(run_dir, rt.device)
         model = rt.prepare(model)
         ev = RunEval(run_dir, model, meta, rt, id_data=id_data, data_root=root, batch_size=cfg.batch_size,
-                      workers=cfg.workers, data=data, on_event=on_event, dist=dist)
+                      workers=cfg.workers, data=data, on_event=on_event, dist=dist, limit=cfg.limit)
         ev.jigsaw_train = any(p.name == "featurenorm" and p.needs_fit and not p.fitted for p in protos.values())
         try:
             test = ev.features(id_data, "test")
@@ -196,7 +200,8 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
         benchmark=bench.name if bench else None, paper=paper, paper_ours=paper_ours,
         labels={m: bench.labels[m] for m in methods if bench and m in bench.labels},
         ood_labels=labels_for(ood, ood_given),
-        notes=tuple(notes), seconds=round(time.time() - t0, 3), **counts)
+        notes=tuple(notes), seconds=round(time.time() - t0, 3), **counts,
+        gates=ci_gates.evaluate(checks, results[0].metrics, results[0].id_accuracy))
     return result
 
 
