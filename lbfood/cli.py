@@ -302,7 +302,7 @@ def demo(
         from lbfood.engine import evaluate, finetune, train
 
         if out.exists():
-            if not all((p / "run.json").is_file() for p in out.iterdir() if p.is_dir()):
+            if not all((p / "run.json").is_file() for p in out.iterdir() if p.is_dir() and p.name != "pictures"):
                 from lbfood.engine.errors import ConfigError
 
                 raise ConfigError(f"--out {out} holds something other than demo runs; pick another folder")
@@ -325,11 +325,17 @@ def demo(
         with render_eval.progress(quiet) as on_event:
             result = evaluate.report(rcfg, on_event=on_event)
         render_eval.report(result)
+        from lbfood import plots
+
+        with render_eval.progress(quiet) as on_event:
+            drawn = plots.demo_pictures([pre.run_dir, runs[0.0].run_dir, runs[1.0].run_dir], out / "pictures",
+                                        device=device, on_event=on_event)
         render.kv_table("lbfood demo", [
             ("ID test accuracy", f"pretrained {pre.metrics['test_acc']:.2%}, CE-only "
                                  f"{runs[0.0].metrics['test_acc']:.2%}, LFF {runs[1.0].metrics['test_acc']:.2%}"),
             ("time", f"{time.time() - t0:.0f} s"),
             ("runs", str(out)),
+            ("pictures", f"{len(drawn)} PNGs: {out / 'pictures' / 'index.html'}"),
             ("next", f"lbfood score IMAGE --model {runs[1.0].run_dir}"),
         ])
 
@@ -382,6 +388,9 @@ def report(
         help="paper: ID positive (share of OOD kept at 95 % of ID kept); openood: OOD positive.")] = "paper",
     all_metrics: Annotated[bool, typer.Option("--all-metrics", help="Also show AUPR-In and AUPR-Out.")] = False,
     output: Annotated[Path | None, typer.Option(help="Also write the result to FILE (.json, .csv or .md).")] = None,
+    plots: Annotated[Path | None, typer.Option(
+        help="Also draw PNGs into DIR: score histograms and ROC curves per method and run, and the "
+             "feature-norm distributions of the paper's Fig. 5 (runs side by side); DIR/index.html shows them.")] = None,
     param: Params = None,
     data_root: DataRoot = None,
     device: Device = "auto",
@@ -403,11 +412,21 @@ def report(
                            batch_size=batch_size, device=device, precision=precision,
                            params=_params(param, methods), output=str(output) if output else None,
                            workers=workers)
+        if plots is not None:
+            from lbfood import plots as pictures
+
+            pictures.check_out_dir(plots, "--plots")  # refused before any work
         dist = _join(device)  # under torchrun: each rank extracts a shard; rank 0 prints and writes
         with distributed.lost_peer(dist), render_eval.progress(quiet or not dist.is_main) as on_event:
             result = evaluate.report(cfg, on_event=on_event, dist=dist)
+            if plots is not None and dist.is_main:
+                from lbfood.engine import plotdata
+
+                drawn = pictures.write_report_plots(plotdata.collect(cfg, result, on_event=on_event), plots)
         if dist.is_main:
             render_eval.report(result, all_metrics=all_metrics)
+            if plots is not None:
+                render_eval.pictures_line(drawn, plots)
         distributed.destroy()
 
 
@@ -443,6 +462,45 @@ def score(
         else:
             render_eval.score_table(rows)
     if any(r.error is not None for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def explain(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")],
+    out: Annotated[Path, typer.Option(help="Folder for one PNG per image and index.html.")],
+    model: RunOpt = "runs/latest",
+    compare: Annotated[list[str] | None, typer.Option(
+        help="Another run drawn beside --model (repeatable), e.g. its pretrained parent.")] = None,
+    label: Annotated[str | None, typer.Option(
+        help="A class name: also outline the locations that are background for this class (Eq. 5).")] = None,
+    method: Annotated[str, typer.Option(help=f"Scorer for the score and verdict: {SCORER_NAMES}.")] = "react",
+    threshold: Annotated[float | None, typer.Option(
+        help="γ: score ≥ γ ⇒ ID (paper Eq. 3).", show_default="each run's calibrated threshold")] = None,
+    param: Params = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+) -> None:
+    """Heat maps of the feature norm ‖z_j‖ over each image, background locations outlined (paper Fig. 7),
+    runs side by side. Exit code 1 if any file could not be read."""
+    with _guard():
+        from lbfood import plots as pictures
+        from lbfood import render, render_eval
+        from lbfood.engine import explain as ex
+
+        pictures.check_out_dir(out)  # refused before any work
+        cfg = ex.ExplainConfig(paths=tuple(paths), model=model, compare=tuple(compare or ()), label=label,
+                               method=method, threshold=threshold,
+                               params=_params(param, (method,)).get(method, {}), batch_size=batch_size,
+                               data_root=str(data_root) if data_root else None, device=device, precision=precision)
+        with render_eval.progress() as on_event:
+            drawn, failed = pictures.write_explanations(ex.explain(cfg, on_event=on_event), out)
+        for line in failed:
+            render.warn(line)
+        render_eval.pictures_line(drawn, out)
+    if failed:
         raise typer.Exit(1)
 
 

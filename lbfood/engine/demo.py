@@ -36,3 +36,27 @@ def finetune_config(out: Path, parent: Path, *, lam: float, device: str = "auto"
 def report_config(lff: Path, others: list[Path], *, device: str = "auto") -> ReportConfig:
     return ReportConfig(model=str(lff), compare=tuple(str(p) for p in others), benchmark="backdrops",
                         methods=DEMO_METHODS, device=device, workers=0)
+
+
+# The demo's sample images for `lbfood explain`: (dataset, how many of its first test images).
+SAMPLES = (("backdrops", 2), ("backdrops-scenes", 1), ("backdrops-novel", 1), ("backdrops-noise", 1))
+
+
+def write_samples(folder: Path) -> list[Path]:
+    """The first test images of backdrops and of each of its OOD splits, as PNG files in `folder`."""
+    import io
+
+    from PIL import Image
+
+    from lbfood.engine.data import LoadOptions, get
+    from lbfood.engine.io import atomic_write_bytes
+
+    paths = []
+    for name, n in SAMPLES:
+        images = get(name).load(LoadOptions(root=Path(folder)), "test").images
+        for i in range(n):
+            buf = io.BytesIO()
+            Image.fromarray(images[i].numpy()).save(buf, format="png")
+            paths.append(Path(folder) / f"{name}-{i}.png")
+            atomic_write_bytes(paths[-1], buf.getvalue())
+    return paths
