@@ -251,13 +251,15 @@ def write_explanations(explanations: Sequence[Any], out: str | os.PathLike) -> t
     return pictures, failed
 
 
-def write_index(path: Path, title: str, items: Sequence[tuple[Picture, str]], failed: Sequence[str] = ()) -> None:
+def write_index(path: Path, title: str, items: Sequence[tuple[Picture, str]], failed: Sequence[str] = (),
+                links: Sequence[tuple[str, str]] = ()) -> None:
     """A plain HTML page showing the pictures (relative links, so the folder can be moved)."""
     from lbfood.engine.io import atomic_write_bytes
 
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;margin:1em}img{max-width:100%}figure{margin:0 0 2em}</style>",
              f"<h1>{html.escape(title)}</h1>"]
+    parts.extend(f"<p><a href='{html.escape(href)}'>{html.escape(text)}</a></p>" for href, text in links)
     for pic, caption in items:
         parts.append(f"<figure><img src='{html.escape(pic.path.name)}' width='{pic.width}' alt=''>"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
@@ -284,8 +286,13 @@ def demo_pictures(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
     cfg = ReportConfig(model=first, compare=tuple(rest), benchmark="backdrops", methods=demo.DEMO_METHODS,
                        device=device, workers=0)
     result = evaluate.report(cfg, on_event=on_event)
-    pictures = write_report_plots(plotdata.collect(cfg, result, on_event=on_event), out)
+    data = plotdata.collect(cfg, result, on_event=on_event)
+    pictures = write_report_plots(data, out)
     samples = demo.write_samples(out / "samples")
     exps = ex.explain(ex.ExplainConfig(paths=tuple(map(str, samples)), model=first, compare=tuple(rest),
                                        device=device), on_event=on_event)
-    return pictures + write_explanations(exps, out / "explain")[0]
+    pictures += write_explanations(exps, out / "explain")[0]
+    write_index(out / "index.html", f"lbfood demo: ID {data.id_data}",
+                [(p, p.path.stem) for p in pictures if p.path.parent == out],
+                links=[("explain/index.html", "Fig. 7 heat maps of the sample images (samples/)")])
+    return pictures
