@@ -15,9 +15,9 @@ from pathlib import Path
 
 from lbfood import plots
 
-# The explain figure shown in the README: the first backdrops-scenes test image (a bare background,
-# the paper's hard case: OOD that shares the ID backgrounds).
-EXPLAIN = "003-backdrops-scenes-0.png"
+# The explain figure shown in the README: the second backdrops test image (a triangle), where the
+# norms of all three runs are compared on one colour scale.
+EXPLAIN = "002-backdrops-1.png"
 COPIES = {"norms.png": "fig5-norms.png", f"explain/{EXPLAIN}": "fig7-explain.png"}
 
 
