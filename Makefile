@@ -6,7 +6,10 @@ PY := $(VENV)/bin/python
 # The PyTorch build to install into a fresh venv (override on machines that need another one).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench clean
+# The demo whose runs `make pictures` draws (it runs the demo first when that folder has no runs).
+DEMO_RUNS ?= runs/demo
+
+.PHONY: demo test lint bench pictures clean
 
 $(VENV)/.lbfood-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +23,11 @@ demo: $(VENV)/.lbfood-installed
 test: $(VENV)/.lbfood-installed
 	$(VENV)/bin/ruff check lbfood tests benchmarks
 	$(PY) -m pytest
+
+# The README's pictures (docs/fig5-norms.png, docs/fig7-explain.png) from the demo's runs.
+pictures: $(VENV)/.lbfood-installed
+	test -f $(DEMO_RUNS)/lff/run.json || $(VENV)/bin/lbfood demo --out $(DEMO_RUNS)
+	$(PY) docs/make_pictures.py $(DEMO_RUNS) docs
 
 bench: $(VENV)/.lbfood-installed
 	$(PY) benchmarks/lff_overhead.py

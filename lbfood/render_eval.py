@@ -100,3 +100,9 @@ def datasets(rows: Sequence[dict[str, Any]], root: Path) -> None:
         count = f"{r['count']:,}" if r.get("count") is not None else "—"
         table.add_row(escape(r["name"]), r["role"], status, count, escape(r["path"]), escape(r.get("obtain", "")))
     _console().print(table)
+
+
+def pictures_line(pictures: Sequence[Any], folder: Path) -> None:
+    """Where the PNGs went (the index page shows them all)."""
+    render.console.print(f"pictures: {len(pictures)} PNG(s) in {escape(str(folder))}; open "
+                         f"{escape(str(Path(folder) / 'index.html'))}", highlight=False, soft_wrap=True)

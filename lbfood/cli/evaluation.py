@@ -44,6 +44,9 @@ def report(
         help="paper: ID positive (share of OOD kept at 95 % of ID kept); openood: OOD positive.")] = "paper",
     all_metrics: Annotated[bool, typer.Option("--all-metrics", help="Also show AUPR-In and AUPR-Out.")] = False,
     output: Annotated[Path | None, typer.Option(help="Also write the result to FILE (.json, .csv or .md).")] = None,
+    plots: Annotated[Path | None, typer.Option(
+        help="Also draw PNGs into DIR: score histograms and ROC curves per method and run, and the "
+             "feature-norm distributions of the paper's Fig. 5 (runs side by side); DIR/index.html shows them.")] = None,
     gate: Annotated[list[str] | None, typer.Option(
         help="CI gate [METHOD.][DATASET.]METRIC OP BOUND (repeatable), e.g. fpr95<=30, react.auroc>=90, "
              "id_acc>=0.9: exit 1 if any fails. Metrics in % as shown (id_acc a fraction); no DATASET = the "
@@ -70,14 +73,24 @@ def report(
                            batch_size=batch_size, device=device, precision=precision,
                            params=parse_params(param, methods), workers=workers, gates=tuple(gate or ()))
         fmt = writers.check_output(output) if output else None  # refused before any work
+        if plots is not None:
+            from lbfood import plots as pictures
+
+            pictures.check_out_dir(plots, "--plots")  # refused before any work
         dist = join(device)  # under torchrun: each rank extracts a shard; rank 0 prints and writes
         with distributed.lost_peer(dist), render_eval.progress(quiet or not dist.is_main) as on_event:
             result = evaluate.report(cfg, on_event=on_event, dist=dist)
+            if plots is not None and dist.is_main:
+                from lbfood.engine.evaluation import plotdata
+
+                drawn = pictures.write_report_plots(plotdata.collect(cfg, result, on_event=on_event), plots)
         if dist.is_main:
             render_eval.report(result, all_metrics=all_metrics)
             if output:
                 writers.write_report(result, output, fmt)
                 render_eval.wrote(output)
+            if plots is not None:
+                render_eval.pictures_line(drawn, plots)
             render_ci.gates(result.gates)
         distributed.destroy()
     if any(not c.passed for c in result.gates):

@@ -32,6 +32,7 @@ QUICK_FINETUNE_EPOCHS = 1
 QUICK_LIMIT = 256  # first images of each split (train, test, each OOD set)
 # The run folders the demo writes under --out: the only things `prepare_out` may delete.
 RUN_NAMES = ("pretrained", "lff", "ce-only")
+PICTURES = "pictures"  # and the pictures it drew from them
 
 
 def pretrain_config(out: Path, *, device: str = "auto", seed: int = 0, quick: bool = False) -> TrainConfig:
@@ -78,6 +79,13 @@ def quick_threads() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def _is_demo_pictures(path: Path) -> bool:
+    """The demo's own pictures folder: a real folder named `pictures` holding only PNG and HTML files."""
+    if path.name != PICTURES or path.is_symlink() or not path.is_dir():
+        return False
+    return all(p.is_dir() and not p.is_symlink() or p.suffix in (".png", ".html") for p in path.rglob("*"))
+
+
 def _is_demo_run(path: Path) -> bool:
     """A real folder named as one of the demo's runs whose run.json is an lbfood run description."""
     if path.name not in RUN_NAMES or path.is_symlink() or not path.is_dir():
@@ -100,7 +108,7 @@ def prepare_out(out: Path) -> list[Path]:
     if not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder for the demo's runs")
     entries = sorted(out.iterdir())
-    foreign = [p.name for p in entries if not _is_demo_run(p)]
+    foreign = [p.name for p in entries if not (_is_demo_run(p) or _is_demo_pictures(p))]
     if foreign:
         shown = ", ".join(foreign[:3]) + (f", … ({len(foreign)} in all)" if len(foreign) > 3 else "")
         raise ConfigError(f"--out {out} holds {shown}, which is not an lbfood demo run; nothing was deleted: "
@@ -108,3 +116,27 @@ def prepare_out(out: Path) -> list[Path]:
     for p in entries:
         shutil.rmtree(p)
     return entries
+
+
+# The demo's sample images for `lbfood explain`: (dataset, how many of its first test images).
+SAMPLES = (("backdrops", 2), ("backdrops-scenes", 1), ("backdrops-novel", 1), ("backdrops-noise", 1))
+
+
+def write_samples(folder: Path) -> list[Path]:
+    """The first test images of backdrops and of each of its OOD splits, as PNG files in `folder`."""
+    import io
+
+    from PIL import Image
+
+    from lbfood.engine.data import LoadOptions, get
+    from lbfood.engine.io import atomic_write_bytes
+
+    paths = []
+    for name, n in SAMPLES:
+        images = get(name).load(LoadOptions(root=Path(folder)), "test").images
+        for i in range(n):
+            buf = io.BytesIO()
+            Image.fromarray(images[i].numpy()).save(buf, format="png")
+            paths.append(Path(folder) / f"{name}-{i}.png")
+            atomic_write_bytes(paths[-1], buf.getvalue())
+    return paths

@@ -34,34 +34,10 @@ from lbfood.engine.data.loaders import Augment, make_loader
 from lbfood.engine.distributed import DistInfo, rank_device
 from lbfood.engine.errors import ConfigError, RunError
 from lbfood.engine.events import Note
+from lbfood.engine.presets import preset_values
 from lbfood.engine.runtime import make_runtime, seed_everything
 from lbfood.engine.training import losses
 from lbfood.engine.training.setup import Session, check_parallel, load_id_data, new_meta
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "cifar10": dict(delta=0.1, mu=1.0, lam=1.0, epochs=30, lr=0.1, milestones=(15,)),
-    "cifar100": dict(delta=0.01, mu=2.0, lam=1.0, epochs=30, lr=0.1, milestones=(15,)),
-    "imagenet100": dict(delta=0.01, mu=3.0, lam=1.0, epochs=10, lr=5e-5, milestones=(5,)),
-    "backdrops": dict(delta=None, mu="auto", lam=1.0, epochs=4, lr=0.01, milestones=(2,)),
-    "custom32": dict(delta=None, mu="auto", lam=1.0, epochs=30, lr=0.1, milestones=(15,)),
-    "custom224": dict(delta=None, mu="auto", lam=1.0, epochs=10, lr=5e-5, milestones=(5,)),
-}
-# Shared by every preset (paper §V-A): SGD momentum 0.9, weight decay 1e-4, no colour jitter.
-COMMON = dict(momentum=0.9, weight_decay=1e-4, schedule="multistep", gamma=0.1, jitter=0.0, warmup_epochs=0)
-
-
-def preset_for(preset: str, input_size: int) -> dict[str, Any]:
-    if preset in PRESETS:
-        return PRESETS[preset]
-    return PRESETS["custom224" if input_size > 64 else "custom32"]
-
-
-def preset_values(preset: str, input_size: int, num_classes: int) -> dict[str, Any]:
-    """The fine-tuning recipe for a dataset preset (δ = 1/K where the paper gives none)."""
-    p = {**COMMON, **preset_for(preset, input_size)}
-    if p["delta"] is None:
-        p["delta"] = 1.0 / num_classes
-    return p
 
 
 def parse_mu(text: str | None) -> float | str | None:

@@ -11,22 +11,11 @@ The formulation has no data-dependent branches, so it compiles without graph bre
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lbfood.engine.background import background_mask, location_logits
 
-def location_logits(fmap: torch.Tensor, head: nn.Linear) -> torch.Tensor:
-    """f(z_j) at every location: (B, K, H, W). Their spatial mean equals head(GAP(z)) (f is affine)."""
-    return F.conv2d(fmap, head.weight[:, :, None, None].to(fmap.dtype),
-                    None if head.bias is None else head.bias.to(fmap.dtype))
-
-
-@torch.no_grad()
-def background_mask(fmap: torch.Tensor, head: nn.Linear, targets: torch.Tensor, delta: float) -> torch.Tensor:
-    """Eq. 5: BoolTensor (B, H, W), True where the probability of the true class is below δ."""
-    logp = location_logits(fmap.detach(), head).float().log_softmax(dim=1)
-    p_true = logp.gather(1, targets.view(-1, 1, 1, 1).expand(-1, 1, *logp.shape[2:])).squeeze(1).exp()
-    return p_true < delta
+__all__ = ["background_mask", "lff_from_mask", "lff_loss", "location_logits"]
 
 
 def lff_from_mask(fmap: torch.Tensor, mask: torch.Tensor, mu: float,
