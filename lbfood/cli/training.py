@@ -43,7 +43,9 @@ def pretrain(
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD).")] = 0.1,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
     nesterov: Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum.")] = False,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay (not on BN/bias).")] = 5e-4,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (on BN weights/biases too with --wd-on-bn).")] = 5e-4,
+    wd_on_bn: Annotated[bool, typer.Option("--wd-on-bn/--no-wd-on-bn",
+                                           help="Weight decay on BN weights and biases too.")] = False,
     schedule: Annotated[str, typer.Option(help="cosine (per step) or multistep (see --milestones).")] = "cosine",
     milestones: Annotated[str, typer.Option(help="multistep: comma-separated epochs where lr ×= gamma.")] = "",
     gamma: Annotated[float, typer.Option(help="multistep decay factor.")] = 0.1,
@@ -75,7 +77,7 @@ def pretrain(
 
         cfg = TrainConfig(data=data, data_root=str(data_root) if data_root else None, arch=arch, width=width,
                           epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
-                          weight_decay=weight_decay, schedule=schedule, milestones=parse_milestones(milestones),
+                          weight_decay=weight_decay, wd_on_bn=wd_on_bn, schedule=schedule, milestones=parse_milestones(milestones),
                           gamma=gamma, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, jitter=jitter,
                           val_split=val_split, classes_file=str(classes) if classes else None,
                           init=str(init) if init else None, device=device, precision=precision, seed=seed,
@@ -129,6 +131,9 @@ def finetune(
     batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 128,
     momentum: Annotated[float | None, typer.Option(help="SGD momentum. [default: 0.9]")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay. [default: 1e-4]")] = None,
+    wd_on_bn: Annotated[bool | None, typer.Option(
+        "--wd-on-bn/--no-wd-on-bn", help="Weight decay on BN weights and biases too. [default: on, as the paper "
+                                        "states it; --no-wd-on-bn skips them like pretraining]")] = None,
     jitter: Annotated[float | None, typer.Option(help="Colour jitter; the paper drops it when fine-tuning. [default: 0]")] = None,
     data: Annotated[str | None, typer.Option(help="ID dataset [default: the parent run's].")] = None,
     data_root: DataRoot = None,
@@ -154,12 +159,12 @@ def finetune(
 
         given = dict(delta=delta, mu=ft.parse_mu(mu), lam=lam, epochs=epochs, lr=lr,
                      milestones=parse_milestones(milestones) if milestones is not None else None, momentum=momentum,
-                     weight_decay=weight_decay, jitter=jitter, data=data,
+                     weight_decay=weight_decay, wd_on_bn=wd_on_bn, jitter=jitter, data=data,
                      data_root=str(data_root) if data_root else None)
         cfg = FinetuneConfig(parent=str(from_run), mask_from=mask_from, mu_quantile=mu_quantile,
                              batch_size=batch_size, out=str(out) if out else None, probe_batches=probe_batches,
                              sync_bn=sync_bn, device=device, precision=precision, seed=seed, workers=workers,
-                             compile=compile, limit=limit, **{k: v for k, v in given.items() if v is not None})
+                             compile=compile, limit=limit, **given)  # None: the preset or the parent fills it
         if launch(devices, device, "finetune"):
             return
         dist = join(device)

@@ -49,6 +49,7 @@ class TrainConfig(_Config):
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
+    wd_on_bn: bool = False  # weight decay on BN weights and biases too (pretraining: no, the CIFAR recipe)
     schedule: str = "cosine"  # cosine | multistep
     milestones: tuple[int, ...] = ()  # multistep: epochs at which lr is multiplied by gamma
     gamma: float = 0.1
@@ -95,6 +96,7 @@ class FinetuneConfig(_Config):
     milestones: tuple[int, ...] | None = None
     momentum: float | None = None
     weight_decay: float | None = None
+    wd_on_bn: bool | None = None  # the paper: weight decay 1e-4 on every parameter (preset: True)
     jitter: float | None = None
     schedule: str | None = None
     gamma: float | None = None
@@ -163,7 +165,7 @@ class FinetuneConfig(_Config):
             raise ConfigError(f"--probe-batches must be >= 1, got {self.probe_batches}")
 
 
-_RESOLVED = ("delta", "mu", "lam", "epochs", "lr", "milestones", "momentum", "weight_decay", "jitter",
+_RESOLVED = ("delta", "mu", "lam", "epochs", "lr", "milestones", "momentum", "weight_decay", "wd_on_bn", "jitter",
              "schedule", "gamma", "warmup_epochs", "data", "val_split", "arch", "width")
 
 

@@ -15,7 +15,7 @@ import torch
 from lbfood.engine import runs
 from lbfood.engine.evaluation.calibrate import calibrate
 from lbfood.engine.events import Event, Finished, Note, Step
-from lbfood.engine.runtime import Runtime
+from lbfood.engine.runtime import Runtime, make_runtime
 from lbfood.engine.training.loop import fit
 from lbfood.engine.training.setup import Session
 
@@ -33,7 +33,9 @@ def train(session: Session) -> Iterator[Event]:
     if finished is None:  # interrupted: fit has said so
         return
     if session.dist.is_main:
-        yield from finish(finished.run_dir, runs.unwrap(session.model), session.rt,
+        # Calibration extracts features as `report` does: fp32 unless the user chose a precision.
+        rt = make_runtime(str(session.rt.device), session.cfg.precision, training=False)
+        yield from finish(finished.run_dir, runs.unwrap(session.model), rt,
                           batch_size=max(session.cfg.batch_size, 256), workers=session.cfg.workers)
     yield finished
 

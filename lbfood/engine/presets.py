@@ -20,8 +20,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "custom32": dict(delta=None, mu="auto", lam=1.0, epochs=30, lr=0.1, milestones=(15,)),
     "custom224": dict(delta=None, mu="auto", lam=1.0, epochs=10, lr=5e-5, milestones=(5,)),
 }
-# Shared by every preset (paper §V-A): SGD momentum 0.9, weight decay 1e-4, no colour jitter.
-COMMON = dict(momentum=0.9, weight_decay=1e-4, schedule="multistep", gamma=0.1, jitter=0.0, warmup_epochs=0)
+# Shared by every preset (paper §V-A): SGD momentum 0.9, weight decay 1e-4 (on every parameter, BN
+# weights and biases included, as the paper states it), no colour jitter.
+COMMON = dict(momentum=0.9, weight_decay=1e-4, wd_on_bn=True, schedule="multistep", gamma=0.1, jitter=0.0,
+              warmup_epochs=0)
 
 
 def preset_for(preset: str, input_size: int) -> dict[str, Any]:

@@ -33,9 +33,7 @@ class Runtime:
 
     def autocast(self):
         """Mixed-precision context for forward passes (a no-op in fp32)."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.precision)
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         model = model.to(self.device)
@@ -69,12 +67,25 @@ def select_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto = bf16 on CUDA GPUs that support it, fp16 (with a GradScaler) on older ones, fp32 elsewhere."""
+def autocast(device: torch.device, precision: str):
+    """The one mixed-precision rule of training and extraction: autocast to bf16/fp16 on `device`, or a
+    no-op for fp32. `precision` is resolved (see `resolve_precision`)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if precision not in PRECISIONS or precision == "auto":
+        raise ConfigError(f"unknown precision {precision!r}; valid: fp32, bf16, fp16")
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def resolve_precision(precision: str, device: torch.device, *, training: bool = True) -> str:
+    """auto = for training, bf16 on CUDA GPUs that support it, fp16 (with a GradScaler) on older ones, fp32
+    elsewhere; for evaluation (extraction, scoring, calibration) fp32, as the reference OOD code computes
+    its numbers (bf16 shifts ViM and Mahalanobis). An explicit fp32/bf16/fp16 is used as given."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     if precision == "auto":
-        if device.type == "cuda":
+        if device.type == "cuda" and training:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"
     if precision == "fp16" and device.type == "cpu":
@@ -82,7 +93,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def make_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+def make_runtime(device: str = "auto", precision: str = "auto", *, training: bool = True) -> Runtime:
     dev = select_device(device)
     if dev.type == "cuda":
         # Convolution shapes are fixed during training: let cuDNN pick the fastest kernels.
@@ -91,7 +102,7 @@ def make_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     set_threads()
     # channels_last: faster convolutions on CUDA (tensor cores) and, measured here, on CPU with oneDNN.
-    return Runtime(dev, resolve_precision(precision, dev), channels_last=dev.type in ("cuda", "cpu"))
+    return Runtime(dev, resolve_precision(precision, dev, training=training), channels_last=dev.type in ("cuda", "cpu"))
 
 
 def set_threads() -> None:

@@ -150,7 +150,7 @@ def explain(cfg: ExplainConfig, on_event: Callable[[Step], None] | None = None) 
         except DataError as e:
             errors[f] = str(e).removeprefix(f"{f}: ")
     files = list(images)
-    rt = make_runtime(cfg.device, cfg.precision)
+    rt = make_runtime(cfg.device, cfg.precision, training=False)
     per_file: dict[str, list[RunMap]] = {f: [] for f in files}
     for name, meta in zip(names, metas, strict=True):
         run_dir = meta.run_dir

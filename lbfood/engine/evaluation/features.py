@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 from collections.abc import Callable, Iterable
@@ -20,6 +19,7 @@ from torch import nn
 from lbfood.engine import distributed, io
 from lbfood.engine.distributed import DistInfo
 from lbfood.engine.errors import ConfigError, StorageError
+from lbfood.engine.runtime import autocast, resolve_precision
 
 # 2: block norms are per residual block (1 had one per stage); a file of another format is a cache miss.
 FORMAT = "lbfood-features-2"
@@ -111,16 +111,6 @@ def jigsaw_puzzle(x: torch.Tensor, grid: int = 3, generator: torch.Generator | N
     return out
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision not in ("fp32", "bf16", "fp16", "auto"):
-        raise ConfigError(f"unknown precision {precision!r}; valid: auto, fp32, bf16, fp16")
-    if device.type != "cuda" or precision == "fp32":
-        return contextlib.nullcontext()  # fp32 on the CPU: exact, and CPU autocast is slower, not faster
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def extract(model: nn.Module, loader: Iterable, *, device: str | torch.device = "cpu",
             precision: str = "fp32", blocks: bool = True, jigsaw: bool = False,
             jigsaw_seed: int = 0) -> Features:
@@ -134,7 +124,8 @@ def extract(model: nn.Module, loader: Iterable, *, device: str | torch.device = 
     if jigsaw and not blocks:
         raise ConfigError("extract: jigsaw=True needs blocks=True (it stores per-block norms)")
     dev = torch.device(device)
-    _autocast(dev, precision)  # validate the name before any work
+    precision = resolve_precision(precision, dev, training=False)  # "auto" extracts in fp32
+    autocast(dev, precision)  # validate the name before any work
     gen = torch.Generator().manual_seed(jigsaw_seed)
     was_training = model.training
     model.eval()
@@ -154,7 +145,7 @@ def extract(model: nn.Module, loader: Iterable, *, device: str | torch.device = 
                     x = torch.cat([x, jigsaw_puzzle(x, generator=gen)])
                 if dev.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(dev, precision):
+                with autocast(dev, precision):
                     if blocks:
                         outs = model.forward_blocks(x)
                         z = model.features_from_last_block(outs[-1])

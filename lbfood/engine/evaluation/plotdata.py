@@ -125,7 +125,7 @@ def collect(cfg: ReportConfig, result: ReportResult, *, bins: int = 40,
             on_event: Callable[[Step], None] | None = None) -> PlotData:
     """The arrays behind the pictures of a report `result` made from `cfg` (run it first: its caches
     in the run folders are what this reads)."""
-    rt = make_runtime(cfg.device, cfg.precision)
+    rt = make_runtime(cfg.device, cfg.precision, training=False)
     paths = [r.path for r in result.runs]
     labels = run_labels(paths)
     datasets = (result.id_data, *result.ood)

@@ -147,7 +147,7 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
         archs = sorted({m.arch for m in metas} - {bench.arch})
         if archs and bench.paper:
             notes.append(f"the paper's numbers are for {bench.arch}; this run is {', '.join(archs)}")
-    rt = make_runtime(distributed.rank_device(cfg.device, dist), cfg.precision)
+    rt = make_runtime(distributed.rank_device(cfg.device, dist), cfg.precision, training=False)
     root = data_root(first, cfg.data_root)
     data: dict = {}
     counts = {"extractions": 0, "odin_passes": 0, "fits": 0}

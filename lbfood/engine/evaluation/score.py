@@ -52,7 +52,7 @@ def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = Non
     if cfg.threshold is not None and not math.isfinite(cfg.threshold):
         raise ConfigError(f"--threshold must be a finite number, got {cfg.threshold}")
     s = scorers.get(cfg.method, **cfg.params)  # unknown names and parameters raise before any work
-    rt = make_runtime(cfg.device, cfg.precision)
+    rt = make_runtime(cfg.device, cfg.precision, training=False)
     model, meta = runs.load_run(cfg.model, rt.device)
     model = rt.prepare(model)
     s, threshold = fitted_scorer_and_threshold(model, meta, rt, cfg.method, cfg.params, threshold=cfg.threshold,

@@ -140,7 +140,7 @@ def export(cfg: ExportConfig, on_event: Callable[[Any], None] | None = None) -> 
     from lbfood.engine.runtime import make_runtime
 
     check(cfg)
-    rt = make_runtime(cfg.device, cfg.precision)
+    rt = make_runtime(cfg.device, cfg.precision, training=False)
     model, meta = runs.load_run(cfg.model, rt.device)
     s, threshold = fitted_scorer_and_threshold(
         rt.prepare(model), meta, rt, cfg.method, cfg.params, threshold=cfg.threshold, root=cfg.data_root,

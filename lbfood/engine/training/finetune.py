@@ -158,18 +158,22 @@ def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInf
     bgq, fgq = stats.pop("bg_q"), stats.pop("fg_q")
     bg_norms = stats.pop("bg_norms")
     mu_auto = cfg.mu == "auto"
-    if mu_auto:
-        if len(bg_norms) == 0:
-            raise ConfigError(f"--mu auto: no background location at δ = {cfg.delta:g} in {cfg.probe_batches} "
-                              "batches; raise --delta or give --mu")
+    if mu_auto and len(bg_norms):
         cfg = cfg.replace(mu=round(float(torch.quantile(bg_norms, cfg.mu_quantile)), 4))
+    elif mu_auto and cfg.lam > 0:
+        raise ConfigError(f"--mu auto: no background location at δ = {cfg.delta:g}: 0 of {stats['locations']} "
+                          f"locations in {cfg.probe_batches} training batch(es) have p_j(true class) < δ, so "
+                          "there is no norm to measure μ from; try a larger --delta (e.g. "
+                          f"{min(2 * cfg.delta, 0.5):g}), more --probe-batches, or a number for --mu")
+    # At λ = 0 (the CE-only control) μ plays no part: with no background location it stays "auto".
     fmt = lambda q: "/".join(f"{v:.2f}" for v in q) if q else "n/a"  # noqa: E731
+    mu_text = ("μ unused (λ = 0)" if isinstance(cfg.mu, str) else f"μ = {cfg.mu:g}"
+               + (f" (auto: the {cfg.mu_quantile:g} quantile of background norms)" if mu_auto else ""))
     notes = notes + [Note(
         f"parent at δ = {cfg.delta:g}: {stats['bg_share']:.1%} of {stats['locations']} locations are background; "
-        f"‖z_j‖ 10/50/90 %: background {fmt(bgq)}, foreground {fmt(fgq)}; "
-        f"μ = {cfg.mu:g}" + (f" (auto: the {cfg.mu_quantile:g} quantile of background norms)" if mu_auto else ""),
+        f"‖z_j‖ 10/50/90 %: background {fmt(bgq)}, foreground {fmt(fgq)}; " + mu_text,
         data={"bg_share": stats["bg_share"], "bg_quantiles": bgq, "fg_quantiles": fgq, "mu": cfg.mu})]
-    if bgq and cfg.mu < bgq[0] and cfg.lam > 0:
+    if bgq and cfg.lam > 0 and cfg.mu < bgq[0]:
         notes.append(Note(
             f"μ = {cfg.mu:g} is below 90 % of the parent's background norms (10 % quantile {bgq[0]:.2f}): L_LFF "
             "will dominate the first steps and can collapse accuracy; the paper's μ belongs to its backbones. "

@@ -41,12 +41,15 @@ def lr_at(cfg: TrainConfig | FinetuneConfig, epoch: int, step: int, steps: int) 
 
 
 def make_optimizer(cfg: TrainConfig | FinetuneConfig, model: torch.nn.Module) -> torch.optim.SGD:
-    # No weight decay on BN parameters and biases: the common CIFAR recipe.
+    """SGD over two groups, weights (≥ 2-D) and BN weights + biases (1-D); the second group gets weight decay
+    only with `cfg.wd_on_bn` (fine-tuning, as the paper states it; pretraining skips it, the common CIFAR
+    recipe). The two groups exist either way, so the saved optimizer state has one layout."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": cfg.weight_decay if cfg.wd_on_bn else 0.0}]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
