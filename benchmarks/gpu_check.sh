@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_check.sh              # the GPU check, full sizes, ≤ 300 s in all
 #   bash benchmarks/gpu_check.sh --cpu-smoke  # the same steps on the CPU at tiny sizes (tests this script)
 #   BUDGET=200 bash benchmarks/gpu_check.sh   # another time limit for the whole check, in seconds
+#   ONLY='compile|image' bash benchmarks/gpu_check.sh  # only the steps whose names match this regex
 #
 # A failing or timed-out step does not stop the check: each step runs under `timeout` with what is left
 # of the budget (at most its own limit), its exit status is recorded, and a summary at the end lists every
@@ -28,9 +29,14 @@ if [ "$SMOKE" = 1 ]; then
   # Tiny sizes on the CPU: every step runs end to end in seconds; the figures mean nothing. (Width 0.125:
   # at 0.0625, 4-channel convolutions in channels_last crash in the backward pass of torch 2.14's CPU build.)
   DEV="--device cpu"; W=0.125; B128=32; B512=64; R50B=2; STEPS=3; IMAGES=256; EPOCHS=2; LIMIT="--limit 256"
+  JPEGS=24; WORKERS=0
+  # Inductor's C++ compilation takes minutes here: the --compile steps run their compiled-step code path
+  # with torch.compile disabled (eagerly), which checks the wiring, not the speed-up.
+  COMPILE_ENV="TORCH_COMPILE_DISABLE=1"
   SCALE=4; BUDGET=${BUDGET_SMOKE:-900}  # a shared 2-core CPU: each step's limit × 4
 else
   SCALE=1; DEV="--device cuda"; W=1.0; B128=128; B512=512; R50B=128; STEPS=30; IMAGES=5000; EPOCHS=4; LIMIT=""
+  JPEGS=2000; WORKERS=12; COMPILE_ENV=""
 fi
 
 TMP=$(mktemp -d)
@@ -41,6 +47,7 @@ NAMES=(); STATUS=(); FIGS=()
 # step NAME LIMIT_S GREP_PATTERN COMMAND...: run COMMAND under timeout, keep lines matching the pattern.
 step() {
   local name=$1 limit=$(( $2 * SCALE )) pattern=$3; shift 3
+  [[ "$name" =~ ${ONLY:-.} ]] || return 0
   local left=$(( BUDGET - (SECONDS - START) ))
   NAMES+=("$name")
   if [ "$left" -lt 5 ]; then
@@ -61,7 +68,9 @@ step() {
 # pretrain NAME LIMIT_S BATCH [extra options]: `lbfood pretrain -q`, figures from its own epoch lines.
 pretrain() {
   local name=$1 limit=$2 batch=$3; shift 3
-  step "$name" "$limit" 'img/s' "$PY" -m lbfood pretrain --data backdrops --arch resnet18 --width "$W" \
+  local envs=(env)
+  [[ " $* " == *" --compile "* && -n "$COMPILE_ENV" ]] && envs+=("$COMPILE_ENV")
+  step "$name" "$limit" 'img/s' "${envs[@]}" "$PY" -m lbfood pretrain --data backdrops --arch resnet18 --width "$W" \
     --epochs "$EPOCHS" --batch-size "$batch" $LIMIT $DEV --workers 0 -q --out "$TMP/run-$name" "$@"
 }
 
@@ -81,6 +90,12 @@ step loader_share 25 'share|per step' "$PY" benchmarks/loader_share.py --width "
 step report_scaling 60 'ratio|report' "$PY" benchmarks/report_scaling.py --width "$W" $DEV
 pretrain pretrain_b128 40 "$B128"
 pretrain pretrain_b512 35 "$B512"
+# The 224-px input pipeline alone: PIL loader vs the pre-resized cache cropped on the device.
+step image_pipeline 45 'img/s|ratio|disk' "$PY" benchmarks/image_pipeline.py --images "$JPEGS" \
+  --batch-size "$R50B" --workers "$WORKERS" $DEV
+# --compile: the whole step compiled, CUDA graphs on CUDA (compilation time is in epoch 1's figure).
+pretrain pretrain_b512_compile 90 "$B512" --compile
+pretrain pretrain_b128_compile 90 "$B128" --compile
 
 echo
 echo "== summary ($(( SECONDS - START )) s of a ${BUDGET} s budget)"
