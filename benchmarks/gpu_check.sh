@@ -28,15 +28,15 @@ done
 if [ "$SMOKE" = 1 ]; then
   # Tiny sizes on the CPU: every step runs end to end in seconds; the figures mean nothing. (Width 0.125:
   # at 0.0625, 4-channel convolutions in channels_last crash in the backward pass of torch 2.14's CPU build.)
-  DEV="--device cpu"; W=0.125; B128=32; B512=64; R50B=2; STEPS=3; IMAGES=256; EPOCHS=2; LIMIT="--limit 256"
-  JPEGS=24; WORKERS=0
+  DEV="--device cpu"; W=0.125; B128=32; B512=64; R50B=2; STEPS=3; IMAGES=128; EPOCHS=2; LIMIT="--limit 256"
+  JPEGS=24; WORKERS=0; REPEATS=1
   # Inductor's C++ compilation takes minutes here: the --compile steps run their compiled-step code path
   # with torch.compile disabled (eagerly), which checks the wiring, not the speed-up.
   COMPILE_ENV="TORCH_COMPILE_DISABLE=1"
   SCALE=4; BUDGET=${BUDGET_SMOKE:-900}  # a shared 2-core CPU: each step's limit × 4
 else
   SCALE=1; DEV="--device cuda"; W=1.0; B128=128; B512=512; R50B=128; STEPS=30; IMAGES=5000; EPOCHS=4; LIMIT=""
-  JPEGS=2000; WORKERS=12; COMPILE_ENV=""
+  JPEGS=2000; WORKERS=12; REPEATS=2; COMPILE_ENV=""
 fi
 
 TMP=$(mktemp -d)
@@ -84,7 +84,7 @@ step gpu_throughput_r50 40 'img/s' "$PY" benchmarks/gpu_throughput.py --arch res
 step lff_overhead 30 'ratio|step' "$PY" benchmarks/lff_overhead.py --width "$W" --batch-size "$B512" \
   --steps "$STEPS" $DEV
 step trainer_vs_minimal 45 'ratio|loop' "$PY" benchmarks/trainer_vs_minimal.py --width "$W" \
-  --batch-size "$B512" --images "$IMAGES" --repeats 2 $DEV
+  --batch-size "$B512" --images "$IMAGES" --repeats "$REPEATS" $DEV
 step loader_share 25 'share|per step' "$PY" benchmarks/loader_share.py --width "$W" --batch-size "$B512" \
   --steps "$STEPS" $DEV
 step report_scaling 60 'ratio|report' "$PY" benchmarks/report_scaling.py --width "$W" $DEV
