@@ -2,7 +2,9 @@
 
 The real loader (`make_loader`: device-resident uint8 images, per-batch crop/flip/colour jitter on the
 device) feeds lbfood's real `train_step`; the time to produce each batch over the time of the whole
-step (batch + optimisation), summed over `--steps` steps after warm-up.
+step (batch + optimisation), summed over `--steps` steps after warm-up. Batches are drawn epoch after
+epoch (as the training loop does, `set_epoch` between them), so any batch size and step count works;
+the first batch of an epoch, which starts a new permutation, is timed like any other.
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ from lbfood.engine.runtime import make_runtime
 from lbfood.engine.training import loop as train
 
 
+def batches(loader):
+    """Batches without end: epoch after epoch, with a new permutation (set_epoch) each time."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
 def main() -> None:
     args = _common.parser(__doc__).parse_args()
     rt = make_runtime(args.device, args.precision)
@@ -33,7 +44,9 @@ def main() -> None:
     model = rt.prepare(models.build(args.arch, num_classes=10, width=args.width))
     opt = train.make_optimizer(TrainConfig(), model)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.use_scaler)
-    it = iter(loader)
+    if len(loader) == 0:
+        raise SystemExit(f"--batch-size {args.batch_size} exceeds the {loader.num_samples} backdrops images")
+    it = batches(loader)
     wait = total = 0.0
     for i in range(args.warmup + args.steps):
         _common.sync(rt)
@@ -48,7 +61,8 @@ def main() -> None:
             wait += t1 - t0
             total += t2 - t0
     print(f"machine: {_common.machine(rt)}; {args.arch} width {args.width}, batch {args.batch_size}, "
-          f"{args.steps} steps")
+          f"{args.steps} steps ({args.steps * args.batch_size / loader.num_samples:.1f} epochs "
+          f"of {loader.num_samples} images)")
     print(f"data {wait / args.steps * 1e3:.1f} ms of {total / args.steps * 1e3:.1f} ms per step")
     print(f"loader_share: {wait / total:.3f}  (target <= 0.05)")
 

@@ -118,7 +118,8 @@ Precision = Annotated[str, typer.Option(help="auto = bf16 on CUDA GPUs that supp
                                              "older ones, fp32 on CPU; or fp32, bf16, fp16.")]
 Seed = Annotated[int, typer.Option(help="Random seed (weights, data order, augmentation).")]
 Workers = Annotated[int, typer.Option(help="DataLoader worker processes (large-image datasets only).")]
-Compile = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")]
+Compile = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the whole training step (CUDA "
+                                        "graphs on CUDA) on in-memory small-image data; the model elsewhere.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; one line per epoch.")]
 DataRoot = Annotated[Path | None, typer.Option(help="Where datasets live.", show_default="$LBFOOD_DATA or ./data")]
 SyncBn = Annotated[bool, typer.Option("--sync-bn", help="Synchronise batch norm across processes (CUDA).")]

@@ -24,6 +24,7 @@ from lbfood.engine.errors import ConfigError, RunError
 from lbfood.engine.events import EpochEnd, Event, Finished, Interrupted, Progress, Started
 from lbfood.engine.io import append_jsonl
 from lbfood.engine.runtime import Runtime
+from lbfood.engine.training.fast_step import CompiledStep, compiled_step
 from lbfood.engine.training.setup import LossHook, Session
 
 # ---- the loop -------------------------------------------------------------------------------------
@@ -100,6 +101,9 @@ def fit(s: Session) -> Iterator[Event]:
     steps = len(train_loader)
     if steps == 0:
         raise ConfigError(f"--batch-size {cfg.batch_size} exceeds the {len(s.train_set)} training images")
+    # --compile on fixed-shape device-resident batches: the whole step compiled (CUDA graphs on CUDA).
+    step_fn = compiled_step(cfg.compile, train_loader, model, optimizer, rt, s.hook, cfg.label_smoothing,
+                            dist.enabled) or step_fn
 
     created = not s.resume and not s.run_dir.exists()
     if dist.is_main:
@@ -160,7 +164,10 @@ def _one_epoch(s: Session, model, step_fn, optimizer, scaler, loader, epoch: int
         lr = lr_at(cfg, epoch, i, steps)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        ce, logits, parts = train_step(step_fn, x, y, optimizer, scaler, rt, hook, cfg.label_smoothing)
+        if isinstance(step_fn, CompiledStep):
+            ce, logits, parts = step_fn(x, y)
+        else:
+            ce, logits, parts = train_step(step_fn, x, y, optimizer, scaler, rt, hook, cfg.label_smoothing)
         for k, v in parts.items():
             hook_sums[k] = hook_sums.get(k, 0) + v
         n = len(y)
