@@ -1,4 +1,5 @@
 """The paper's fine-tuning presets (§V-A), shared by training (the recipe) and evaluation (a run's δ).
+SGD momentum 0.9, weight decay 1e-4 and no colour jitter throughout; by dataset:
 
     dataset       δ (Eq. 5)  μ (Eq. 6)  λ (Eq. 7)  epochs  lr     ÷10 at
     cifar10       0.1        1          1          30      0.1    15

@@ -1,13 +1,7 @@
 """Fine-tuning with L = CE + λ·L_LFF (paper §IV-B, Eq. 7), through the shared training loop.
 
-Presets follow the paper (§V-A); every field can be overridden flag by flag:
-
-    dataset       δ (Eq. 5)  μ (Eq. 6)  λ (Eq. 7)  epochs  lr     ÷10 at
-    cifar10       0.1        1          1          30      0.1    15
-    cifar100      0.01       2          1          30      0.1    15
-    imagenet100   0.01       3          1          10      5e-5   5
-    backdrops     1/K        auto       1          4       0.01   2
-    custom        1/K        auto       1          CIFAR recipe at 32 px, ImageNet recipe at 224 px
+The recipe comes from the paper's presets (§V-A, lbfood/engine/presets.py); every field can be
+overridden flag by flag.
 
 δ = 1/K for data without a paper preset generalises the paper's choices (0.1 for 10 classes, 0.01 for
 100): a location is background when it gives the true class less than chance probability. μ has no
