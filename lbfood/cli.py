@@ -218,7 +218,8 @@ def _finish(last) -> None:
         raise typer.Exit(130)
     if last is not None:
         m = last.metrics
-        render.console.print(f"[green]done[/] in {last.seconds:.0f} s: test accuracy {m.get('test_acc', 0):.2%} "
+        render.console.print(f"[green]done[/] in {last.seconds:.0f} s: {'val' if 'val_acc' in m else 'test'} accuracy "
+                             f"{m.get('test_acc', m.get('val_acc', 0)):.2%} "
                              f"→ {last.run_dir}")
 
 
@@ -248,6 +249,8 @@ def finetune(
     out: Annotated[Path | None, typer.Option(help="Run folder [default: runs/<time>-<data>-<arch>-lff (or -ce)].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue --out (or the newest run) from its last epoch.")] = False,
     probe_batches: Annotated[int, typer.Option(help="ID training batches measured before the first step.")] = 4,
+    holdout: Annotated[float, typer.Option(help="Share of the training split held out (validation, and the "
+                                                "scorer of --method auto); 0 = none.")] = 0.0,
     sync_bn: SyncBn = False,
     limit: Limit = None,
     devices: Devices = 1,
@@ -273,7 +276,8 @@ def finetune(
         cfg = FinetuneConfig(parent=str(from_run), mask_from=mask_from, mu_quantile=mu_quantile,
                              batch_size=batch_size, out=str(out) if out else None, probe_batches=probe_batches,
                              sync_bn=sync_bn, device=device, precision=precision, seed=seed, workers=workers,
-                             compile=compile, limit=limit, **{k: v for k, v in given.items() if v is not None})
+                             compile=compile, limit=limit, holdout=holdout,
+                             **{k: v for k, v in given.items() if v is not None})
         if _launch(devices, device, "finetune"):
             return
         dist = _join(device)
@@ -372,7 +376,8 @@ def report(
         help="OOD dataset, repeatable (e.g. svhn, folder:PATH).",
         show_default="the benchmark's, else the built-in benchmark of the ID set")] = None,
     method: Annotated[list[str] | None, typer.Option(
-        help=f"Scorer, repeatable or comma-separated: {SCORER_NAMES}.", show_default="react")] = None,
+        help=f"Scorer, repeatable or comma-separated: {SCORER_NAMES}, or auto (the run's scorer chosen on "
+             "held-out images; --holdout runs).", show_default="react")] = None,
     compare: Annotated[list[str] | None, typer.Option(
         help="Another run shown side by side (repeatable), e.g. the pretrained parent of a fine-tuned run.")] = None,
     benchmark: Annotated[str | None, typer.Option(
@@ -415,7 +420,8 @@ def report(
 def score(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")],
     model: RunOpt = "runs/latest",
-    method: Annotated[str, typer.Option(help=f"Scorer: {SCORER_NAMES}.")] = "react",
+    method: Annotated[str, typer.Option(help=f"Scorer: {SCORER_NAMES}, or auto (the scorer chosen on held-out "
+                                             "images when the run was trained with --holdout).")] = "react",
     threshold: Annotated[float | None, typer.Option(
         help="γ: score ≥ γ ⇒ ID (paper Eq. 3).",
         show_default="the run's threshold for --method keeping 95 % of its ID test images, computed and "
@@ -465,6 +471,85 @@ def datasets(
             typer.echo(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2))
         else:
             render_eval.datasets(rows, root)
+
+
+@app.command()
+def sweep(
+    from_run: Annotated[Path, typer.Option("--from", help="Parent run every trial fine-tunes.")] = Path("runs/latest"),
+    out: Annotated[Path, typer.Option(help="Sweep folder: study.db, trials/, sweep.json, sweep.md, "
+                                           "sensitivity.png, best.")] = Path("sweeps/sweep"),
+    mode: Annotated[str, typer.Option(help="paper (one factor at a time around the first values, Fig. 6), grid "
+                                           "(every combination) or search (Optuna TPE, --trials).")] = "grid",
+    delta: Annotated[str, typer.Option(help="δ values (Eq. 5), comma-separated; 'preset' = the dataset's.")] = "preset",
+    mu: Annotated[str, typer.Option(help="μ values (Eq. 6): numbers, auto, or qX (the X quantile of the parent's "
+                                         "background norms).")] = "auto",
+    lam: Annotated[str, typer.Option("--lambda", help="λ values (Eq. 7); the λ = 0 control is always added.")] = "1",
+    mask_from: Annotated[str, typer.Option(help="current and/or pretrained.")] = "current",
+    trials: Annotated[int, typer.Option(help="--mode search: trials besides the control.")] = 8,
+    method: Annotated[str, typer.Option(help=f"Scorers validated per trial (the best counts): {SCORER_NAMES}.")] = "react",
+    objective: Annotated[str, typer.Option(help="Validation OOD objective: auroc or fpr95.")] = "auroc",
+    max_acc_drop: Annotated[float, typer.Option(help="ID validation accuracy points a trial may lose "
+                                                     "against the control.")] = 1.0,
+    holdout: Annotated[float, typer.Option(help="Share of the training split held out for validation.")] = 0.1,
+    val_ood: Annotated[str | None, typer.Option(help="Validation OOD set (DATASET or folder:PATH), never a test set.",
+                                                show_default="pseudo-OOD from the held-out ID images")] = None,
+    pseudo: Annotated[str, typer.Option(help="Pseudo-OOD generators.")] = "jigsaw,uniform,gaussian,blur",
+    ood: Annotated[list[str] | None, typer.Option(help="Test OOD set (repeatable), evaluated after the selection.",
+                                                  show_default="the ID set's benchmark")] = None,
+    benchmark: Annotated[str | None, typer.Option(help="Test benchmark, evaluated after the selection.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL shared by workers.",
+                                                show_default="sqlite:///OUT/study.db")] = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Stop a trial whose epoch val accuracy falls more "
+                                                        "than --max-acc-drop below the control's.")] = False,
+    per_gpu: Annotated[int, typer.Option(help="Trials sharing one GPU (with --devices).")] = 1,
+    worker: Annotated[bool, typer.Option("--worker", help="Only work on trials (no selection); for extra "
+                                                          "workers on the same --storage.")] = False,
+    epochs: Annotated[int | None, typer.Option(help="[default: the dataset's fine-tuning preset]")] = None,
+    lr: Annotated[float | None, typer.Option(help="[default: preset]")] = None,
+    milestones: Annotated[str | None, typer.Option(help="[default: preset]")] = None,
+    batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 128,
+    weight_decay: Annotated[float | None, typer.Option(help="[default: 1e-4]")] = None,
+    probe_batches: Annotated[int, typer.Option(help="ID training batches measured before the first step.")] = 4,
+    limit: Limit = None,
+    devices: Annotated[int, typer.Option(help="Worker processes, one per CUDA GPU (trials in parallel).")] = 1,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    seed: Seed = 0,
+    workers: Workers = 4,
+    quiet: Quiet = False,
+) -> None:
+    """Does LFF help on this data? Fine-tune over δ, μ, λ (and the λ = 0 control), select on held-out
+    validation data only, then show every trial on the test OOD sets."""
+    with _guard():
+        import sys
+
+        from lbfood import render, render_sweep
+        from lbfood.engine.config import FinetuneConfig
+        from lbfood.engine.sweep import parallel, results, space, study
+
+        given = dict(epochs=epochs, lr=lr, weight_decay=weight_decay,
+                     milestones=_milestones(milestones) if milestones is not None else None)
+        recipe = FinetuneConfig(parent=str(from_run), batch_size=batch_size, probe_batches=probe_batches,
+                                limit=limit, device=device, precision=precision, seed=seed, workers=workers,
+                                **{k: v for k, v in given.items() if v is not None})
+        sc = space.SweepConfig(
+            recipe=recipe, explicit=frozenset(k for k, v in given.items() if v is not None), out=str(out),
+            mode=mode, delta=space.parse_values("delta", delta), mu=space.parse_values("mu", mu),
+            lam=space.parse_values("lam", lam), mask_from=space.parse_values("mask_from", mask_from),
+            trials=trials, methods=_split_names([method]), objective=objective, max_acc_drop=max_acc_drop,
+            holdout=holdout, val_ood=val_ood, pseudo=_split_names([pseudo]), storage=storage, prune=prune,
+            ood=tuple(ood or ()), benchmark=benchmark)
+        on_event = render_sweep.progress(quiet)
+        if devices * per_gpu > 1 and not worker:
+            study.open_study(sc)  # check the options once, before the workers start
+            parallel.spawn(sys.argv[1:], devices, per_gpu, device)
+        else:
+            study.work(sc, on_event)
+        if worker:
+            render.console.print(f"worker done: no trial of {out} left to take")
+            return
+        render_sweep.table(results.finalize(sc, on_event))
+        render.console.print(f"→ {out}/sweep.json, sweep.md, sensitivity.png; {out}/best is the selected run")
 
 
 def main() -> None:

@@ -26,6 +26,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     jitter: float = 0.4  # colour jitter strength (brightness, contrast, saturation); 0 = off
     val_split: float = 0.0
+    # Share of the training split held out as ID validation (stratified, split seed HOLDOUT_SEED = 0 in
+    # train.py): the run trains on the rest and reads the held-out images instead of its test split.
+    holdout: float = 0.0
     classes_file: str | None = None
     init: str | None = None  # resnet50_imagenet: a torchvision state dict to start from
     device: str = "auto"

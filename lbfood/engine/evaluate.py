@@ -33,6 +33,7 @@ from lbfood.engine.benchmarks import BUILTIN, load_benchmark
 from lbfood.engine.config import ReportConfig, ScoreConfig
 from lbfood.engine.data import DatasetSpec, ImageSet, LoadOptions, default_root
 from lbfood.engine.data import get as get_dataset
+from lbfood.engine.data.holdout import split_holdout
 from lbfood.engine.data.images import IN_MEMORY_MAX_SIZE, decode
 from lbfood.engine.data.loaders import make_loader
 from lbfood.engine.distributed import DistInfo
@@ -226,6 +227,9 @@ class _RunEval:
             images = spec.load(self.opts, split)
             if self.limit is not None:
                 images = images.subset(torch.arange(min(self.limit, len(images))))
+            holdout = float((self.meta.get("config") or {}).get("holdout") or 0.0)
+            if holdout and split == "train" and name == self.meta["data"]:
+                images = split_holdout(images, holdout)[0]  # fit on the images the run trained on
             if len(images) == 0:
                 raise DataError(f"{name} {split}: no images to evaluate")
             if images.skipped:
@@ -440,6 +444,9 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
     and only rank 0 writes (feature cache, fitted scorers, `cfg.output`)."""
     t0 = time.time()
     dist = dist or DistInfo()
+    from lbfood.engine.sweep.auto import resolve_report
+
+    cfg = resolve_report(cfg)  # --method auto: the first run's validated scorer
     fmt = output_format(cfg.output) if cfg.output else None
     if cfg.fpr_convention not in metrics.CONVENTIONS:
         raise ConfigError(f"unknown --fpr-convention {cfg.fpr_convention!r}; valid: {', '.join(metrics.CONVENTIONS)}")
@@ -686,6 +693,9 @@ def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = Non
     test split and stored in run.json on first use). Unreadable files become error rows."""
     if not cfg.paths:
         raise ConfigError("no images given; pass files, folders or globs, e.g. `lbfood score photos/`")
+    from lbfood.engine.sweep.auto import resolve_score
+
+    cfg = resolve_score(cfg)  # --method auto: the run's validated scorer and threshold
     if cfg.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.threshold is not None and not math.isfinite(cfg.threshold):

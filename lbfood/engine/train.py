@@ -22,6 +22,7 @@ from lbfood.engine.config import TrainConfig
 from lbfood.engine.data import ImageSet, LoadOptions, default_root
 from lbfood.engine.data import get as get_dataset
 from lbfood.engine.data.base import DatasetSpec
+from lbfood.engine.data.holdout import split_holdout
 from lbfood.engine.data.loaders import Augment, make_loader
 from lbfood.engine.distributed import DistInfo, all_reduce_sum, kill_point_for_tests, rank_device
 from lbfood.engine.errors import ConfigError, RunError
@@ -136,7 +137,11 @@ def calibrate_threshold(s: Session, model: torch.nn.Module) -> dict[str, Any]:
     model.eval()
     entry = calibrate(s.run_dir, model, s.meta, s.rt, method="react", batch_size=max(s.cfg.batch_size, 256),
                       workers=s.cfg.workers)
-    return {"threshold": entry}
+    if not s.cfg.holdout:
+        return {"threshold": entry}
+    from lbfood.engine.sweep.auto import calibrate_auto
+
+    return {"threshold": entry, **calibrate_auto(s, model)}  # --method auto, chosen on held-out images
 
 
 def load_options(cfg: TrainConfig, image_size: int) -> LoadOptions:
@@ -146,16 +151,21 @@ def load_options(cfg: TrainConfig, image_size: int) -> LoadOptions:
 
 
 def load_id_data(cfg: TrainConfig, image_size: int) -> tuple[DatasetSpec, ImageSet, ImageSet, list[Note]]:
+    """(spec, train, test, notes); with `cfg.holdout` the third set is the held-out part of the training
+    split (the test split is then never read)."""
     spec = get_dataset(cfg.data)
     if spec.role != "id":
         raise ConfigError(f"{cfg.data} is an OOD set (no class labels); train on an ID dataset such as "
                           "backdrops, cifar10, cifar100, imagenet100 or imagefolder:PATH")
     opts = load_options(cfg, image_size)
-    train, test = spec.load(opts, "train"), spec.load(opts, "test")
+    train = spec.load(opts, "train")
+    test = None if cfg.holdout else spec.load(opts, "test")
     if cfg.limit is not None:
         if cfg.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {cfg.limit}")
-        train, test = (s.subset(torch.arange(min(cfg.limit, len(s)))) for s in (train, test))
+        train, test = (s.subset(torch.arange(min(cfg.limit, len(s)))) if s is not None else s for s in (train, test))
+    if cfg.holdout:
+        train, test = split_holdout(train, cfg.holdout)
     notes = [Note(f"{s.name} {split}: skipped {s.skipped} image(s) that could not be decoded", "warning")
              for s, split in ((train, "train"), (test, "test")) if s.skipped]
     if len(train) == 0:
@@ -329,7 +339,7 @@ def fit(s: Session) -> Iterator[Event]:
     try:
         for epoch in range(start_epoch, cfg.epochs):
             metrics = yield from _one_epoch(s, model, step_fn, optimizer, scaler, train_loader, epoch, steps)
-            metrics["test_acc"] = evaluate(model, test_loader, rt, dist)
+            metrics["val_acc" if cfg.holdout else "test_acc"] = evaluate(model, test_loader, rt, dist)
             metrics["lr"] = lr_at(cfg, epoch, steps - 1, steps)
             if dist.is_main:
                 checkpoint.save_model(s.run_dir, model)
