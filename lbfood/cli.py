@@ -166,6 +166,8 @@ def pretrain(
     jitter: Annotated[float, typer.Option(help="Colour-jitter strength (brightness, contrast, saturation); 0 = off.")] = 0.4,
     val_split: Annotated[float, typer.Option(help="imagefolder with no train/test folders: share held out for test.")] = 0.0,
     classes: Annotated[Path | None, typer.Option(help="imagenet100: class list file (one wnid per line).")] = None,
+    holdout: Annotated[float, typer.Option(help="Share of the training split held out, never trained on (the "
+                                                "validation split of `sweep` and --method auto); 0 = none.")] = 0.0,
     init: Annotated[Path | None, typer.Option(help="resnet50_imagenet: start from a local torchvision state dict.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder [default: runs/<time>-<data>-<arch>].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue --out (or the newest run in runs/) from its last epoch.")] = False,
@@ -193,7 +195,7 @@ def pretrain(
                           val_split=val_split, classes_file=str(classes) if classes else None,
                           init=str(init) if init else None, device=device, precision=precision, seed=seed,
                           out=str(out) if out else None, workers=workers, compile=compile, download=download,
-                          sync_bn=sync_bn, limit=limit)
+                          sync_bn=sync_bn, limit=limit, holdout=holdout)
         if _launch(devices, device, "pretrain"):
             return
         dist = _join(device)

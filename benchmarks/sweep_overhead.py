@@ -1,0 +1,87 @@
+"""A sweep trial's wall time / a plain fine-tune of the same recipe (validation excluded). Target ≤ 1.05.
+
+The trial is the sweep's CE-only control (`lbfood sweep --lambda 0`: the study has that one trial) and
+goes through everything a trial does: the Optuna study in SQLite, the lock, reconcile, the queue, the
+heartbeat thread, `prepare_finetune` and `train.fit`. Its validation (feature extraction, scorers,
+pseudo-OOD) is measured separately and subtracted, as run.json records it. The plain fine-tune is
+`prepare_finetune` + `train.fit` of the same config (same --holdout, so the same training images), with
+no closing calibration. The two alternate so that drifting machine load hits both equally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import _common
+import torch
+
+from lbfood.engine import checkpoint, finetune, models, train
+from lbfood.engine.config import FinetuneConfig, TrainConfig
+from lbfood.engine.data import get
+from lbfood.engine.data.backdrops import CLASSES
+from lbfood.engine.runtime import make_runtime
+from lbfood.engine.sweep import study
+from lbfood.engine.sweep.space import SweepConfig
+
+
+def parent_run(root: Path, width: float) -> Path:
+    """A random resnet18 saved as a finished run (timing does not need a trained parent)."""
+    cfg = TrainConfig(data="backdrops", width=width, epochs=1, device="cpu")
+    meta = train.run_meta("pretrain", cfg, get("backdrops"), CLASSES, 32)
+    meta.update(status="done", epochs_done=1)
+    torch.manual_seed(0)
+    run = root / "parent"
+    run.mkdir(parents=True)
+    checkpoint.save_model(run, models.build("resnet18", num_classes=len(CLASSES), width=width))
+    checkpoint.write_meta(run, meta)
+    return run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--limit", type=int, default=1000, help="training images (of which 10 %% held out)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="lbfood-sweep-bench-"))
+    parent = parent_run(root, args.width)
+    recipe = FinetuneConfig(parent=str(parent), epochs=args.epochs, batch_size=64, limit=args.limit, device="cpu",
+                            workers=0, lam=0.0, holdout=0.1)
+    plain_t, trial_t, val_t = [], [], []
+    warm = finetune.prepare_finetune(dataclasses.replace(recipe, out=str(root / "warm-up"), epochs=1), {"epochs"})
+    warm.on_finish = None
+    for _ in train.fit(warm):  # the first fit pays one-off imports (torch's optimizer, compile stack)
+        pass
+    for i in range(args.repeats):
+        t = time.perf_counter()
+        s = finetune.prepare_finetune(dataclasses.replace(recipe, out=str(root / f"plain{i}")),
+                                      {"epochs", "lam", "holdout"})
+        s.on_finish = None
+        for _ in train.fit(s):
+            pass
+        plain_t.append(time.perf_counter() - t)
+        sc = SweepConfig(recipe=recipe, explicit=frozenset({"epochs"}), out=str(root / f"sweep{i}"), lam=("0",),
+                         methods=("react",))
+        t = time.perf_counter()
+        study.work(sc)
+        total = time.perf_counter() - t
+        v = json.loads((Path(sc.out) / "trials/control/run.json").read_text())["validation_seconds"]
+        trial_t.append(total - v)
+        val_t.append(v)
+    rt = make_runtime("cpu", "auto")
+    print(f"machine: {_common.machine(rt)}; resnet18 width {args.width}, {args.limit} backdrops images "
+          f"(10 % held out), {args.epochs} epochs, batch 64, {args.repeats} alternating repeats")
+    print("plain fine-tune s: " + ", ".join(f"{x:.2f}" for x in plain_t))
+    print("sweep trial s (validation excluded): " + ", ".join(f"{x:.2f}" for x in trial_t)
+          + "; validation s: " + ", ".join(f"{x:.2f}" for x in val_t))
+    print(f"sweep_trial ratio: {min(trial_t) / min(plain_t):.3f}  (best of each; target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()
