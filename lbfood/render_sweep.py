@@ -69,6 +69,8 @@ def table(doc: dict[str, Any]) -> None:
                   _pct((r.get("test") or {}).get("id_accuracy")), _pct(fpr),
                   _pct(fpr - c_fpr) if None not in (fpr, c_fpr) else "—", _pct(auc),
                   _pct(auc - c_auc) if None not in (auc, c_auc) else "—", style=style)
-    render.console.print(t)
+    from lbfood.render_eval import _console
+
+    _console().print(t)  # wide when piped, so the table is not squeezed
     if doc["test"].get("note"):
         render.warn(doc["test"]["note"])

@@ -170,9 +170,7 @@ def markdown(doc: dict[str, Any]) -> str:
     c_fpr, c_auc = test_cell(control, method, "fpr95"), test_cell(control, method, "auroc")
     for r in doc["trials"]:
         fpr, auc = test_cell(r, method, "fpr95"), test_cell(r, method, "auroc")
-        mark = " (control)" if r["role"] == "control" else ""
-        mark += " **selected**" if r["number"] == sel["number"] else ""
-        mark += " (pruned)" if r["state"] == "pruned" else ""
+        mark = (" **selected**" if r["number"] == sel["number"] else "") + (" (pruned)" if r["state"] == "pruned" else "")
         p = r["point"]
         t = r.get("test") or {}
         lines.append("| " + " | ".join([
