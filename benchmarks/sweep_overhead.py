@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +51,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="lbfood-sweep-bench-"))
+    os.chdir(root)  # fit points runs/latest at each run: keep that link out of the caller's folder
     parent = parent_run(root, args.width)
     recipe = FinetuneConfig(parent=str(parent), epochs=args.epochs, batch_size=64, limit=args.limit, device="cpu",
                             workers=0, lam=0.0, holdout=0.1)
