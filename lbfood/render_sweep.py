@@ -32,7 +32,9 @@ def progress(quiet: bool = False):
         elif isinstance(ev, TrialEvent) and isinstance(ev.event, Note) and ev.event.level == "warning":
             c.print(f"  [yellow]{escape(ev.event.message)}[/]")
         elif isinstance(ev, TrialDone):
-            if ev.state == "pruned":
+            if ev.state == "duplicate":
+                c.print(f"  trial {ev.number}: TPE proposed {ev.key} again; skipped")
+            elif ev.state == "pruned":
                 c.print(f"  [yellow]pruned[/]: val acc {_pct(ev.val_acc)} % fell below the control's")
             else:
                 c.print(f"  done: val acc {_pct(ev.val_acc)} %, validation objective {_pct(ev.value)} ({ev.method})")

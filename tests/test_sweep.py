@@ -232,3 +232,18 @@ def test_method_auto_records_a_scorer_and_threshold_that_score_uses(tmp_path, mo
         (a["method"], "energy")
     with pytest.raises(ConfigError, match="without --holdout"):
         auto.resolve_score(ScoreConfig(paths=("x",), model=str(parent), method="auto"))
+
+
+def test_search_trains_each_point_once_and_stops_when_the_space_is_exhausted(tmp_path, monkeypatch, make_run,
+                                                                              small_backdrops):
+    from lbfood.engine.sweep import study
+
+    monkeypatch.chdir(tmp_path)
+    sc = _sweep(tmp_path, make_run(tmp_path), mode="search", trials=5, lam=("0.5", "1"), methods=("react",))
+    study.work(sc)
+    trials = _trials(tmp_path / "sw")
+    complete = sorted(k for _, k, s in trials if s == "COMPLETE")
+    assert complete == ["control", "dpreset-muauto-l0.5-current", "dpreset-muauto-l1-current"]
+    assert all(s == "PRUNED" for _, _, s in trials if s != "COMPLETE")  # TPE's repeats: skipped, not trained
+    assert sorted(p.name for p in (tmp_path / "sw/trials").iterdir()) == \
+        ["control", *sorted(f"t{n:03d}-{k}" for n, k, s in trials if s == "COMPLETE" and k != "control")]

@@ -50,7 +50,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         a = t.user_attrs
         key = a.get("key")
-        if key is None or (key in rows and rows[key]["state"] == "complete"):
+        if key is None or a.get("duplicate") or (key in rows and rows[key]["state"] == "complete"):
             continue
         rows[key] = {"number": t.number, "key": key, "role": "control" if key == "control" else "trial",
                      "state": "complete" if t.state == TrialState.COMPLETE else "pruned", "point": a["point"],

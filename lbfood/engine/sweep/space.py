@@ -108,6 +108,11 @@ def key(p: dict[str, str]) -> str:
     return f"d{p['delta']}-mu{p['mu']}-l{p['lam']}-{p['mask_from']}"
 
 
+def grid_points(sc: SweepConfig) -> list[dict[str, str]]:
+    """Every combination of the factors' values."""
+    return [dict(zip(FACTORS, combo, strict=True)) for combo in itertools.product(*(getattr(sc, f) for f in FACTORS))]
+
+
 def planned_points(sc: SweepConfig) -> list[dict[str, str]]:
     """The control first, then the points of `paper` or `grid` (none for `search`); λ = 0 points other
     than the control are dropped (every CE-only fine-tune of one recipe is the control)."""
@@ -115,8 +120,7 @@ def planned_points(sc: SweepConfig) -> list[dict[str, str]]:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {sc.mode!r}")
     points = [control_point(sc)]
     if sc.mode == "grid":
-        points += [dict(zip(FACTORS, combo, strict=True))
-                   for combo in itertools.product(*(getattr(sc, f) for f in FACTORS))]
+        points += grid_points(sc)
     elif sc.mode == "paper":
         base = base_point(sc)
         points.append(base)

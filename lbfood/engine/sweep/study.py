@@ -60,7 +60,7 @@ class TrialEvent:
 class TrialDone:
     number: int
     key: str
-    state: str  # complete | pruned
+    state: str  # complete | pruned | duplicate (a search point proposed again: not trained)
     val_acc: float | None
     value: float | None  # the validation objective of the best scorer
     method: str | None
@@ -167,9 +167,11 @@ def _next_trial(study, sc: SweepConfig):
         reconcile(study, sc)
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
-        searched = sum(1 for t in trials if t.user_attrs.get("key") != "control"
+        searched = sum(1 for t in trials if t.user_attrs.get("key") != "control" and not t.user_attrs.get("duplicate")
                        and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-        if not waiting and not (sc.mode == "search" and searched < sc.trials):
+        size = len([p for p in space.grid_points(sc) if p["lam"] != "0"])  # search: stop when every point was tried
+        more = sc.mode == "search" and searched < min(sc.trials, size)
+        if not waiting and not more:
             return None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # heartbeats with ask/tell: we run the thread ourselves
@@ -192,7 +194,8 @@ def work(sc: SweepConfig, on_event: Callable[[Any], None] = lambda e: None) -> i
                 value = run_trial(study, trial, sc, on_event)
         except TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
-            on_event(TrialDone(trial.number, trial.user_attrs["key"], "pruned", trial.user_attrs.get("val_acc"),
+            state = "duplicate" if trial.user_attrs.get("duplicate") else "pruned"
+            on_event(TrialDone(trial.number, trial.user_attrs["key"], state, trial.user_attrs.get("val_acc"),
                                None, None))
         except BaseException:  # Ctrl-C, a crash: the trial is failed and queued again by the next reconcile
             study.tell(trial, state=TrialState.FAIL)
@@ -217,6 +220,9 @@ def run_trial(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) ->
         point = {f: trial.suggest_categorical(f, list(getattr(sc, f))) for f in FACTORS}
         trial.set_user_attr("point", point)
         trial.set_user_attr("key", space.key(point))
+        if space.key(point) in _tried(study, exclude=trial.number):  # TPE may propose a point again
+            trial.set_user_attr("duplicate", True)
+            raise TrialPruned
     key = space.key(point)
     run_dir = Path(sc.out) / "trials" / (key if sc.mode != "search" or key == "control" else f"t{trial.number:03d}-{key}")
     if run_dir.exists():  # a failed or interrupted earlier attempt at this point
@@ -258,6 +264,15 @@ def run_trial(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) ->
     trial.set_user_attr("train_seconds", round(meta["seconds"] - meta["validation_seconds"], 3))
     trial.set_user_attr("validation_seconds", meta["validation_seconds"])
     return float(auto["objective_value"])
+
+
+def _tried(study, exclude: int = -1) -> set[str]:
+    """Keys of points that have a finished or running trial (duplicates of a search excluded)."""
+    from optuna.trial import TrialState
+
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return {t.user_attrs.get("key") for t in study.get_trials(deepcopy=False, states=live)
+            if t.number != exclude and not t.user_attrs.get("duplicate")}
 
 
 def _control_curve(study) -> dict[int, float]:
