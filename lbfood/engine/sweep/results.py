@@ -199,8 +199,11 @@ def sensitivity_png(doc: dict[str, Any], path: Path) -> Path | None:
     ylabel = f"validation {'AUROC' if doc['objective'] == 'auroc' else 'FPR95'} (%)"
     for ax, f in zip(axes[0], factors, strict=True):
         values = list(dict.fromkeys(r["point"][f] for r in rows))
-        xs = [values.index(r["point"][f]) for r in rows]
-        ax.scatter(xs, [100 * r["value"] for r in rows], s=14, color="tab:blue", label="LFF trials")
+        for ok in (True, False):  # hollow: below the accuracy floor, not eligible for selection
+            sel = [r for r in rows if (r["val_acc"] >= doc["accuracy_floor"] - 1e-12) == ok]
+            ax.scatter([values.index(r["point"][f]) for r in sel], [100 * r["value"] for r in sel], s=16,
+                       color="tab:blue" if ok else "none", edgecolors="tab:blue",
+                       label="LFF trials" if ok else "below the accuracy floor")
         ax.axhline(100 * control["value"], color="k", linestyle="--", linewidth=1, label="control (λ = 0)")
         ax.set_xticks(range(len(values)), values)
         ax.set_xlabel(names[f])
