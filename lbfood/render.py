@@ -55,7 +55,8 @@ def training(events: Iterable[Any], quiet: bool = False) -> Any:
                            speed=f"{ev.images_per_s:,.0f} img/s")
             elif isinstance(ev, EpochEnd):
                 m = ev.metrics
-                line = f"epoch {ev.epoch + 1:>3}  {fmt_metrics(m)}  test acc {m['test_acc']:.2%}  " \
+                acc = "val" if "val_acc" in m else "test"  # a --holdout run evaluates its held-out images
+                line = f"epoch {ev.epoch + 1:>3}  {fmt_metrics(m)}  {acc} acc {m[acc + '_acc']:.2%}  " \
                        f"{m.get('images_per_s', 0):,.0f} img/s"
                 bar.console.print(line)
             elif isinstance(ev, Step):

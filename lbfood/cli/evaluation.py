@@ -34,7 +34,8 @@ def report(
         help="OOD dataset, repeatable (e.g. svhn, folder:PATH); NAME=folder:PATH names it in the tables.",
         show_default="the benchmark's, else the built-in benchmark of the ID set")] = None,
     method: Annotated[list[str] | None, typer.Option(
-        help=f"Scorer, repeatable or comma-separated: {SCORER_NAMES}.", show_default="react")] = None,
+        help=f"Scorer, repeatable or comma-separated: {SCORER_NAMES}, or auto (the run's scorer chosen on "
+             "held-out images; --holdout runs).", show_default="react")] = None,
     compare: Annotated[list[str] | None, typer.Option(
         help="Another run shown side by side (repeatable), e.g. the pretrained parent of a fine-tuned run.")] = None,
     benchmark: Annotated[str | None, typer.Option(
@@ -101,7 +102,8 @@ def report(
 def score(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")],
     model: RunOpt = "runs/latest",
-    method: Annotated[str, typer.Option(help=f"Scorer: {SCORER_NAMES}.")] = "react",
+    method: Annotated[str, typer.Option(help=f"Scorer: {SCORER_NAMES}, or auto (the scorer chosen on held-out "
+                                             "images when the run was trained with --holdout).")] = "react",
     threshold: Annotated[float | None, typer.Option(
         help="γ: score ≥ γ ⇒ ID (paper Eq. 3).",
         show_default="the run's threshold for --method keeping 95 % of its ID test images, computed and "

@@ -54,6 +54,8 @@ def pretrain(
     jitter: Annotated[float, typer.Option(help="Colour-jitter strength (brightness, contrast, saturation); 0 = off.")] = 0.4,
     val_split: Annotated[float, typer.Option(help="imagefolder with no train/test folders: share held out for test.")] = 0.0,
     classes: Annotated[Path | None, typer.Option(help="imagenet100: class list file (one wnid per line).")] = None,
+    holdout: Annotated[float, typer.Option(help="Share of the training split held out, never trained on (the "
+                                                "validation split of `sweep` and --method auto); 0 = none.")] = 0.0,
     init: Annotated[Path | None, typer.Option(help="resnet50_imagenet: start from a local torchvision state dict.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder [default: runs/<time>-<data>-<arch>].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue --out (or the newest run in runs/) from its last epoch.")] = False,
@@ -82,7 +84,7 @@ def pretrain(
                           val_split=val_split, classes_file=str(classes) if classes else None,
                           init=str(init) if init else None, device=device, precision=precision, seed=seed,
                           out=str(out) if out else None, workers=workers, compile=compile, download=download,
-                          sync_bn=sync_bn, limit=limit)
+                          sync_bn=sync_bn, limit=limit, holdout=holdout)
         if launch(devices, device, "pretrain"):
             return
         dist = join(device)
@@ -107,7 +109,8 @@ def _finish(last) -> None:
         raise typer.Exit(130)
     if last is not None:
         m = last.metrics
-        render.console.print(f"[green]done[/] in {last.seconds:.0f} s: test accuracy {m.get('test_acc', 0):.2%} "
+        render.console.print(f"[green]done[/] in {last.seconds:.0f} s: {'val' if 'val_acc' in m else 'test'} accuracy "
+                             f"{m.get('test_acc', m.get('val_acc', 0)):.2%} "
                              f"→ {last.run_dir}")
 
 
@@ -140,6 +143,8 @@ def finetune(
     out: Annotated[Path | None, typer.Option(help="Run folder [default: runs/<time>-<data>-<arch>-lff (or -ce)].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue --out (or the newest run) from its last epoch.")] = False,
     probe_batches: Annotated[int, typer.Option(help="ID training batches measured before the first step.")] = 4,
+    holdout: Annotated[float, typer.Option(help="Share of the training split held out (validation, and the "
+                                                "scorer of --method auto); 0 = none.")] = 0.0,
     sync_bn: SyncBn = False,
     limit: Limit = None,
     devices: Devices = 1,
@@ -164,7 +169,8 @@ def finetune(
         cfg = FinetuneConfig(parent=str(from_run), mask_from=mask_from, mu_quantile=mu_quantile,
                              batch_size=batch_size, out=str(out) if out else None, probe_batches=probe_batches,
                              sync_bn=sync_bn, device=device, precision=precision, seed=seed, workers=workers,
-                             compile=compile, limit=limit, **given)  # None: the preset or the parent fills it
+                             compile=compile, limit=limit, holdout=holdout,
+                             **given)  # None: the preset or the parent fills it
         if launch(devices, device, "finetune"):
             return
         dist = join(device)

@@ -57,6 +57,9 @@ class TrainConfig(_Config):
     label_smoothing: float = 0.0
     jitter: float = 0.4  # colour jitter strength (brightness, contrast, saturation); 0 = off
     val_split: float = 0.0
+    # Share of the training split held out as ID validation (stratified, split seed HOLDOUT_SEED = 0 in
+    # train.py): the run trains on the rest and reads the held-out images instead of its test split.
+    holdout: float = 0.0
     classes_file: str | None = None
     init: str | None = None  # resnet50_imagenet: a torchvision state dict to start from
     device: str = "auto"
@@ -108,6 +111,7 @@ class FinetuneConfig(_Config):
     data: str | None = None
     data_root: str | None = None
     val_split: float | None = None
+    holdout: float = 0.0  # as TrainConfig.holdout
     classes_file: str | None = None
     # filled from the parent by `resolve`
     arch: str | None = None
@@ -207,6 +211,8 @@ def _check_recipe(cfg: TrainConfig | FinetuneConfig) -> None:
     if not (_finite(cfg.width) and cfg.width > 0):
         raise ConfigError(f"--width must be a finite number > 0, got {cfg.width}")
     check_val_split(cfg.val_split)
+    if not (_finite(cfg.holdout) and 0 <= cfg.holdout < 1):
+        raise ConfigError(f"--holdout must be a share in [0, 1), got {cfg.holdout}")
     if not 0 <= cfg.seed < 2**63:
         raise ConfigError(f"--seed must be in [0, 2^63), got {cfg.seed}")
 

@@ -7,12 +7,14 @@ threshold is calibrated; only then does `runs/latest` point at it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from lbfood.engine import runs
+from lbfood.engine.evaluation.auto import calibrate_auto
 from lbfood.engine.evaluation.calibrate import calibrate
 from lbfood.engine.events import Event, Finished, Note, Step
 from lbfood.engine.runtime import Runtime, make_runtime
@@ -37,7 +39,23 @@ def train(session: Session) -> Iterator[Event]:
         rt = make_runtime(str(session.rt.device), session.cfg.precision, training=False)
         yield from finish(finished.run_dir, runs.unwrap(session.model), rt,
                           batch_size=max(session.cfg.batch_size, 256), workers=session.cfg.workers)
+        if session.cfg.holdout:
+            yield from choose_auto(session, rt)
     yield finished
+
+
+def choose_auto(s: Session, rt: Runtime) -> Iterator[Event]:
+    """`--method auto` of a `--holdout` run: every candidate scorer fitted on what it trained on and
+    validated on its held-out ID images against pseudo-OOD made from them; no test image is read."""
+    yield Step("choosing the run's `auto` scorer on its held-out images")
+    t0 = time.time()
+    found = calibrate_auto(runs.unwrap(s.model).eval(), train=s.train_set, held=s.test_set, mean=s.spec.mean,
+                           std=s.spec.std, size=s.meta.input_size, rt=rt, batch_size=max(s.cfg.batch_size, 256),
+                           seed=s.cfg.seed, holdout=s.cfg.holdout)
+    runs.update(s.run_dir, validation_seconds=round(time.time() - t0, 3), **found)
+    a = found["auto"]
+    yield Note(f"--method auto: {a['method']} (validation AUROC {a['objective_value']:.2%} on held-out images "
+               f"against pseudo-OOD), threshold {a['value']:.4g}")
 
 
 def finish(run_dir: Path, model: torch.nn.Module, rt: Runtime, *, batch_size: int = 256,

@@ -57,9 +57,12 @@ class RunMeta:
     parent: str | None = None  # finetune: the run it started from
     probe: dict[str, Any] | None = None  # finetune: the parent's background share and norm quantiles
     mu_auto: bool | None = None  # finetune: μ was measured (`--mu auto`)
+    auto: dict[str, Any] | None = None  # --holdout runs: the scorer `--method auto` uses, and its γ
+    validation: dict[str, Any] | None = None  # --holdout runs: every candidate's held-out validation
+    validation_seconds: float | None = None
     run_dir: Path | None = field(default=None, compare=False)
 
-    _OPTIONAL = ("seconds", "threshold", "parent", "probe", "mu_auto")
+    _OPTIONAL = ("seconds", "threshold", "parent", "probe", "mu_auto", "auto", "validation", "validation_seconds")
 
     def to_dict(self) -> dict[str, Any]:
         d = {"format": SCHEMA, "lbfood": __version__, "torch": torch.__version__}

@@ -20,6 +20,7 @@ from lbfood.engine.distributed import DistInfo
 from lbfood.engine.errors import ConfigError
 from lbfood.engine.evaluation import gates as ci_gates
 from lbfood.engine.evaluation import metrics, scorers
+from lbfood.engine.evaluation.auto import resolve_report
 from lbfood.engine.evaluation.benchmarks import BUILTIN, is_lff_run, load_benchmark, paper_numbers
 from lbfood.engine.evaluation.ood_labels import labels_for, split_labels
 from lbfood.engine.evaluation.store import RunEval, data_root, jsonable
@@ -102,6 +103,7 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
     and only rank 0 writes (feature cache, fitted scorers)."""
     t0 = time.time()
     dist = dist or DistInfo()
+    cfg = resolve_report(cfg)  # --method auto: the first run's validated scorer
     if cfg.fpr_convention not in metrics.CONVENTIONS:
         raise ConfigError(f"unknown --fpr-convention {cfg.fpr_convention!r}; valid: {', '.join(metrics.CONVENTIONS)}")
     if cfg.batch_size < 1:

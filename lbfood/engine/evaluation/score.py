@@ -17,6 +17,7 @@ from lbfood.engine.data.paths import expand_paths
 from lbfood.engine.errors import ConfigError, DataError
 from lbfood.engine.evaluation import features as fx
 from lbfood.engine.evaluation import scorers
+from lbfood.engine.evaluation.auto import resolve_score
 from lbfood.engine.evaluation.calibrate import fitted_scorer_and_threshold
 from lbfood.engine.events import Step
 from lbfood.engine.runtime import make_runtime
@@ -47,6 +48,7 @@ def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = Non
     receives what the user should know (e.g. a read-only run: a fit or threshold not saved)."""
     if not cfg.paths:
         raise ConfigError("no images given; pass files, folders or globs, e.g. `lbfood score photos/`")
+    cfg = resolve_score(cfg)  # --method auto: the run's validated scorer and threshold
     if cfg.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.threshold is not None and not math.isfinite(cfg.threshold):

@@ -22,6 +22,7 @@ from lbfood import __version__
 from lbfood.engine import distributed
 from lbfood.engine.data import DatasetSpec, ImageSet, LoadOptions, default_root
 from lbfood.engine.data import get as get_dataset
+from lbfood.engine.data.holdout import split_holdout
 from lbfood.engine.data.loaders import make_loader
 from lbfood.engine.distributed import DistInfo
 from lbfood.engine.errors import ConfigError, DataError, LbfoodError, RunError, StorageError
@@ -143,6 +144,9 @@ class RunEval:
             images = spec.load(self.opts, split)
             if self.limit is not None:
                 images = images.subset(torch.arange(min(self.limit, len(images))))
+            holdout = float(self.meta.config.get("holdout") or 0.0)
+            if holdout and split == "train" and name == self.meta.data:
+                images = split_holdout(images, holdout)[0]  # fit on the images the run trained on
             if len(images) == 0:
                 raise DataError(f"{name} {split}: no images to evaluate")
             if images.skipped:

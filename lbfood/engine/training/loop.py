@@ -116,7 +116,7 @@ def fit(s: Session) -> Iterator[Event]:
     try:
         for epoch in range(start_epoch, cfg.epochs):
             metrics = yield from _one_epoch(s, model, step_fn, optimizer, scaler, train_loader, epoch, steps)
-            metrics["test_acc"] = evaluate(model, test_loader, rt, dist)
+            metrics["val_acc" if cfg.holdout else "test_acc"] = evaluate(model, test_loader, rt, dist)
             metrics["lr"] = lr_at(cfg, epoch, steps - 1, steps)
             if dist.is_main:
                 runs.save_model(s.run_dir, model)

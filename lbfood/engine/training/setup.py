@@ -16,6 +16,7 @@ from lbfood.engine.config import FinetuneConfig, TrainConfig
 from lbfood.engine.data import ImageSet, LoadOptions, default_root
 from lbfood.engine.data import get as get_dataset
 from lbfood.engine.data.base import DatasetSpec
+from lbfood.engine.data.holdout import split_holdout
 from lbfood.engine.data.loaders import Augment
 from lbfood.engine.distributed import DistInfo, rank_device
 from lbfood.engine.errors import ConfigError, RunError
@@ -65,16 +66,21 @@ def load_options(cfg: TrainConfig | FinetuneConfig, image_size: int) -> LoadOpti
 
 def load_id_data(cfg: TrainConfig | FinetuneConfig,
                  image_size: int) -> tuple[DatasetSpec, ImageSet, ImageSet, list[Note]]:
+    """(spec, train, test, notes); with `cfg.holdout` the third set is the held-out part of the training
+    split (the test split is then never read)."""
     spec = get_dataset(cfg.data)
     if spec.role != "id":
         raise ConfigError(f"{cfg.data} is an OOD set (no class labels); train on an ID dataset such as "
                           "backdrops, cifar10, cifar100, imagenet100 or imagefolder:PATH")
     opts = load_options(cfg, image_size)
-    train, test = spec.load(opts, "train"), spec.load(opts, "test")
+    train = spec.load(opts, "train")
+    test = None if cfg.holdout else spec.load(opts, "test")
     if cfg.limit is not None:
         if cfg.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {cfg.limit}")
-        train, test = (s.subset(torch.arange(min(cfg.limit, len(s)))) for s in (train, test))
+        train, test = (s.subset(torch.arange(min(cfg.limit, len(s)))) if s is not None else s for s in (train, test))
+    if cfg.holdout:
+        train, test = split_holdout(train, cfg.holdout)
     notes = [Note(f"{s.name} {split}: skipped {s.skipped} image(s) that could not be decoded", "warning")
              for s, split in ((train, "train"), (test, "test")) if s.skipped]
     if len(train) == 0:

@@ -1,0 +1,88 @@
+"""Leak-free validation of a trained model: ID accuracy on images held out from its training split, and
+each scorer's OOD detection against a validation OOD set (pseudo-OOD made from the same held-out images,
+or a real OOD set that is not a test set). The objective of `lbfood sweep` and the choice of `--method auto`.
+
+Fitted scorers (ReAct's percentile, KNN's bank, …) are fitted on the images the model trained on, never
+on the held-out ones, so a held-out image is never its own neighbour.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from lbfood.engine.data import ImageSet
+from lbfood.engine.data.loaders import make_loader
+from lbfood.engine.errors import ConfigError
+from lbfood.engine.evaluation import features as fx
+from lbfood.engine.evaluation import metrics, scorers
+from lbfood.engine.runtime import Runtime
+
+# `--method auto` chooses among these: every post-hoc scorer that reads one forward pass (ODIN runs its own
+# gradient pass per image, FeatureNorm its own jigsaw pass over the training split).
+AUTO_CANDIDATES = ("msp", "maxlogit", "energy", "react", "ash", "dice", "knn", "mahalanobis", "vim")
+OBJECTIVES = ("auroc", "fpr95")
+TPR = 0.95  # the threshold keeps this share of held-out ID images (as `calibrate` does on the test split)
+
+
+def validate(model: torch.nn.Module, *, train: ImageSet, held: ImageSet, val_ood: dict[str, ImageSet],
+             methods: tuple[str, ...], mean, std, size: int, rt: Runtime, batch_size: int = 256,
+             workers: int = 0) -> dict[str, Any]:
+    """{"val_acc", "num_held_out", "val_ood": {name: n}, "methods": {m: {"sets": {name: summary},
+    "average": summary, "threshold": γ keeping TPR of held-out ID}}}; summaries as `metrics.summarize`."""
+
+    if not val_ood:
+        raise ConfigError("validation needs at least one OOD set (a pseudo-OOD generator or --val-ood)")
+    protos = [scorers.get(m) for m in methods]
+    blocks = any(p.needs_blocks for p in protos)
+    jigsaw = any(p.name == "featurenorm" for p in protos)
+    model.eval()
+
+    def loader(images: ImageSet):
+        return make_loader(images, batch_size=batch_size, mean=mean, std=std, image_size=size, train=False,
+                           device=rt.device, channels_last=rt.channels_last, workers=workers)
+
+    def extract(images: ImageSet, jig: bool = False) -> fx.Features:
+        return fx.extract(model, loader(images), device=rt.device, precision=rt.precision,
+                          blocks=blocks or jig, jigsaw=jig)
+
+    train_feats = extract(train, jigsaw) if any(p.needs_fit for p in protos) else None
+    id_feats = extract(held)
+    ood_feats = {name: extract(images) for name, images in val_ood.items()}
+    out: dict[str, Any] = {"val_acc": metrics.accuracy(id_feats.logits, id_feats.labels),
+                           "num_held_out": len(held), "val_ood": {k: len(v) for k, v in val_ood.items()},
+                           "methods": {}}
+    for s in protos:
+        if s.needs_fit:
+            s.fit(train_feats, model.head)
+        if s.needs_images:
+            id_scores = s.score_images(model, loader(held), device=rt.device, std=std)
+            ood_scores = {k: s.score_images(model, loader(v), device=rt.device, std=std) for k, v in val_ood.items()}
+        else:
+            id_scores = s.score(id_feats)
+            ood_scores = {k: s.score(f) for k, f in ood_feats.items()}
+        sets = {k: metrics.summarize(id_scores, o) for k, o in ood_scores.items()}
+        average = {k: float(np.mean([v[k] for v in sets.values()])) for k in metrics.SUMMARY_KEYS}
+        out["methods"][s.name] = {"sets": sets, "average": average, "threshold": metrics.keep_threshold(id_scores, TPR)}
+    return out
+
+
+def better(a: float, b: float, objective: str) -> bool:
+    """Is objective value `a` strictly better than `b` (AUROC: higher; FPR95: lower)?"""
+    return a > b if objective == "auroc" else a < b
+
+
+def best_method(result: dict[str, Any], objective: str) -> tuple[str, float]:
+    """The scorer with the best average validation objective (the first listed wins a tie)."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    best: tuple[str, float] | None = None
+    for name, cell in result["methods"].items():
+        v = float(cell["average"][objective])
+        if best is None or better(v, best[1], objective):
+            best = (name, v)
+    if best is None:
+        raise ConfigError("no scorer was validated")
+    return best

@@ -1,0 +1,167 @@
+"""The sweep's configuration and search space: `--delta 0.005,0.01 --mu auto,q0.25,1 --lambda 0.5,1 ...`.
+
+A point of the space is a dict of four strings (kept as text so Optuna stores them as categorical
+choices exactly as typed, normalised):
+
+    delta      δ (Eq. 5): a number in (0, 1), or "preset" (the dataset's fine-tuning preset)
+    mu         μ (Eq. 6): a number >= 0, "auto" (median of the parent's background norms), or "qX" (the X
+               quantile of them, 0 < X < 1)
+    lam        λ (Eq. 7): a number >= 0; λ = 0 is the CE-only control, added by the sweep itself
+    mask_from  current | pretrained
+
+The base point is the first value of each list. `paper` varies one factor at a time around it (as the
+paper's Fig. 6), `grid` takes every combination, `search` lets Optuna's TPE sampler pick `trials` points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+
+from lbfood.engine.config import FinetuneConfig
+from lbfood.engine.errors import ConfigError
+
+MODES = ("paper", "grid", "search")
+FACTORS = ("delta", "mu", "lam", "mask_from")
+FLAGS = {"delta": "--delta", "mu": "--mu", "lam": "--lambda", "mask_from": "--mask-from"}
+# Fields a trial sets itself; the recipe (epochs, lr, batch size, …) comes from `SweepConfig.recipe`.
+TRIAL_FIELDS = ("delta", "mu", "mu_quantile", "lam", "mask_from", "holdout", "out")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """`lbfood sweep`: fine-tune trials over a space of (δ, μ, λ, mask source) plus the CE-only control,
+    choose one on held-out validation data, then evaluate every trial on the test OOD sets."""
+
+    recipe: FinetuneConfig  # parent, epochs, lr, batch size, seed, …: shared by every trial; None = preset
+    out: str = "sweeps/sweep"
+    mode: str = "grid"  # paper | grid | search
+    delta: tuple[str, ...] = ("preset",)
+    mu: tuple[str, ...] = ("auto",)
+    lam: tuple[str, ...] = ("1",)
+    mask_from: tuple[str, ...] = ("current",)
+    trials: int = 8  # search: trials besides the control
+    methods: tuple[str, ...] = ("react",)  # scorers validated per trial; the best counts (part of the search)
+    objective: str = "auroc"  # auroc (higher is better) | fpr95 (lower)
+    max_acc_drop: float = 1.0  # points of ID validation accuracy a trial may lose against the control
+    holdout: float = 0.1  # share of the training split held out (stratified, split seed 0)
+    val_ood: str | None = None  # a real validation OOD set; None: pseudo-OOD from the held-out images
+    pseudo: tuple[str, ...] = ("jigsaw", "uniform", "gaussian", "blur")
+    storage: str | None = None  # an Optuna storage URL; None: sqlite:///<out>/study.db
+    prune: bool = False  # stop a trial whose epoch validation accuracy falls below the control's by more
+    ood: tuple[str, ...] = ()  # test OOD sets, evaluated after the selection (default: the benchmark's)
+    benchmark: str | None = None
+    heartbeat_s: int = 30  # Optuna heartbeat: a trial silent for 4 beats is failed and re-queued
+
+
+def _number(text: str, flag: str, lo: float, hi: float | None = None, lo_open: bool = False) -> str:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: {text!r} is not a number") from None
+    if v < lo or (lo_open and v == lo) or (hi is not None and v >= hi):
+        raise ConfigError(f"{flag}: {text} is out of range")
+    return f"{v:g}"
+
+
+def parse_values(factor: str, text: str) -> tuple[str, ...]:
+    """A comma-separated list for one factor, checked and normalised (e.g. "0.010" -> "0.01")."""
+    flag = FLAGS[factor]
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"{flag} needs at least one value")
+    out = []
+    for t in items:
+        if factor == "delta":
+            out.append("preset" if t == "preset" else _number(t, flag, 0, 1, lo_open=True))
+        elif factor == "mu":
+            if t == "auto":
+                out.append(t)
+            elif t.startswith("q"):
+                out.append("q" + _number(t[1:], flag + " qX", 0, 1, lo_open=True))
+            else:
+                out.append(_number(t, flag, 0))
+        elif factor == "lam":
+            out.append(_number(t, flag, 0))
+        elif t in ("current", "pretrained"):
+            out.append(t)
+        else:
+            raise ConfigError(f"{flag}: {t!r} is not current or pretrained")
+    return tuple(dict.fromkeys(out))
+
+
+def base_point(sc: SweepConfig) -> dict[str, str]:
+    return {f: getattr(sc, f)[0] for f in FACTORS}
+
+
+def control_point(sc: SweepConfig) -> dict[str, str]:
+    """The CE-only control: λ = 0 at the base point (δ, μ and the mask do nothing when λ = 0)."""
+    return {**base_point(sc), "lam": "0"}
+
+
+def key(p: dict[str, str]) -> str:
+    """A point's name (its trial folder): "control" or e.g. "d0.01-muq0.25-l1-current"."""
+    if p["lam"] == "0":
+        return "control"
+    return f"d{p['delta']}-mu{p['mu']}-l{p['lam']}-{p['mask_from']}"
+
+
+def grid_points(sc: SweepConfig) -> list[dict[str, str]]:
+    """Every combination of the factors' values."""
+    return [dict(zip(FACTORS, combo, strict=True)) for combo in itertools.product(*(getattr(sc, f) for f in FACTORS))]
+
+
+def planned_points(sc: SweepConfig) -> list[dict[str, str]]:
+    """The control first, then the points of `paper` or `grid` (none for `search`); λ = 0 points other
+    than the control are dropped (every CE-only fine-tune of one recipe is the control)."""
+    if sc.mode not in MODES:
+        raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {sc.mode!r}")
+    points = [control_point(sc)]
+    if sc.mode == "grid":
+        points += grid_points(sc)
+    elif sc.mode == "paper":
+        base = base_point(sc)
+        points.append(base)
+        for f in FACTORS:
+            points += [{**base, f: v} for v in getattr(sc, f)[1:]]
+    seen, out = set(), []
+    for p in points:
+        if key(p) not in seen:
+            seen.add(key(p))
+            out.append(p)
+    return out
+
+
+def check(sc: SweepConfig) -> None:
+    if sc.mode not in MODES:
+        raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {sc.mode!r}")
+    if sc.mode == "search" and sc.trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {sc.trials}")
+    if sc.objective not in ("auroc", "fpr95"):
+        raise ConfigError(f"--objective must be auroc or fpr95, got {sc.objective!r}")
+    if sc.max_acc_drop < 0:
+        raise ConfigError(f"--max-acc-drop must be >= 0 points, got {sc.max_acc_drop}")
+    if not 0 < sc.holdout < 1:
+        raise ConfigError(f"--holdout must be in (0, 1), got {sc.holdout}")
+    if not sc.methods:
+        raise ConfigError("--method needs at least one scorer")
+    if sc.val_ood is None and not sc.pseudo:
+        raise ConfigError("no validation OOD: pass --val-ood DATASET or keep a --pseudo generator")
+    if sc.val_ood is not None and sc.val_ood in sc.ood:
+        raise ConfigError(f"--val-ood {sc.val_ood} is also a test set (--ood); validate on another set")
+
+
+def trial_config(sc: SweepConfig, point: dict[str, str], out: str) -> FinetuneConfig:
+    """The fine-tune config of one trial (fields left None: the dataset preset, filled by `resolve`)."""
+    fields: dict = {"lam": float(point["lam"]), "mask_from": point["mask_from"], "holdout": sc.holdout, "out": out}
+    if point["delta"] != "preset":
+        fields["delta"] = float(point["delta"])
+    mu = point["mu"]
+    if mu == "auto" or mu.startswith("q"):
+        fields["mu"] = "auto"
+        if mu.startswith("q"):
+            fields["mu_quantile"] = float(mu[1:])
+    else:
+        fields["mu"] = float(mu)
+    return dataclasses.replace(sc.recipe, **fields)

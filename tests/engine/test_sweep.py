@@ -1,0 +1,253 @@
+"""`lbfood sweep` (lbfood/engine/sweep/): the space, the leak-free selection, resumability, shared storage,
+and `--method auto`. Tiny model (width 0.125), 200 backdrops training images, 1-epoch trials."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lbfood.engine.config import FinetuneConfig
+from lbfood.engine.errors import ConfigError, RunError
+from lbfood.engine.sweep import space
+from lbfood.engine.sweep.space import SweepConfig
+
+HERE = Path(__file__).parent
+RECIPE = dict(epochs=1, batch_size=64, device="cpu", workers=0, probe_batches=1)
+
+
+def _sweep(tmp_path, parent, **kw) -> SweepConfig:
+    recipe = FinetuneConfig(parent=str(parent), **RECIPE)
+    kw = {"out": str(tmp_path / "sw"), "lam": ("1",), "methods": ("react", "energy"), **kw}
+    return SweepConfig(recipe=recipe, **kw)
+
+
+# ---- the space ------------------------------------------------------------------------------------
+
+
+def test_values_are_checked_and_normalised():
+    assert space.parse_values("delta", "0.010, preset,0.01") == ("0.01", "preset")
+    assert space.parse_values("mu", "auto,q0.250,2") == ("auto", "q0.25", "2")
+    assert space.parse_values("mask_from", "current,pretrained") == ("current", "pretrained")
+    for factor, text in (("delta", "1"), ("delta", "0"), ("mu", "q1"), ("mu", "-1"), ("lam", "x"), ("mask_from", "frozen")):
+        with pytest.raises(ConfigError):
+            space.parse_values(factor, text)
+
+
+def test_paper_mode_varies_one_factor_at_a_time_and_grid_takes_every_combination():
+    sc = SweepConfig(recipe=FinetuneConfig(), delta=("0.01", "0.02"), mu=("auto", "q0.25"), lam=("1", "2"))
+    paper = [space.key(p) for p in space.planned_points(dataclasses.replace(sc, mode="paper"))]
+    assert paper == ["control", "d0.01-muauto-l1-current", "d0.02-muauto-l1-current", "d0.01-muq0.25-l1-current",
+                     "d0.01-muauto-l2-current"]
+    grid = space.planned_points(dataclasses.replace(sc, mode="grid", lam=("0", "1")))
+    assert [space.key(p) for p in grid] == ["control", "d0.01-muauto-l1-current", "d0.01-muq0.25-l1-current",
+                                            "d0.02-muauto-l1-current", "d0.02-muq0.25-l1-current"]
+    assert grid[0] == {"delta": "0.01", "mu": "auto", "lam": "0", "mask_from": "current"}
+    assert [space.key(p) for p in space.planned_points(dataclasses.replace(sc, mode="search"))] == ["control"]
+
+
+def test_trial_config_sets_the_point_and_leaves_the_rest_to_the_preset():
+    sc = SweepConfig(recipe=FinetuneConfig(epochs=3), holdout=0.2)
+    cfg = space.trial_config(sc, {"delta": "preset", "mu": "q0.25", "lam": "0.5", "mask_from": "pretrained"}, "o")
+    assert (cfg.delta, cfg.mu, cfg.mu_quantile, cfg.lam, cfg.mask_from, cfg.holdout, cfg.out, cfg.epochs) == \
+        (None, "auto", 0.25, 0.5, "pretrained", 0.2, "o", 3)  # δ None: the preset fills it
+    cfg = space.trial_config(sc, {"delta": "0.05", "mu": "2", "lam": "1", "mask_from": "current"}, "o")
+    assert (cfg.delta, cfg.mu, cfg.mu_quantile) == (0.05, 2.0, 0.5)
+
+
+# ---- selection ------------------------------------------------------------------------------------
+
+
+def _row(n, acc, value, state="complete"):
+    return {"number": n, "key": "control" if n == 0 else f"t{n}", "role": "control" if n == 0 else "trial",
+            "state": state, "val_acc": acc, "value": value}
+
+
+def test_selection_is_the_best_validation_objective_within_the_accuracy_floor():
+    from lbfood.engine.sweep.results import select
+
+    rows = [_row(0, 0.80, 0.70), _row(1, 0.78, 0.95), _row(2, 0.795, 0.80), _row(3, 0.81, 0.99, "pruned")]
+    best, floor = select(rows, "auroc", 1.0)
+    assert best["number"] == 2 and floor == pytest.approx(0.79)  # trial 1 is better but 2 points below
+    assert select(rows, "auroc", 3.0)[0]["number"] == 1
+    best, _ = select([_row(0, 0.8, 0.30), _row(1, 0.8, 0.40), _row(2, 0.8, 0.30)], "fpr95", 1.0)
+    assert best["number"] == 0  # lower FPR95 is better; a tie goes to the control
+    with pytest.raises(RunError, match="control"):
+        select([_row(1, 0.8, 0.4)], "auroc", 1.0)
+
+
+# ---- end to end -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def recorded_loads(monkeypatch):
+    """Every dataset split read (name, split), in order, with a marker when the selection is fixed."""
+    from lbfood.engine.registries import DATASETS
+
+    log = []
+    for name in DATASETS.names():
+        spec = DATASETS.load(name)  # imports the data module, which provides its specs
+
+        def load(opts, split, _spec=spec):
+            log.append((_spec.name, split))
+            return _spec.load(opts, split)
+        monkeypatch.setitem(DATASETS._provided, name, dataclasses.replace(spec, load=load))
+    return log
+
+
+def test_sweep_selects_on_validation_before_reading_any_test_image(tmp_path, monkeypatch, make_run, small_backdrops,
+                                                                   recorded_loads):
+    from lbfood.engine.sweep import results, study
+    from lbfood.engine.sweep.results import Selected
+
+    monkeypatch.chdir(tmp_path)
+    parent = make_run(tmp_path)
+    sc = _sweep(tmp_path, parent, lam=("0.5", "1"), ood=("backdrops-noise",))
+
+    def on_event(ev):
+        if isinstance(ev, Selected):
+            recorded_loads.append(("SELECTED", ev.key))
+
+    assert study.work(sc, on_event) == 3
+    doc = results.finalize(sc, on_event)
+    cut = next(i for i, e in enumerate(recorded_loads) if e[0] == "SELECTED")
+    assert set(recorded_loads[:cut]) == {("backdrops", "train")}  # no test split, no OOD set
+    assert {("backdrops", "test"), ("backdrops-noise", "test")} == set(recorded_loads[cut + 1:]) - {("backdrops", "train")}
+
+    rows = doc["trials"]
+    assert [r["key"] for r in rows] == ["control", "dpreset-muauto-l0.5-current", "dpreset-muauto-l1-current"]
+    assert rows[0]["number"] == 0 and rows[0]["point"]["lam"] == "0" and doc["control"] == 0
+    best, floor = results.select(rows, "auroc", 1.0)
+    assert doc["selected"]["number"] == best["number"] and doc["accuracy_floor"] == floor
+    ok = [r for r in rows if r["val_acc"] >= floor - 1e-12]
+    assert best["value"] == max(r["value"] for r in ok)
+    for r in rows:  # each value is the best scorer's average validation AUROC, from the run's own run.json
+        meta = json.loads((Path(sc.out) / r["run"] / "run.json").read_text())
+        assert meta["status"] == "done" and meta["config"]["holdout"] == 0.1 and meta["config"]["lam"] == float(r["point"]["lam"])
+        aucs = {m: c["average"]["auroc"] for m, c in meta["validation"]["methods"].items()}
+        assert r["value"] == max(aucs.values()) and r["method"] == max(aucs, key=aucs.get)
+        assert meta["validation"]["num_held_out"] == 20 and "test_acc" not in meta["metrics"]
+        assert set(r["test"]["metrics"]) == {"react", "energy"}
+    assert os.readlink(Path(sc.out) / "best") == doc["selected"]["run"]
+    assert (Path(sc.out) / "sensitivity.png").stat().st_size > 1000
+    assert "**selected**" in (Path(sc.out) / "sweep.md").read_text()
+    # The same command again runs nothing and selects the same trial; other options are refused.
+    assert study.work(sc) == 0
+    with pytest.raises(ConfigError, match="other options"):
+        study.open_study(dataclasses.replace(sc, max_acc_drop=2.0))
+
+
+def _cli(tmp_path, *args, env=None):
+    return subprocess.run([sys.executable, str(HERE.parent / "sweep_cli.py"), *args], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(HERE.parents[1]), "OMP_NUM_THREADS": "1",
+                                          **(env or {})}, timeout=300)
+
+
+def _args(parent, out, lam):
+    return ["sweep", "--from", str(parent), "--out", str(out), "--lambda", lam, "--epochs", "1", "--batch-size",
+            "64", "--probe-batches", "1", "--device", "cpu", "--workers", "0", "--quiet"]
+
+
+def _trials(out):
+    import optuna
+
+    study = optuna.load_study(study_name="lbfood-sweep", storage=f"sqlite:///{out}/study.db")
+    return [(t.number, t.user_attrs.get("key"), t.state.name) for t in study.get_trials()]
+
+
+def test_a_killed_worker_is_resumed_without_repeating_finished_trials(tmp_path, monkeypatch, make_run,
+                                                                       small_backdrops):
+    from lbfood.engine.sweep import study
+
+    monkeypatch.chdir(tmp_path)
+    parent = make_run(tmp_path)
+    out = tmp_path / "sw"
+    p = _cli(tmp_path, *_args(parent, out, "0.5,1"), env={study.KILL_ENV: "1"})  # dies after trial 1's epoch
+    assert p.returncode == 17, p.stderr
+    assert _trials(out) == [(0, "control", "COMPLETE"), (1, "dpreset-muauto-l0.5-current", "RUNNING"),
+                            (2, "dpreset-muauto-l1-current", "WAITING")]
+    control_mtime = (out / "trials/control/model.safetensors").stat().st_mtime_ns
+    assert study.work(_sweep(tmp_path, parent, lam=("0.5", "1"), methods=("react",))) == 2  # the same command
+    assert _trials(out) == [(0, "control", "COMPLETE"), (1, "dpreset-muauto-l0.5-current", "FAIL"),
+                            (2, "dpreset-muauto-l1-current", "COMPLETE"), (3, "dpreset-muauto-l0.5-current", "COMPLETE")]
+    assert (out / "trials/control/model.safetensors").stat().st_mtime_ns == control_mtime
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path, monkeypatch, make_run, small_backdrops):
+    from sqlalchemy.exc import OperationalError
+
+    from lbfood.engine.sweep import study
+
+    monkeypatch.chdir(tmp_path)
+    parent = make_run(tmp_path)
+    out = tmp_path / "sw"
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(HERE.parent / "sweep_cli.py"), *_args(parent, out, "0.5,1,2"), "--worker"]
+    other = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    def running() -> bool:
+        try:
+            return any(s == "RUNNING" for _, _, s in _trials(out))
+        except (KeyError, OperationalError):  # the database is there (or being made), the study not yet
+            return False
+
+    while not ((out / "study.db").exists() and running()):
+        assert other.poll() is None and time.time() < deadline, other.stderr.read() if other.stderr else ""
+        time.sleep(0.2)
+    mine = study.work(_sweep(tmp_path, parent, lam=("0.5", "1", "2"), methods=("react",)))
+    _, err = other.communicate(timeout=300)
+    assert other.returncode == 0, err
+    trials = _trials(out)
+    assert sorted(k for _, k, _ in trials) == ["control", "dpreset-muauto-l0.5-current", "dpreset-muauto-l1-current",
+                                               "dpreset-muauto-l2-current"]
+    assert {s for _, _, s in trials} == {"COMPLETE"} and mine <= 3  # the other worker held one
+
+
+def test_method_auto_records_a_scorer_and_threshold_that_score_uses(tmp_path, monkeypatch, make_run, small_backdrops):
+    import numpy as np
+    from PIL import Image
+
+    from lbfood.engine import pipeline
+    from lbfood.engine.config import ReportConfig, ScoreConfig
+    from lbfood.engine.evaluation import auto
+    from lbfood.engine.evaluation import score as evaluate
+    from lbfood.engine.evaluation.validation import AUTO_CANDIDATES
+    from lbfood.engine.training.finetune import prepare_finetune
+
+    monkeypatch.chdir(tmp_path)
+    parent = make_run(tmp_path)
+    cfg = FinetuneConfig(parent=str(parent), out=str(tmp_path / "ft"), holdout=0.1, **RECIPE)
+    for _ in pipeline.train(prepare_finetune(cfg)):
+        pass
+    meta = json.loads((tmp_path / "ft/run.json").read_text())
+    a = meta["auto"]
+    assert a["method"] in AUTO_CANDIDATES and a["split"] == "holdout" and a["holdout"] == 0.1
+    assert a["objective_value"] == max(c["auroc"] for c in a["candidates"].values())
+    assert a["candidates"][a["method"]]["auroc"] == a["objective_value"]
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "grey.png")
+    rows = evaluate.score_images(ScoreConfig(paths=(str(tmp_path / "grey.png"),), model=str(tmp_path / "ft"),
+                                             method="auto", device="cpu"))
+    assert rows[0].method == a["method"] and rows[0].threshold == a["value"]
+    assert auto.resolve_report(ReportConfig(model=str(tmp_path / "ft"), methods=("auto", "energy"))).methods == \
+        (a["method"], "energy")
+    with pytest.raises(ConfigError, match="without --holdout"):
+        auto.resolve_score(ScoreConfig(paths=("x",), model=str(parent), method="auto"))
+
+
+def test_search_trains_each_point_once_and_stops_when_the_space_is_exhausted(tmp_path, monkeypatch, make_run,
+                                                                              small_backdrops):
+    from lbfood.engine.sweep import study
+
+    monkeypatch.chdir(tmp_path)
+    sc = _sweep(tmp_path, make_run(tmp_path), mode="search", trials=5, lam=("0.5", "1"), methods=("react",))
+    study.work(sc)
+    trials = _trials(tmp_path / "sw")
+    complete = sorted(k for _, k, s in trials if s == "COMPLETE")
+    assert complete == ["control", "dpreset-muauto-l0.5-current", "dpreset-muauto-l1-current"]
+    assert all(s == "PRUNED" for _, _, s in trials if s != "COMPLETE")  # TPE's repeats: skipped, not trained
+    assert sorted(p.name for p in (tmp_path / "sw/trials").iterdir()) == \
+        ["control", *sorted(f"t{n:03d}-{k}" for n, k, s in trials if s == "COMPLETE" and k != "control")]
