@@ -90,9 +90,11 @@ def pretrain(
             return
         dist = join(device)
         if resume:
-            ignored_on_resume(ctx, keep={"epochs", "device", "precision", "workers", "out"})
+            cfg = _run_arch(ctx, cfg)
         with distributed.lost_peer(dist):
             session = prepare_pretrain(cfg, resume=resume, dist=dist)
+            if resume:  # once the run is known to resume: an error is then the only line
+                ignored_on_resume(ctx, keep={"epochs", "device", "precision", "workers", "out", "arch", "width"})
             _finish(render.training(pipeline.train(session), quiet=quiet))
         distributed.destroy()
 
@@ -103,17 +105,24 @@ RUN_FLAGS = {"resume", "quiet", "devices"}  # how a command runs, not what it tr
 def ignored_on_resume(ctx: typer.Context, keep: set[str]) -> None:
     """`--resume` continues a run with the settings it recorded: warn (one line) about every flag the user
     typed that it therefore ignores."""
-    from click.core import ParameterSource
-
     from lbfood import render
 
-    given = [p for p in ctx.command.params
-             if ctx.get_parameter_source(p.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-             and p.name not in keep | RUN_FLAGS]
+    typed = ("COMMANDLINE", "ENVIRONMENT")  # ParameterSource names (not DEFAULT): what the user gave
+    given = [p for p in ctx.command.params if p.name not in keep | RUN_FLAGS
+             and getattr(ctx.get_parameter_source(p.name), "name", None) in typed]
     if given and rank() == 0:
         flags = ", ".join(max(p.opts, key=len) for p in given)
         render.warn(f"--resume continues the run with the settings in its run.json; ignored: {flags} "
                     "(only --epochs, --device, --precision and --workers change on resume)")
+
+
+def _run_arch(ctx: typer.Context, cfg):
+    """On --resume, --arch/--width default to the run's own (when given, they must match it)."""
+    from lbfood.engine import runs
+
+    old = runs.read(runs.resume_target(cfg.out))
+    typed = {p for p in ("arch", "width") if getattr(ctx.get_parameter_source(p), "name", None) == "COMMANDLINE"}
+    return cfg.replace(**{k: getattr(old, k) for k in ("arch", "width") if k not in typed})
 
 
 def _finish(last) -> None:
@@ -190,10 +199,10 @@ def finetune(
         if launch(devices, device, "finetune"):
             return
         dist = join(device)
-        if resume:
-            ignored_on_resume(ctx, keep={"epochs", "device", "precision", "workers", "out"})
         with distributed.lost_peer(dist):
             session = ft.prepare_finetune(cfg, resume=resume, dist=dist)
+            if resume:
+                ignored_on_resume(ctx, keep={"epochs", "device", "precision", "workers", "out"})
             _finish(render.training(pipeline.train(session), quiet=quiet))
         distributed.destroy()
 

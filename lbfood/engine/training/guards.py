@@ -37,4 +37,4 @@ def at_chance(test_acc: float, classes: int, cfg: TrainConfig, epochs_done: int,
         return None
     return (f"test accuracy is {test_acc:.1%} after {epochs_done} epochs, still at chance ({1 / classes:.1%} for "
             f"{classes} classes): the model is not learning; the learning rate (--lr {cfg.lr:g}) is likely too "
-            f"high for this data: {_fixes(cfg, input_size)}")
+            f"high for this data or model: {_fixes(cfg, input_size)}")
