@@ -791,6 +791,7 @@ def test_damaged_run_json_is_one_line(run, tmp_path, change, needle):
 
 
 def test_resume_names_the_flags_it_ignores(reference, tmp_path):
+    assert json.loads((reference / "run.json").read_text())["config"]["warmup_epochs"] == 0  # resolved, recorded
     r = invoke("pretrain", "--resume", "--out", reference, "--epochs", "2", "--lr", "0.5", "--batch-size", "64",
                "--seed", "99", "--device", "cpu", "-q")
     clean(r)
