@@ -801,3 +801,25 @@ def test_resume_names_the_flags_it_ignores(reference, tmp_path):
     assert r.exit_code == 2 and lines[1].startswith("error: ") and "already finished 2 epoch(s)" in lines[1]
     r = invoke("pretrain", "--resume", "--out", reference, "--epochs", "2", "--device", "cpu", "-q")
     assert "warning" not in r.output
+
+
+def test_finetune_killed_in_calibration_is_finished_by_resume(reference, tmp_path, kill_at):
+    """Cases 4 and 11 for `finetune`: killed after its last epoch, `--resume` calibrates it (no training),
+    names the flag it ignores, and the run equals the uninterrupted one."""
+    ft = ("--from", reference, "--epochs", "2", "--batch-size", "16", "--limit", "32", "--mu", "1", "--device", "cpu",
+          "-q")
+    r = invoke("finetune", *ft, "--out", "runs/fref")
+    clean(r)
+    assert r.exit_code == 0, r.output
+    kill_at("calibrated")
+    with pytest.raises(Killed):
+        invoke("finetune", *ft, "--out", "runs/fk")
+    kill_at(None)
+    assert json.loads((tmp_path / "runs" / "fk" / "run.json").read_text())["status"] == "trained"
+    r = invoke("finetune", "--resume", "--out", "runs/fk", "--lr", "0.5", "--device", "cpu", "-q")
+    clean(r)
+    assert r.exit_code == 0, r.output
+    assert squeezed("ignored: --lr (only --epochs") in squeezed(r.output)
+    assert squeezed("calibrating it now") in squeezed(r.output) and "epoch   1" not in r.output
+    assert_same_run(tmp_path / "runs" / "fk", tmp_path / "runs" / "fref")
+    assert os.readlink(tmp_path / "runs" / "latest") == "fk"
