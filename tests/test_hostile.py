@@ -823,3 +823,15 @@ def test_finetune_killed_in_calibration_is_finished_by_resume(reference, tmp_pat
     assert squeezed("calibrating it now") in squeezed(r.output) and "epoch   1" not in r.output
     assert_same_run(tmp_path / "runs" / "fk", tmp_path / "runs" / "fref")
     assert os.readlink(tmp_path / "runs" / "latest") == "fk"
+
+
+def test_starting_over_never_removes_what_is_not_an_abandoned_run(tmp_path, small_backdrops, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, text in (("run.json", '{"name": "my own run.json"}'), ("metrics.jsonl", "{}\n"),
+                       (".notes.tmp", "mine")):
+        (tmp_path / name.replace(".", "_")).mkdir()
+        (tmp_path / name.replace(".", "_") / name).write_text(text)
+        before = tree(tmp_path)
+        one_error_line(invoke("pretrain", *TINY, "--limit", "8", "--out", name.replace(".", "_")),
+                       "already exists and is not empty; pick a new folder")
+        assert tree(tmp_path) == before

@@ -169,17 +169,28 @@ def no_epoch_message(run_dir: Path) -> str:
             f"run the same command without --resume, with --out {run_dir} (its files are replaced)")
 
 
-_START_FILES = {"run.json", "metrics.jsonl", ".lock"}  # all a run killed in its first epoch can hold
+_START_FILES = ("run.json", "metrics.jsonl", ".lock")  # all a run killed in its first epoch can hold
+_TEMP_OF = ("run.json", "metrics.jsonl", STATE_FILE, "model.safetensors")  # ... and its writes' temp files
 
 
 def startable(p: Path) -> bool:
-    """`p` is missing, empty, or holds only a run that never finished an epoch (safe to start over in)."""
+    """`p` is missing, empty, or holds only an lbfood run that never finished an epoch (safe to start over
+    in): nothing else is ever removed."""
     if not p.exists():
         return True
     if not p.is_dir() or p.is_symlink():
         return False
-    return all(e.is_file() and not e.is_symlink() and (e.name in _START_FILES or
-               (e.name.startswith(".") and e.name.endswith(".tmp"))) for e in p.iterdir())
+    for e in p.iterdir():
+        temp = e.name.endswith(".tmp") and any(e.name.startswith(f".{n}.") for n in _TEMP_OF)
+        if not (e.is_file() and not e.is_symlink() and (e.name in _START_FILES or temp)):
+            return False
+    if (p / "run.json").exists():
+        try:
+            meta = read(p)
+        except RunError:
+            return False  # not lbfood's (or damaged): leave it to the user
+        return meta.epochs_done == 0 and meta.status != "done"
+    return not (p / "metrics.jsonl").exists()
 
 
 def start_over(p: Path) -> None:
