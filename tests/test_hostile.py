@@ -835,3 +835,22 @@ def test_starting_over_never_removes_what_is_not_an_abandoned_run(tmp_path, smal
         one_error_line(invoke("pretrain", *TINY, "--limit", "8", "--out", name.replace(".", "_")),
                        "already exists and is not empty; pick a new folder")
         assert tree(tmp_path) == before
+
+
+def test_ctrl_c_during_calibration_says_resume_and_resume_finishes(reference, tmp_path, kill_at, monkeypatch):
+    from lbfood.engine import killpoints
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    kill_at("calibrated")
+    monkeypatch.setattr(killpoints, "die", ctrl_c)
+    r = invoke("pretrain", *KILL_RUN, "--out", "runs/c")
+    clean(r)
+    assert r.exit_code == 130 and squeezed("interrupted after 2 epoch(s); continue with --resume --out runs/c") \
+        in squeezed(r.output), r.output
+    assert json.loads((tmp_path / "runs" / "c" / "run.json").read_text())["status"] == "trained"
+    kill_at(None)
+    r = invoke("pretrain", "--resume", "--out", "runs/c", "--epochs", "2", "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    assert_same_run(tmp_path / "runs" / "c", reference)

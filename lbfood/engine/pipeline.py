@@ -16,7 +16,7 @@ import torch
 from lbfood.engine import checkpoint, runs
 from lbfood.engine.errors import RunError
 from lbfood.engine.evaluation.calibrate import calibrate
-from lbfood.engine.events import Event, Finished, Note, Step
+from lbfood.engine.events import Event, Finished, Interrupted, Note, Step
 from lbfood.engine.killpoints import kill_point
 from lbfood.engine.runtime import Runtime
 from lbfood.engine.training.loop import fit
@@ -56,9 +56,8 @@ def _train(session: Session) -> Iterator[Event]:
         yield ev
     if finished is None:  # interrupted: fit has said so
         return
-    if session.dist.is_main:
-        yield from finish(finished.run_dir, runs.unwrap(session.model), session.rt,
-                          batch_size=max(session.cfg.batch_size, 256), workers=session.cfg.workers)
+    if session.dist.is_main and not (yield from _calibrated(session, runs.unwrap(session.model))):
+        return
     yield finished
 
 
@@ -68,9 +67,19 @@ def _calibrate_only(session: Session, meta: runs.RunMeta) -> Iterator[Event]:
     checkpoint.load(run_dir, session.model)
     model = session.rt.prepare(session.model)
     runs.update(run_dir, status="trained")
-    yield from finish(run_dir, model, session.rt, batch_size=max(session.cfg.batch_size, 256),
-                      workers=session.cfg.workers)
-    yield Finished(run_dir, meta.metrics, meta.seconds or 0.0)
+    if (yield from _calibrated(session, model)):
+        yield Finished(run_dir, meta.metrics, meta.seconds or 0.0)
+
+
+def _calibrated(session: Session, model: torch.nn.Module) -> Iterator[Event]:
+    """`finish`; returns False (after an Interrupted event saying how to finish it) on Ctrl-C."""
+    try:
+        yield from finish(session.run_dir, model, session.rt, batch_size=max(session.cfg.batch_size, 256),
+                          workers=session.cfg.workers)
+    except KeyboardInterrupt:  # the run stays "trained": --resume calibrates it
+        yield Interrupted(session.run_dir, runs.read(session.run_dir).epochs_done)
+        return False
+    return True
 
 
 def finish(run_dir: Path, model: torch.nn.Module, rt: Runtime, *, batch_size: int = 256,
