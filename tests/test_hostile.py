@@ -58,6 +58,22 @@ def one_error_line(r, *needles: str) -> str:
     return lines[0]
 
 
+def last_error_line(r, *needles: str) -> str:
+    """A training command that stopped: its progress lines, then one error line (and nothing after it)."""
+    clean(r)
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert [ln.startswith("error:") for ln in lines].count(True) == 1 and lines[-1].startswith("error:"), r.output
+    for n in needles:
+        assert n in lines[-1], lines[-1]
+    return lines[-1]
+
+
+def squeezed(text: str) -> str:
+    """`text` without any whitespace: Rich wraps long lines (and paths) at the terminal width."""
+    return "".join(text.split())
+
+
 def tree(root: Path) -> dict[str, tuple]:
     """Every entry under `root` (links not followed): kind and mode, and the size, mtime and bytes of files
     (a folder's own mtime is left out: it only says that an entry came and went)."""
@@ -486,3 +502,355 @@ def test_max_pixels_from_the_environment(run, tmp_path, monkeypatch):
     one_error_line(r, "LBFOOD_MAX_PIXELS must be a positive whole number of pixels, got 'lots'")
     with pytest.raises(ConfigError):
         decode(tmp_path / "img_000.png")
+
+
+# ---- 16.3-5. kill at any moment: every state a crash leaves resumes to the uninterrupted run --------
+
+KILL_RUN = ("--arch", "resnet18", "--width", "0.125", "--epochs", "2", "--batch-size", "16", "--limit", "32",
+            "--seed", "3", "--device", "cpu", "-q")
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL in-process: not an Exception, so nothing in lbfood handles it."""
+
+
+@pytest.fixture
+def kill_at(monkeypatch):
+    """kill_at("state@2"): the next command dies at that write step (lbfood.engine.killpoints)."""
+    from lbfood.engine import killpoints
+
+    def die():
+        raise Killed
+
+    monkeypatch.setattr(killpoints, "die", die)
+
+    def arm(point: str | None) -> None:
+        monkeypatch.setattr(killpoints, "_reached", {})
+        if point is None:
+            monkeypatch.delenv(killpoints.ENV, raising=False)
+        else:
+            monkeypatch.setenv(killpoints.ENV, point)
+
+    yield arm
+
+
+def tensors(run_dir: Path) -> dict:
+    from lbfood.engine.io import load_tensors
+
+    return {"model": load_tensors(run_dir / "model.safetensors"),
+            "state": {k: v for k, v in load_tensors(run_dir / "train_state.safetensors").items()}}
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Bit for bit: weights, optimizer buffers and RNG; epochs, metrics lines, threshold and status."""
+    import torch
+
+    ta, tb = tensors(a), tensors(b)
+    for part in ("model", "state"):
+        assert ta[part].keys() == tb[part].keys()
+        for k in ta[part]:
+            assert torch.equal(ta[part][k], tb[part][k]), (part, k)
+    ma, mb = (json.loads((p / "run.json").read_text()) for p in (a, b))
+    assert (ma["status"], ma["epochs_done"], ma["threshold"]["value"]) == \
+           (mb["status"], mb["epochs_done"], mb["threshold"]["value"]) == ("done", 2, mb["threshold"]["value"])
+    la, lb = ([json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()] for p in (a, b))
+    assert [r["epoch"] for r in la] == [r["epoch"] for r in lb] == [1, 2]
+    assert [r["test_acc"] for r in la] == [r["test_acc"] for r in lb]
+
+
+@pytest.fixture
+def reference(tmp_path, small_backdrops, monkeypatch, kill_at):
+    monkeypatch.chdir(tmp_path)
+    kill_at(None)
+    r = invoke("pretrain", *KILL_RUN, "--out", "runs/ref")
+    clean(r)
+    assert r.exit_code == 0, r.output
+    return tmp_path / "runs" / "ref"
+
+
+# Every write step of a 2-epoch run: inside the first step of each epoch, after the train state (the
+# commit), after model.safetensors, after the metrics line, after run.json, after "trained", after the
+# threshold is computed, after runs/latest. (Inside epoch 1, before any commit: the subprocess test below.)
+POINTS = ["state@1", "model@1", "metrics@1", "meta@1", "step@2", "state@2", "model@2", "metrics@2", "meta@2",
+          "trained", "calibrated", "latest"]
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_killed_run_resumes_bit_for_bit(reference, tmp_path, kill_at, point):
+    kill_at(point)
+    with pytest.raises(Killed):
+        invoke("pretrain", *KILL_RUN, "--out", "runs/k")
+    run = tmp_path / "runs" / "k"
+    assert json.loads((run / "run.json").read_text())["status"] != "done"
+    if point != "latest":
+        assert os.readlink(tmp_path / "runs" / "latest") == "ref"
+    kill_at(None)
+    r = invoke("pretrain", "--resume", "--out", run, "--epochs", "2", "--device", "cpu", "-q")
+    clean(r)
+    assert r.exit_code == 0, r.output
+    if point in ("trained", "calibrated", "latest", "meta@2", "metrics@2", "model@2", "state@2"):
+        assert squeezed("has trained all 2 epochs but was not calibrated; calibrating it now") in squeezed(r.output)
+    assert_same_run(run, reference)
+    assert os.readlink(tmp_path / "runs" / "latest") == "k"
+    assert not temp_files(run)
+
+
+def test_killed_in_the_first_epoch_advice_leads_to_a_finished_run(reference, tmp_path):
+    """A real hard exit (os._exit, as SIGKILL, in a child process) in the first step: run.json but no epoch.
+    `--resume` says to start afresh, and starting afresh into the same folder works (no circle): the same
+    run as uninterrupted."""
+    import subprocess
+    import sys
+
+    from lbfood.engine import killpoints
+
+    boot = ("import sys; from lbfood.engine.data import backdrops; "
+            "backdrops.SPLITS.update(train=200, test=100, scenes=100, novel=100, noise=100); "
+            "from lbfood.cli import app; sys.argv[0] = 'lbfood'; app()")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def lbfood(*args, kill=None):
+        e = {**env, killpoints.ENV: kill} if kill else env
+        return subprocess.run([sys.executable, "-c", boot, *map(str, args)], env=e, capture_output=True,
+                              text=True, cwd=tmp_path, timeout=120)
+
+    p = lbfood("pretrain", *KILL_RUN, "--out", "runs/k", kill="step@1")
+    assert p.returncode == 137
+    run = tmp_path / "runs" / "k"
+    assert sorted(e.name for e in run.iterdir()) == [".lock", "run.json"]
+    # the folder is now as SIGKILL left it; following the advice needs no separate process
+    r = invoke("pretrain", "--resume", "--out", "runs/k", "--epochs", "2", "--device", "cpu", "-q")
+    one_error_line(r, "error: runs/k holds no finished epoch (it stopped during its first), so there is nothing "
+                      "to resume: run the same command without --resume, with --out runs/k (its files are replaced)")
+    r = invoke("pretrain", *KILL_RUN, "--out", "runs/k")
+    clean(r)
+    assert r.exit_code == 0, r.output
+    assert_same_run(run, reference)
+
+
+def test_a_folder_with_finished_epochs_is_not_started_over(reference, tmp_path):
+    before = tree(reference)
+    one_error_line(invoke("pretrain", *KILL_RUN, "--out", reference),
+                   f"--out {reference} holds a run with finished epochs; continue it with --resume")
+    assert tree(reference) == before
+
+
+def test_resume_checks_weights_and_state_agree(reference, tmp_path):
+    """model.safetensors one epoch behind its train state (killed between the two writes): resume rebuilds
+    the weights from the train state, so no epoch is trained twice."""
+    from lbfood.engine import checkpoint, runs
+    from lbfood.engine.io import load_tensors, save_tensors
+
+    state = load_tensors(reference / "train_state.safetensors")
+    stale = {k: v * 0 for k, v in load_tensors(reference / "model.safetensors").items()}
+    save_tensors(reference / "model.safetensors", stale, metadata={"epoch": "1"})
+    runs.update(reference, epochs_done=1)
+    assert checkpoint.recover(reference) == 2
+    fixed = load_tensors(reference / "model.safetensors")
+    assert all(fixed[k].equal(state["model." + k]) for k in fixed)
+    assert runs.read(reference).epochs_done == 2
+
+
+# ---- 16.6. two writers on one run folder ----------------------------------------------------------
+
+
+def test_second_writer_fails_at_once(reference, tmp_path):
+    from lbfood.engine import checkpoint
+
+    with checkpoint.lock(tmp_path / "runs" / "busy"):  # a first `pretrain --out runs/busy` still training
+        before = tree(tmp_path / "runs")
+        one_error_line(invoke("pretrain", *KILL_RUN, "--out", "runs/busy"),
+                       "runs/busy is being written by another lbfood command; wait for it to finish")
+        assert tree(tmp_path / "runs") == before
+    with checkpoint.lock(reference):
+        before = tree(reference)
+        one_error_line(invoke("pretrain", "--resume", "--out", reference, "--epochs", "3", "--device", "cpu"),
+                       "is being written by another lbfood command")
+        assert tree(reference) == before
+
+
+# ---- 16.7. evaluating an unfinished run -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["running", "interrupted", "trained"])
+def test_score_and_report_say_the_run_is_unfinished(run, tmp_path, status):
+    from lbfood.engine import runs
+
+    runs.update(run, status=status, config={**runs.read(run).config, "epochs": 4})
+    img = tmp_path / "a.png"
+    fd.write_png(img, fd.pattern(0, 32, 32))
+    note = (f"run {run} is unfinished (status {status}, 1 of 4 epochs): these numbers are its epoch-1 weights; "
+            f"finish it with `lbfood pretrain --resume --out {run}`")
+    r = invoke("score", img, "--model", run, "--device", "cpu", "--json")
+    clean(r)
+    assert r.exit_code == 0 and squeezed(note) in squeezed(r.stderr), r.output
+    assert "threshold" not in runs.read(run).to_dict() and not runs.read(run).thresholds  # γ of moving weights
+    r = invoke("report", "--model", run, "--ood", "backdrops-noise", "--device", "cpu")
+    clean(r)
+    assert r.exit_code == 0 and squeezed(note) in squeezed(r.output), r.output
+
+
+# ---- 16.8 and 14.8. bad numbers, a diverging loss, accuracy at chance ------------------------------
+
+
+@pytest.mark.parametrize("flag,value", [("--lr", "nan"), ("--lr", "inf"), ("--momentum", "nan"),
+                                        ("--gamma", "nan"), ("--weight-decay", "-1"), ("--jitter", "nan"),
+                                        ("--width", "nan"), ("--warmup-epochs", "-1")])
+def test_pretrain_refuses_bad_numbers(tmp_path, small_backdrops, monkeypatch, flag, value):
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in TINY if a not in ("--width", "0.125")] if flag == "--width" else list(TINY)
+    one_error_line(invoke("pretrain", *args, flag, value, "--out", "r"), flag)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--lambda", "inf"), ("--lambda", "nan"), ("--mu", "nan"),
+                                        ("--mu", "inf"), ("--lr", "nan")])
+def test_finetune_refuses_bad_numbers(run, tmp_path, flag, value):
+    one_error_line(invoke("finetune", "--from", run, flag, value, "--device", "cpu", "--limit", "8",
+                          "--out", "f"), flag)
+    assert not (tmp_path / "f").exists()
+
+
+def test_diverging_loss_stops_with_the_fix(tmp_path, small_backdrops, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = invoke("pretrain", *TINY, "--limit", "32", "--lr", "1e6", "--out", "runs/d")
+    line = last_error_line(r, "training diverged: ", "at epoch 1, step ", "the learning rate (--lr 1e+06) is likely too "
+                          "high: try --lr 100000 or a linear warm-up (--warmup-epochs 5) (in a new run)")
+    assert "ce is nan" in line or "ce is inf" in line
+    assert not (tmp_path / "runs" / "d").exists() and not (tmp_path / "runs" / "latest").exists()
+
+
+def test_at_chance_after_three_epochs_stops_or_warns(tmp_path, small_backdrops, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ("--arch", "resnet18", "--width", "0.125", "--epochs", "3", "--batch-size", "16", "--limit", "32",
+            "--lr", "1e-9", "--device", "cpu", "-q")
+    r = invoke("pretrain", *args, "--out", "runs/c")
+    last_error_line(r, "test accuracy is 9.4% after 3 epochs, still at chance (10.0% for 10 classes): the model is "
+                   "not learning", "try --lr 1e-10 or a linear warm-up (--warmup-epochs 5)",
+                   "(--no-stop-at-chance trains on)")
+    meta = json.loads((tmp_path / "runs" / "c" / "run.json").read_text())
+    assert (meta["status"], meta["epochs_done"]) == ("stopped", 3)
+    assert not (tmp_path / "runs" / "latest").exists()
+    r = invoke("pretrain", *args, "--out", "runs/w", "--no-stop-at-chance")
+    clean(r)
+    assert r.exit_code == 0 and "still at chance" in r.output
+    assert json.loads((tmp_path / "runs" / "w" / "run.json").read_text())["status"] == "done"
+
+
+def test_chance_rule_and_default_warmup():
+    from lbfood.engine.config import TrainConfig
+    from lbfood.engine.training import guards
+
+    assert [guards.chance_epoch(n) for n in (1, 3, 10, 15, 16, 100)] == [3, 3, 3, 3, 4, 20]
+    cfg = TrainConfig(epochs=10, lr=0.1)
+    assert guards.at_chance(0.14, 10, cfg, 3, 32) is not None  # 1.5 / 10 = 0.15
+    assert guards.at_chance(0.15, 10, cfg, 3, 32) is None
+    assert guards.at_chance(0.10, 10, cfg, 2, 32) is None and guards.at_chance(0.10, 10, cfg, 4, 32) is None
+    assert "--init" in guards.at_chance(0.1, 10, cfg, 3, 224) and "--init" not in guards.at_chance(0.1, 10, cfg, 3, 32)
+    assert TrainConfig(epochs=20).resolve(224).warmup_epochs == 5
+    assert TrainConfig(epochs=3).resolve(224).warmup_epochs == 2
+    assert TrainConfig(epochs=20).resolve(32).warmup_epochs == 0
+    assert TrainConfig(epochs=20, warmup_epochs=0).resolve(224).warmup_epochs == 0
+
+
+def test_one_class_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for split in ("train", "test"):
+        fd.write_image_folder(tmp_path / "one" / split, ["cat"], n_per_class=4)
+    one_error_line(invoke("pretrain", "--data", f"imagefolder:{tmp_path / 'one'}", *TINY, "--out", "r"),
+                   "has 1 class (cat); a classifier needs at least 2 classes")
+
+
+# ---- 16.9 (run.json). a damaged run description: one line in report, score and finetune ------------
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"classes": 7}, "classes must be a non-empty list of class names, got 7"),
+    ({"width": "abc"}, "width must be a finite number > 0, got 'abc'"),
+    ({"width": float("nan")}, "width must be a finite number > 0, got nan"),
+    ({"input_size": None}, "lacks input_size"), ({"mean": None}, "lacks mean"), ({"std": None}, "lacks std"),
+    ({"data": None}, "lacks data")])
+def test_damaged_run_json_is_one_line(run, tmp_path, change, needle):
+    meta = json.loads((run / "run.json").read_text())
+    for k, v in change.items():
+        if v is None:
+            del meta[k]
+        else:
+            meta[k] = v
+    (run / "run.json").write_text(json.dumps(meta))  # json writes NaN for nan, as an editor might
+    img = tmp_path / "a.png"
+    fd.write_png(img, fd.pattern(0, 32, 32))
+    before = tree(tmp_path)
+    for args in (("report", "--model", run), ("score", img, "--model", run),
+                 ("finetune", "--from", run, "--out", tmp_path / "f")):
+        one_error_line(invoke(*args, "--device", "cpu"), f"{run / 'run.json'}", needle, "re-run the training")
+    assert tree(tmp_path) == before
+
+
+# ---- 16.11. flags that --resume ignores ------------------------------------------------------------
+
+
+def test_resume_names_the_flags_it_ignores(reference, tmp_path):
+    assert json.loads((reference / "run.json").read_text())["config"]["warmup_epochs"] == 0  # resolved, recorded
+    r = invoke("pretrain", "--resume", "--out", reference, "--epochs", "2", "--lr", "0.5", "--batch-size", "64",
+               "--seed", "99", "--device", "cpu", "-q")
+    clean(r)
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert lines[0] == ("warning: --resume continues the run with the settings in its run.json; ignored: --batch-size, "
+                        "--lr, --seed (only --epochs, --device, --precision and --workers change on resume)")
+    assert r.exit_code == 2 and lines[1].startswith("error: ") and "already finished 2 epoch(s)" in lines[1]
+    r = invoke("pretrain", "--resume", "--out", reference, "--epochs", "2", "--device", "cpu", "-q")
+    assert "warning" not in r.output
+
+
+def test_finetune_killed_in_calibration_is_finished_by_resume(reference, tmp_path, kill_at):
+    """Cases 4 and 11 for `finetune`: killed after its last epoch, `--resume` calibrates it (no training),
+    names the flag it ignores, and the run equals the uninterrupted one."""
+    ft = ("--from", reference, "--epochs", "2", "--batch-size", "16", "--limit", "32", "--mu", "1", "--device", "cpu",
+          "-q")
+    r = invoke("finetune", *ft, "--out", "runs/fref")
+    clean(r)
+    assert r.exit_code == 0, r.output
+    kill_at("calibrated")
+    with pytest.raises(Killed):
+        invoke("finetune", *ft, "--out", "runs/fk")
+    kill_at(None)
+    assert json.loads((tmp_path / "runs" / "fk" / "run.json").read_text())["status"] == "trained"
+    r = invoke("finetune", "--resume", "--out", "runs/fk", "--lr", "0.5", "--device", "cpu", "-q")
+    clean(r)
+    assert r.exit_code == 0, r.output
+    assert squeezed("ignored: --lr (only --epochs") in squeezed(r.output)
+    assert squeezed("calibrating it now") in squeezed(r.output) and "epoch   1" not in r.output
+    assert_same_run(tmp_path / "runs" / "fk", tmp_path / "runs" / "fref")
+    assert os.readlink(tmp_path / "runs" / "latest") == "fk"
+
+
+def test_starting_over_never_removes_what_is_not_an_abandoned_run(tmp_path, small_backdrops, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, text in (("run.json", '{"name": "my own run.json"}'), ("metrics.jsonl", "{}\n"),
+                       (".notes.tmp", "mine")):
+        (tmp_path / name.replace(".", "_")).mkdir()
+        (tmp_path / name.replace(".", "_") / name).write_text(text)
+        before = tree(tmp_path)
+        one_error_line(invoke("pretrain", *TINY, "--limit", "8", "--out", name.replace(".", "_")),
+                       "already exists and is not empty; pick a new folder")
+        assert tree(tmp_path) == before
+
+
+def test_ctrl_c_during_calibration_says_resume_and_resume_finishes(reference, tmp_path, kill_at, monkeypatch):
+    from lbfood.engine import killpoints
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    kill_at("calibrated")
+    monkeypatch.setattr(killpoints, "die", ctrl_c)
+    r = invoke("pretrain", *KILL_RUN, "--out", "runs/c")
+    clean(r)
+    assert r.exit_code == 130 and squeezed("interrupted after 2 epoch(s); continue with --resume --out runs/c") \
+        in squeezed(r.output), r.output
+    assert json.loads((tmp_path / "runs" / "c" / "run.json").read_text())["status"] == "trained"
+    kill_at(None)
+    r = invoke("pretrain", "--resume", "--out", "runs/c", "--epochs", "2", "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    assert_same_run(tmp_path / "runs" / "c", reference)

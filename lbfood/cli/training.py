@@ -34,6 +34,7 @@ from lbfood.cli.common import (
 
 @app.command()
 def pretrain(
+    ctx: typer.Context,
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "backdrops",
     data_root: DataRoot = None,
     arch: Annotated[str, typer.Option(help=f"Architecture: {ARCH_NAMES}.")] = "resnet18",
@@ -49,7 +50,11 @@ def pretrain(
     schedule: Annotated[str, typer.Option(help="cosine (per step) or multistep (see --milestones).")] = "cosine",
     milestones: Annotated[str, typer.Option(help="multistep: comma-separated epochs where lr ×= gamma.")] = "",
     gamma: Annotated[float, typer.Option(help="multistep decay factor.")] = 0.1,
-    warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs.")] = 0,
+    warmup_epochs: Annotated[int | None, typer.Option(help="Linear warm-up epochs. [default: 5 for 224-px "
+                                                          "architectures (resnet50_imagenet), else 0]")] = None,
+    stop_at_chance: Annotated[bool, typer.Option("--stop-at-chance/--no-stop-at-chance", help=(
+        "Stop when test accuracy is still at chance (< 1.5/K) after max(3, 20 % of --epochs) epochs; "
+        "--no-stop-at-chance warns and trains on."))] = True,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing for CE.")] = 0.0,
     jitter: Annotated[float, typer.Option(help="Colour-jitter strength (brightness, contrast, saturation); 0 = off.")] = 0.4,
     val_split: Annotated[float, typer.Option(help="imagefolder with no train/test folders: share held out for test.")] = 0.0,
@@ -84,14 +89,44 @@ def pretrain(
                           val_split=val_split, classes_file=str(classes) if classes else None,
                           init=str(init) if init else None, device=device, precision=precision, seed=seed,
                           out=str(out) if out else None, workers=workers, compile=compile, download=download,
-                          sync_bn=sync_bn, limit=limit, holdout=holdout)
+                          sync_bn=sync_bn, limit=limit, holdout=holdout, stop_at_chance=stop_at_chance)
         if launch(devices, device, "pretrain"):
             return
         dist = join(device)
+        if resume:
+            cfg = _run_arch(ctx, cfg)
         with distributed.lost_peer(dist):
             session = prepare_pretrain(cfg, resume=resume, dist=dist)
+            if resume:  # once the run is known to resume: an error is then the only line
+                ignored_on_resume(ctx, keep={"epochs", "device", "precision", "workers", "out", "arch", "width"})
             _finish(render.training(pipeline.train(session), quiet=quiet))
         distributed.destroy()
+
+
+RUN_FLAGS = {"resume", "quiet", "devices"}  # how a command runs, not what it trains
+
+
+def ignored_on_resume(ctx: typer.Context, keep: set[str]) -> None:
+    """`--resume` continues a run with the settings it recorded: warn (one line) about every flag the user
+    typed that it therefore ignores."""
+    from lbfood import render
+
+    typed = ("COMMANDLINE", "ENVIRONMENT")  # ParameterSource names (not DEFAULT): what the user gave
+    given = [p for p in ctx.command.params if p.name not in keep | RUN_FLAGS
+             and getattr(ctx.get_parameter_source(p.name), "name", None) in typed]
+    if given and rank() == 0:
+        flags = ", ".join(max(p.opts, key=len) for p in given)
+        render.warn(f"--resume continues the run with the settings in its run.json; ignored: {flags} "
+                    "(only --epochs, --device, --precision and --workers change on resume)")
+
+
+def _run_arch(ctx: typer.Context, cfg):
+    """On --resume, --arch/--width default to the run's own (when given, they must match it)."""
+    from lbfood.engine import runs
+
+    old = runs.read(runs.resume_target(cfg.out))
+    typed = {p for p in ("arch", "width") if getattr(ctx.get_parameter_source(p), "name", None) == "COMMANDLINE"}
+    return cfg.replace(**{k: getattr(old, k) for k in ("arch", "width") if k not in typed})
 
 
 def _finish(last) -> None:
@@ -116,6 +151,7 @@ def _finish(last) -> None:
 
 @app.command()
 def finetune(
+    ctx: typer.Context,
     from_run: Annotated[Path, typer.Option("--from", help="Parent run to fine-tune.")] = Path("runs/latest"),
     delta: Annotated[float | None, typer.Option(help="δ (Eq. 5): a location is background when p_j(true class) < δ. "
                                                      "[default: preset: CIFAR-10 0.1, CIFAR-100/ImageNet-100 0.01, else 1/K]")] = None,
@@ -176,6 +212,8 @@ def finetune(
         dist = join(device)
         with distributed.lost_peer(dist):
             session = ft.prepare_finetune(cfg, resume=resume, dist=dist)
+            if resume:
+                ignored_on_resume(ctx, keep={"epochs", "device", "precision", "workers", "out"})
             _finish(render.training(pipeline.train(session), quiet=quiet))
         distributed.destroy()
 

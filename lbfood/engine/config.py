@@ -53,7 +53,7 @@ class TrainConfig(_Config):
     schedule: str = "cosine"  # cosine | multistep
     milestones: tuple[int, ...] = ()  # multistep: epochs at which lr is multiplied by gamma
     gamma: float = 0.1
-    warmup_epochs: int = 0
+    warmup_epochs: int | None = None  # None: `resolve` picks (5 for 224-px architectures, else 0)
     label_smoothing: float = 0.0
     jitter: float = 0.4  # colour jitter strength (brightness, contrast, saturation); 0 = off
     val_split: float = 0.0
@@ -72,10 +72,22 @@ class TrainConfig(_Config):
     sync_bn: bool = False
     log_every: int = 20  # steps between progress reads (each read is one host-device sync)
     limit: int | None = None  # use only the first N training and test images (smoke tests)
+    stop_at_chance: bool = True  # stop (else warn) when test accuracy is at chance after a few epochs
+
+    def resolve(self, input_size: int) -> TrainConfig:
+        """Fill `warmup_epochs`: ImageNet-size inputs (224 px) warm up for 5 epochs (fewer if the run is
+        shorter), small images not at all; an explicit value is kept."""
+        if self.warmup_epochs is not None:
+            return self
+        warmup = min(IMAGENET_WARMUP, max(self.epochs - 1, 0)) if input_size >= 224 else 0
+        return dataclasses.replace(self, warmup_epochs=warmup)
 
     def check(self) -> None:
         """Raise ConfigError for any value out of range (every number finite)."""
         _check_recipe(self)
+
+
+IMAGENET_WARMUP = 5  # epochs of linear warm-up for 224-px architectures trained from scratch
 
 
 @dataclass(frozen=True)
@@ -206,7 +218,7 @@ def _check_recipe(cfg: TrainConfig | FinetuneConfig) -> None:
         raise ConfigError(f"--milestones must be epochs >= 1, got {list(cfg.milestones)}")
     if not (_finite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1):
         raise ConfigError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if cfg.warmup_epochs < 0 or cfg.warmup_epochs >= cfg.epochs:
+    if cfg.warmup_epochs is not None and not 0 <= cfg.warmup_epochs < cfg.epochs:  # None: resolved later
         raise ConfigError(f"--warmup-epochs must be in [0, epochs), got {cfg.warmup_epochs}")
     if not (_finite(cfg.width) and cfg.width > 0):
         raise ConfigError(f"--width must be a finite number > 0, got {cfg.width}")

@@ -3,9 +3,10 @@
     model.safetensors        the weights (unwrapped: no `module.` / `_orig_mod.` prefixes)
     run.json                 `RunMeta`: architecture, width, classes, input size, normalisation, dataset,
                              the resolved config, versions, status, final metrics, calibrated thresholds
-    train_state.safetensors  optimizer buffers, epoch, RNG state: what `--resume` needs
+    train_state.safetensors  an epoch's commit: weights, optimizer buffers, RNG state, epoch (checkpoint.py)
     metrics.jsonl            one JSON line per epoch
     cache/, scorers/         evaluation's extracted features and fitted scorer statistics
+    .lock                    held (flock) by the command that writes the run (checkpoint.lock)
 
 `write` (and `update`, built on it) is the only writer of run.json; every write is atomic.
 Loading never unpickles, and a run.json is validated (keys and types) before anything uses it.
@@ -30,6 +31,7 @@ from lbfood.engine.errors import RunError
 from lbfood.engine.io import atomic_write_json, load_tensors, save_tensors
 
 RUNS_DIR = Path("runs")
+STATE_FILE = "train_state.safetensors"
 SCHEMA = RUN_FORMAT  # the schema version of run.json ("format"); another version is refused on load
 
 
@@ -47,7 +49,7 @@ class RunMeta:
     data: str
     config: dict[str, Any]  # the resolved TrainConfig / FinetuneConfig
     preset: str | None = None
-    status: str = "running"  # running | interrupted | done
+    status: str = "running"  # running | interrupted | stopped | trained (not calibrated) | done
     created: float = field(default_factory=time.time)
     epochs_done: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -150,28 +152,84 @@ def new_run_dir(data: str, arch: str, root: Path = RUNS_DIR, kind: str = "") -> 
 
 
 def resume_target(out: str | os.PathLike | None) -> Path:
-    """The run to resume: `out`, else the newest run folder under runs/."""
+    """The run to resume: `out`, else the newest run folder under runs/. It must hold a finished epoch."""
     if out:
         p = Path(out)
         if not (p / "run.json").is_file():
             raise RunError(f"--resume: {p} is not a run folder (no run.json); pass the run to resume with --out")
-        return p
-    found = sorted(p for p in RUNS_DIR.glob("*") if (p / "run.json").is_file() and not p.is_symlink())
-    if not found:
-        raise RunError("--resume: no run under runs/ to resume; pass --out RUN")
-    return found[-1]
+    else:
+        found = sorted(p for p in RUNS_DIR.glob("*") if (p / "run.json").is_file() and not p.is_symlink())
+        if not found:
+            raise RunError("--resume: no run under runs/ to resume; pass --out RUN")
+        p = found[-1]
+    if not (p / STATE_FILE).is_file():
+        raise RunError(no_epoch_message(p))
+    return p
+
+
+def no_epoch_message(run_dir: Path) -> str:
+    return (f"{run_dir} holds no finished epoch (it stopped during its first), so there is nothing to resume: "
+            f"run the same command without --resume, with --out {run_dir} (its files are replaced)")
+
+
+_START_FILES = ("run.json", "metrics.jsonl", ".lock")  # all a run killed in its first epoch can hold
+_TEMP_OF = ("run.json", "metrics.jsonl", STATE_FILE, "model.safetensors")  # ... and its writes' temp files
+
+
+def startable(p: Path) -> bool:
+    """`p` is missing, empty, or holds only an lbfood run that never finished an epoch (safe to start over
+    in): nothing else is ever removed."""
+    if not p.exists():
+        return True
+    if not p.is_dir() or p.is_symlink():
+        return False
+    for e in p.iterdir():
+        temp = e.name.endswith(".tmp") and any(e.name.startswith(f".{n}.") for n in _TEMP_OF)
+        if not (e.is_file() and not e.is_symlink() and (e.name in _START_FILES or temp)):
+            return False
+    if (p / "run.json").exists():
+        try:
+            meta = read(p)
+        except RunError:
+            return False  # not lbfood's (or damaged): leave it to the user
+        return meta.epochs_done == 0 and meta.status != "done"
+    return not (p / "metrics.jsonl").exists()
+
+
+def start_over(p: Path) -> None:
+    """Remove what a run killed in its first epoch left (see `startable`), keeping the lock file."""
+    for e in p.iterdir():
+        if e.name != ".lock":
+            e.unlink()
 
 
 def output_dir(out: str | os.PathLike | None, *, resume: bool, data: str, arch: str, suffix: str = "") -> Path:
-    """Where a training run writes: the run to resume, `out` (new or empty), or a new runs/ folder."""
+    """Where a training run writes: the run to resume, `out` (new, empty, or a run that never finished an
+    epoch), or a new runs/ folder."""
     if resume:
         return resume_target(out)
     if out:
         p = Path(out)
-        if p.exists() and (not p.is_dir() or any(p.iterdir())):
-            raise RunError(f"--out {p} already exists and is not empty; pick a new folder or add --resume")
+        if not startable(p):
+            raise RunError(not_startable_message(p))
         return p
     return new_run_dir(data, arch, kind=suffix)
+
+
+def not_startable_message(p: Path) -> str:
+    if (p / STATE_FILE).is_file() and (p / "run.json").is_file():
+        return f"--out {p} holds a run with finished epochs; continue it with --resume, or pick a new folder"
+    return f"--out {p} already exists and is not empty; pick a new folder"
+
+
+def unfinished(meta: RunMeta) -> str | None:
+    """A note for evaluating a run that is not done (killed, stopped or still training), else None."""
+    if meta.status == "done":
+        return None
+    total = meta.config.get("epochs", "?")
+    return (f"run {meta.run_dir} is unfinished (status {meta.status}, {meta.epochs_done} of {total} epochs): these "
+            f"numbers are its epoch-{meta.epochs_done} weights; finish it with `lbfood {meta.kind} --resume "
+            f"--out {meta.run_dir}`")
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -233,6 +291,7 @@ def update(run_dir: str | os.PathLike, **changes: Any) -> RunMeta:
 
 
 def save_model(run_dir: Path, model: torch.nn.Module) -> None:
+    """Weights alone (a training run commits them with its train state: checkpoint.save)."""
     save_tensors(run_dir / "model.safetensors", unwrap(model).state_dict())
 
 
@@ -260,35 +319,3 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> tup
         raise RunError(f"{weights} does not match run.json ({meta.arch} width {meta.width:g}, "
                        f"{len(meta.classes)} classes); the folder mixes two runs: re-run the training that made it")
     return model.to(device).eval(), meta
-
-
-def save_train_state(run_dir: Path, optimizer: torch.optim.Optimizer, epoch: int,
-                     scaler: torch.amp.GradScaler | None = None) -> None:
-    """Optimizer buffers, the next epoch to run, RNG state: enough to resume bit-for-bit on one device."""
-    tensors: dict[str, torch.Tensor] = {"epoch": torch.tensor(epoch), "rng_cpu": torch.get_rng_state()}
-    for i, group in enumerate(optimizer.param_groups):
-        for j, p in enumerate(group["params"]):
-            st = optimizer.state.get(p, {})
-            if "momentum_buffer" in st and st["momentum_buffer"] is not None:
-                tensors[f"opt.{i}.{j}.momentum_buffer"] = st["momentum_buffer"]
-    if scaler is not None and scaler.is_enabled():
-        tensors["scaler_scale"] = scaler.get_scale() * torch.ones(())
-    save_tensors(run_dir / "train_state.safetensors", tensors)
-
-
-def load_train_state(run_dir: Path, optimizer: torch.optim.Optimizer,
-                     scaler: torch.amp.GradScaler | None = None) -> int:
-    """Restore what save_train_state wrote; returns the next epoch."""
-    path = run_dir / "train_state.safetensors"
-    if not path.is_file():
-        raise RunError(f"{run_dir} has no train_state.safetensors: it finished no epoch; start it afresh")
-    t = load_tensors(path)
-    for i, group in enumerate(optimizer.param_groups):
-        for j, p in enumerate(group["params"]):
-            key = f"opt.{i}.{j}.momentum_buffer"
-            if key in t:
-                optimizer.state[p]["momentum_buffer"] = t[key].to(p.device)
-    torch.set_rng_state(t["rng_cpu"])
-    if scaler is not None and "scaler_scale" in t:
-        scaler.update(float(t["scaler_scale"]))
-    return int(t["epoch"])

@@ -108,7 +108,7 @@ def test_bad_inputs(in_tmp):
     assert sorted(p.name for p in (in_tmp / "runs").iterdir()) == ["latest"]  # only the link to r1
 
     _one_error_line(invoke("pretrain", "--resume", "--out", "r1", "--arch", "resnet34", *TINY), 2, "resnet18")
-    _one_error_line(invoke("pretrain", "--epochs", "1", "--out", "r1", *TINY), 2, "already exists")
+    _one_error_line(invoke("pretrain", "--epochs", "1", "--out", "r1", *TINY), 2, "holds a run with finished epochs")
     meta = json.loads((in_tmp / "r1" / "run.json").read_text())
     (in_tmp / "r1" / "run.json").write_text(json.dumps({**meta, "format": 99, "lbfood": "9.0"}))
     _one_error_line(invoke("finetune", "--from", "r1", *FT), 2, "format")

@@ -72,7 +72,13 @@ def test_output_dir_rules(tmp_path, monkeypatch):
     with pytest.raises(RunError, match="no run under runs/"):
         runs.output_dir(None, resume=True, data="d", arch="a")
     runs.write(tmp_path / "runs" / "r1", RunMeta(**META))
+    with pytest.raises(RunError, match="holds no finished epoch.*without --resume, with --out runs/r1"):
+        runs.output_dir(None, resume=True, data="d", arch="a")
+    assert runs.output_dir("runs/r1", resume=False, data="d", arch="a") == runs.RUNS_DIR / "r1"  # start over
+    (tmp_path / "runs" / "r1" / runs.STATE_FILE).write_bytes(b"")
     assert runs.output_dir(None, resume=True, data="d", arch="a") == runs.RUNS_DIR / "r1"
+    with pytest.raises(RunError, match="holds a run with finished epochs; continue it with --resume"):
+        runs.output_dir("runs/r1", resume=False, data="d", arch="a")
 
 
 def test_point_latest_is_a_relative_link(tmp_path):

@@ -73,6 +73,8 @@ def stored_threshold(meta: RunMeta, s: Scorer) -> float | None:
 def store_threshold(run_dir: str | os.PathLike, key: str, entry: dict[str, Any]) -> None:
     """Add `entry` to run.json's "thresholds" under `key` (and as "threshold" if the run has none)."""
     meta = runs.read(run_dir)
+    if meta.status != "done":  # unfinished: its weights will still change, and a kept γ would outlive them
+        return
     runs.update(run_dir, thresholds={**meta.thresholds, key: entry}, threshold=meta.threshold or entry)
 
 

@@ -140,7 +140,7 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
             raise ConfigError(f"--ood {name} is an ID dataset (it has class labels); OOD sets are "
                               f"{', '.join(s.name for s in _ood_specs())} or folder:PATH")
     ci_gates.check_names(checks, methods, ood)  # unknown names are usage errors, before any computing
-    notes: list[str] = []
+    notes: list[str] = [n for m in metas if (n := runs.unfinished(m))]  # killed or still training
     if bench is not None:
         sizes = {int(m.input_size) for m in metas}
         if sizes != {bench.image_size}:

@@ -56,6 +56,8 @@ def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = Non
     s = scorers.get(cfg.method, **cfg.params)  # unknown names and parameters raise before any work
     rt = make_runtime(cfg.device, cfg.precision, training=False)
     model, meta = runs.load_run(cfg.model, rt.device)
+    if notes is not None and (unfinished := runs.unfinished(meta)):  # killed or still training
+        notes.append(unfinished)
     model = rt.prepare(model)
     s, threshold = fitted_scorer_and_threshold(model, meta, rt, cfg.method, cfg.params, threshold=cfg.threshold,
                                                root=cfg.data_root, batch_size=cfg.batch_size, on_event=on_event,

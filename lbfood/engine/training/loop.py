@@ -16,14 +16,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lbfood.engine import runs
+from lbfood.engine import checkpoint, runs
 from lbfood.engine.config import FinetuneConfig, TrainConfig
 from lbfood.engine.data.loaders import make_loader
 from lbfood.engine.distributed import DistInfo, all_reduce_sum, kill_point_for_tests
-from lbfood.engine.errors import ConfigError, RunError
-from lbfood.engine.events import EpochEnd, Event, Finished, Interrupted, Progress, Started
+from lbfood.engine.errors import ConfigError, LbfoodError, RunError
+from lbfood.engine.events import EpochEnd, Event, Finished, Interrupted, Note, Progress, Started
 from lbfood.engine.io import append_jsonl
+from lbfood.engine.killpoints import kill_point
 from lbfood.engine.runtime import Runtime
+from lbfood.engine.training import guards
 from lbfood.engine.training.fast_step import CompiledStep, compiled_step
 from lbfood.engine.training.setup import LossHook, Session
 
@@ -32,13 +34,13 @@ from lbfood.engine.training.setup import LossHook, Session
 
 def lr_at(cfg: TrainConfig | FinetuneConfig, epoch: int, step: int, steps: int) -> float:
     """Learning rate at (epoch, step): linear warm-up, then cosine per step or multistep per epoch."""
-    t = epoch + step / max(steps, 1)
-    if t < cfg.warmup_epochs:
-        return cfg.lr * (t + 1 / max(steps, 1)) / cfg.warmup_epochs
+    t, warmup = epoch + step / max(steps, 1), cfg.warmup_epochs or 0  # None: not resolved (no warm-up)
+    if t < warmup:
+        return cfg.lr * (t + 1 / max(steps, 1)) / warmup
     if cfg.schedule == "multistep":
         return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-    span = cfg.epochs - cfg.warmup_epochs
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (t - cfg.warmup_epochs) / span))
+    span = cfg.epochs - warmup
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (t - warmup) / span))
 
 
 def make_optimizer(cfg: TrainConfig | FinetuneConfig, model: torch.nn.Module) -> torch.optim.SGD:
@@ -81,14 +83,10 @@ def fit(s: Session) -> Iterator[Event]:
     optimizer = make_optimizer(cfg, model)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.use_scaler)
     start_epoch = 0
-    if s.resume:
-        state = runs.load_tensors(s.run_dir / "model.safetensors", rt.device) \
-            if (s.run_dir / "model.safetensors").is_file() else None
-        if state is None:
-            raise RunError(f"{s.run_dir} has no saved epoch to resume; start it afresh")
-        runs.unwrap(model).load_state_dict(state)
-        start_epoch = runs.load_train_state(s.run_dir, optimizer, scaler)
-        s.meta = runs.read(s.run_dir).replace(status="running", config=cfg.to_dict())
+    if s.resume:  # weights and optimizer state from one file: the last committed epoch
+        start_epoch = checkpoint.load(s.run_dir, model, optimizer, scaler)
+        s.meta = runs.read(s.run_dir).replace(status="running", config=cfg.to_dict(), threshold=None,
+                                              thresholds={})  # thresholds of the old weights
         if start_epoch >= cfg.epochs:
             raise RunError(f"{s.run_dir} already finished {start_epoch} epoch(s); pass a larger --epochs to extend it")
     step_fn = torch.compile(model) if cfg.compile else model
@@ -105,7 +103,7 @@ def fit(s: Session) -> Iterator[Event]:
     step_fn = compiled_step(cfg.compile, train_loader, model, optimizer, rt, s.hook, cfg.label_smoothing,
                             dist.enabled) or step_fn
 
-    created = not s.resume and not s.run_dir.exists()
+    fresh = not s.resume
     if dist.is_main:
         s.run_dir.mkdir(parents=True, exist_ok=True)
         runs.write(s.run_dir, s.meta)
@@ -118,16 +116,22 @@ def fit(s: Session) -> Iterator[Event]:
             metrics = yield from _one_epoch(s, model, step_fn, optimizer, scaler, train_loader, epoch, steps)
             metrics["val_acc" if cfg.holdout else "test_acc"] = evaluate(model, test_loader, rt, dist)
             metrics["lr"] = lr_at(cfg, epoch, steps - 1, steps)
-            if dist.is_main:
-                runs.save_model(s.run_dir, model)
-                runs.save_train_state(s.run_dir, optimizer, epoch + 1, scaler)
+            if dist.is_main:  # the commit, then what follows from it (checkpoint.recover redoes those)
+                checkpoint.save(s.run_dir, model, optimizer, epoch + 1, metrics, scaler)
                 append_jsonl(s.run_dir / "metrics.jsonl", {"epoch": epoch + 1, **metrics})
+                kill_point("metrics")
                 s.meta = s.meta.replace(epochs_done=epoch + 1, metrics=metrics)
                 runs.write(s.run_dir, s.meta)
+                kill_point("meta")
             yield EpochEnd(epoch, metrics)
+            if s.kind == "pretrain" and (msg := guards.at_chance(metrics["test_acc"], len(s.meta.classes), cfg,
+                                                                 epoch + 1, s.meta.input_size)):
+                if getattr(cfg, "stop_at_chance", True):
+                    raise RunError(f"{msg} (--no-stop-at-chance trains on)")
+                yield Note(msg, "warning")
     except KeyboardInterrupt:
         if dist.is_main:
-            if created and not (s.run_dir / "model.safetensors").exists():
+            if fresh and checkpoint.committed(s.run_dir) is None:
                 _remove_run(s.run_dir)
                 yield Interrupted(None, 0)
                 return
@@ -135,20 +139,27 @@ def fit(s: Session) -> Iterator[Event]:
             runs.write(s.run_dir, s.meta)
         yield Interrupted(s.run_dir, s.meta.epochs_done)
         return
-    except BaseException:
-        if dist.is_main and created and not (s.run_dir / "model.safetensors").exists():
+    except BaseException as e:
+        if dist.is_main and fresh and checkpoint.committed(s.run_dir) is None:
             _remove_run(s.run_dir)
+        elif dist.is_main and isinstance(e, LbfoodError):  # e.g. diverged: keep the epochs, say it stopped
+            s.meta = s.meta.replace(status="stopped")
+            runs.write(s.run_dir, s.meta)
         raise
     if dist.is_main:  # trained; the command calibrates next and then marks the run done (pipeline.py)
         s.meta = s.meta.replace(status="trained", metrics=metrics, seconds=round(time.time() - t_start, 2))
         runs.write(s.run_dir, s.meta)
+        kill_point("trained")
     yield Finished(s.run_dir, metrics, time.time() - t_start)
 
 
 def _remove_run(run_dir: Path) -> None:
-    for p in run_dir.iterdir():
-        p.unlink()
-    run_dir.rmdir()
+    """Remove what a run that never finished an epoch wrote (and the folder, once empty)."""
+    if runs.startable(run_dir):
+        runs.start_over(run_dir)
+        (run_dir / checkpoint.LOCK).unlink(missing_ok=True)
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()
 
 
 def _one_epoch(s: Session, model, step_fn, optimizer, scaler, loader, epoch: int, steps: int):
@@ -176,8 +187,10 @@ def _one_epoch(s: Session, model, step_fn, optimizer, scaler, loader, epoch: int
         seen += n
         if i == 0:
             kill_point_for_tests(s.dist)
+            kill_point("step")
         if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
             m = _read_metrics(base, hook_sums, hook, i + 1, s.dist)
+            guards.check_finite(m, cfg, epoch, i + 1, s.meta.input_size)  # before any epoch is saved
             last_read = i + 1
             yield Progress(epoch, i + 1, steps, m, seen * s.dist.world / max(time.time() - t0, 1e-9))
     m = _read_metrics(base, hook_sums, hook, max(last_read, 1), s.dist)

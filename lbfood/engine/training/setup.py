@@ -85,6 +85,9 @@ def load_id_data(cfg: TrainConfig | FinetuneConfig,
              for s, split in ((train, "train"), (test, "test")) if s.skipped]
     if len(train) == 0:
         raise ConfigError(f"{cfg.data}: the training split is empty")
+    if len(train.classes) < 2:
+        raise ConfigError(f"{cfg.data} has {len(train.classes)} class ({', '.join(map(str, train.classes))}); "
+                          "a classifier needs at least 2 classes: add a folder per class")
     return spec, train, test, notes
 
 
@@ -119,6 +122,7 @@ def prepare_pretrain(cfg: TrainConfig, *, resume: bool = False, dist: DistInfo |
                            f"{cfg.width}; pass the same --arch/--width or start a new run")
         cfg = TrainConfig.from_dict({**old.config, "epochs": cfg.epochs, "device": cfg.device,
                                      "precision": cfg.precision, "workers": cfg.workers, "out": str(old.run_dir)})
+    cfg = cfg.resolve(models.input_size(cfg.arch))  # the default warm-up, recorded in run.json
     cfg.check()
     rt = make_runtime(rank_device(cfg.device, dist), cfg.precision)
     check_parallel(cfg, rt, dist)
