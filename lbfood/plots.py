@@ -273,7 +273,7 @@ def write_index(path: Path, title: str, items: Sequence[tuple[Picture, str]], fa
 
 
 def demo_pictures(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, device: str = "auto",
-                  on_event: Any = None, limit: int | None = None) -> list[Picture]:
+                  on_event: Any = None) -> list[Picture]:
     """The demo's pictures in `out`: report plots of `runs` (in that order: pretrained, CE-only, LFF) on
     backdrops (ReAct; features and scorers come from the runs' caches), and Fig. 7 of the sample images
     (`out/samples/`) under the same runs, side by side, in `out/explain/`."""
@@ -286,7 +286,7 @@ def demo_pictures(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
     out = Path(out)
     first, *rest = (str(r) for r in runs)
     cfg = ReportConfig(model=first, compare=tuple(rest), benchmark="backdrops", methods=demo.DEMO_METHODS,
-                       device=device, workers=0, limit=limit)
+                       device=device, workers=0)
     result = evaluate.report(cfg, on_event=on_event)
     data = plotdata.collect(cfg, result, on_event=on_event)
     pictures = write_report_plots(data, out)

@@ -262,17 +262,20 @@ def demo(
         with render_eval.progress(quiet) as on_event:
             result = evaluate.report(rcfg, on_event=on_event)
         render_eval.report(result)
-        from lbfood import plots
+        drawn = None
+        if not quick:  # --quick stays a smoke run under a minute: no pictures
+            from lbfood import plots
 
-        with render_eval.progress(quiet) as on_event:
-            drawn = plots.demo_pictures([pre.run_dir, runs[0.0].run_dir, runs[1.0].run_dir], out / "pictures",
-                                        device=device, on_event=on_event, limit=rcfg.limit)
+            with render_eval.progress(quiet) as on_event:
+                drawn = plots.demo_pictures([pre.run_dir, runs[0.0].run_dir, runs[1.0].run_dir], out / "pictures",
+                                            device=device, on_event=on_event)
         render.kv_table("lbfood demo", [
             ("ID test accuracy", f"pretrained {pre.metrics['test_acc']:.2%}, CE-only "
                                  f"{runs[0.0].metrics['test_acc']:.2%}, LFF {runs[1.0].metrics['test_acc']:.2%}"),
             ("time", f"{time.time() - t0:.0f} s"),
             ("runs", str(out)),
-            ("pictures", f"{len(drawn)} PNGs: {out / 'pictures' / 'index.html'}"),
+            ("pictures", f"{len(drawn)} PNGs: {out / 'pictures' / 'index.html'}" if drawn is not None
+             else "not drawn with --quick"),
             ("next", f"lbfood score IMAGE --model {runs[1.0].run_dir}"),
         ])
         if quick:
