@@ -153,10 +153,19 @@ def _args(parent, out, lam):
 
 
 def _trials(out):
+    """(number, key, state) of every trial; read under the sweep folder's lock, as the workers do, so that
+    this never races a worker creating the storage's tables."""
+    import fcntl
+
     import optuna
 
-    study = optuna.load_study(study_name="lbfood-sweep", storage=f"sqlite:///{out}/study.db")
-    return [(t.number, t.user_attrs.get("key"), t.state.name) for t in study.get_trials()]
+    with open(Path(out) / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            study = optuna.load_study(study_name="lbfood-sweep", storage=f"sqlite:///{out}/study.db")
+            return [(t.number, t.user_attrs.get("key"), t.state.name) for t in study.get_trials()]
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def test_a_killed_worker_is_resumed_without_repeating_finished_trials(tmp_path, monkeypatch, make_run,
