@@ -8,7 +8,6 @@ its calibration.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,11 +92,10 @@ def choose_auto(s: Session, model: torch.nn.Module, rt: Runtime) -> Iterator[Eve
     """`--method auto` of a `--holdout` run: every candidate scorer fitted on what it trained on and
     validated on its held-out ID images against pseudo-OOD made from them; no test image is read."""
     yield Step("choosing the run's `auto` scorer on its held-out images")
-    t0 = time.time()
     found = calibrate_auto(model.eval(), train=s.train_set, held=s.test_set, mean=s.spec.mean, std=s.spec.std,
                            size=s.meta.input_size, rt=rt, batch_size=max(s.cfg.batch_size, 256), seed=s.cfg.seed,
                            holdout=s.cfg.holdout)
-    runs.update(s.run_dir, validation_seconds=round(time.time() - t0, 3), **found)
+    runs.update(s.run_dir, **found)
     a = found["auto"]
     yield Note(f"--method auto: {a['method']} (validation AUROC {a['objective_value']:.2%} on held-out images "
                f"against pseudo-OOD), threshold {a['value']:.4g}")

@@ -11,7 +11,6 @@ threshold and fitted scorer, as `lbfood score` does).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,7 +25,7 @@ from lbfood.engine.data.images import decode, eval_transform
 from lbfood.engine.data.paths import expand_paths
 from lbfood.engine.errors import ConfigError, DataError
 from lbfood.engine.evaluation.plotdata import run_labels
-from lbfood.engine.evaluation.score import Row, score_images
+from lbfood.engine.evaluation.score import Row, check_image_options, score_images
 from lbfood.engine.events import Step
 from lbfood.engine.presets import preset_values
 from lbfood.engine.runs import RunMeta
@@ -88,12 +87,7 @@ def run_delta(meta: RunMeta) -> float:
 
 
 def _check(cfg: ExplainConfig) -> list[RunMeta]:
-    if not cfg.paths:
-        raise ConfigError("no images given; pass files, folders or globs, e.g. `lbfood explain photos/ --out pics`")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
-    if cfg.threshold is not None and not math.isfinite(cfg.threshold):
-        raise ConfigError(f"--threshold must be a finite number, got {cfg.threshold}")
+    check_image_options(cfg.paths, cfg.batch_size, cfg.threshold, "lbfood explain photos/ --out pics")
     metas = [runs.read(p) for p in (cfg.model, *cfg.compare)]
     if len({m.run_dir for m in metas}) != len(metas):
         raise ConfigError("a run is given twice (--model/--compare); pass each run once")

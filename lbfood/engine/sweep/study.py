@@ -289,21 +289,14 @@ def _control_curve(study) -> dict[int, float]:
 def _validate(sc: SweepConfig, s) -> dict[str, Any]:
     """A trained trial's validation on held-out ID images against the validation OOD (no test image):
     run.json's "auto", "validation" and "validation_seconds"."""
-    import time
-
-    from lbfood.engine.evaluation import auto, pseudo_ood
-    from lbfood.engine.evaluation.validation import validate
+    from lbfood.engine.evaluation.auto import calibrate_auto
     from lbfood.engine.runtime import make_runtime
 
-    t0 = time.time()
-    model = runs.unwrap(s.model).eval()
     rt = make_runtime(str(s.rt.device), s.cfg.precision, training=False)
-    val_ood = load_val_ood(sc, s) if sc.val_ood else pseudo_ood.make(s.test_set, sc.pseudo, seed=s.cfg.seed)
-    result = validate(model, train=s.train_set, held=s.test_set, val_ood=val_ood, methods=sc.methods,
-                      mean=s.spec.mean, std=s.spec.std, size=int(s.meta.input_size), rt=rt,
-                      batch_size=max(s.cfg.batch_size, 256), workers=0)
-    return {"auto": auto.entry_from(result, sc.objective, sc.holdout), "validation": result,
-            "validation_seconds": round(time.time() - t0, 3)}
+    return calibrate_auto(runs.unwrap(s.model).eval(), train=s.train_set, held=s.test_set, mean=s.spec.mean,
+                          std=s.spec.std, size=int(s.meta.input_size), rt=rt, batch_size=max(s.cfg.batch_size, 256),
+                          seed=s.cfg.seed, holdout=sc.holdout, methods=sc.methods, objective=sc.objective,
+                          val_ood=load_val_ood(sc, s) if sc.val_ood else None, pseudo=sc.pseudo)
 
 
 def load_val_ood(sc: SweepConfig, s) -> dict:
