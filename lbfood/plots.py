@@ -179,6 +179,36 @@ def write_report_plots(data: Any, out: str | os.PathLike) -> list[Picture]:
     return pictures
 
 
+# ---- sweep ----------------------------------------------------------------------------------------
+
+FACTOR_NAMES = {"delta": "δ (Eq. 5)", "mu": "μ (Eq. 6)", "lam": "λ (Eq. 7)", "mask_from": "mask from"}
+
+
+def sensitivity(doc: dict[str, Any], path: Path) -> Picture:
+    """The paper's Fig. 6 from a sweep's sweep.json: the validation objective against each factor that
+    varies, one panel each; hollow points are below the accuracy floor (not eligible), the control dashed."""
+    rows = [r for r in doc["trials"] if r["state"] == "complete" and r["role"] == "trial"]
+    control = next(r for r in doc["trials"] if r["role"] == "control")
+    factors = [f for f in FACTOR_NAMES if len({r["point"][f] for r in rows}) > 1] or ["lam"]
+    fig = _figure(3.2 * len(factors), 3.0)
+    axes = fig.subplots(1, len(factors), squeeze=False)
+    ylabel = f"validation {'AUROC' if doc['objective'] == 'auroc' else 'FPR95'} (%)"
+    for ax, f in zip(axes[0], factors, strict=True):
+        values = list(dict.fromkeys(r["point"][f] for r in rows))
+        for ok in (True, False):
+            sel = [r for r in rows if (r["val_acc"] >= doc["accuracy_floor"] - 1e-12) == ok]
+            ax.scatter([values.index(r["point"][f]) for r in sel], [100 * r["value"] for r in sel], s=16,
+                       color=ID_COLOUR if ok else "none", edgecolors=ID_COLOUR,
+                       label="LFF trials" if ok else "below the accuracy floor")
+        if control.get("value") is not None:
+            ax.axhline(100 * control["value"], color="black", linestyle="--", linewidth=1, label="control (λ = 0)")
+        ax.set_xticks(range(len(values)), values)
+        ax.set_xlabel(FACTOR_NAMES[f])
+        ax.set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, path)
+
+
 # ---- explain --------------------------------------------------------------------------------------
 
 

@@ -63,7 +63,7 @@ def sweep(
     with guard():
         import sys
 
-        from lbfood import render, render_sweep
+        from lbfood import render, render_sweep, sweep_files
         from lbfood.engine.config import FinetuneConfig
         from lbfood.engine.sweep import parallel, results, space, study
 
@@ -88,5 +88,7 @@ def sweep(
         if worker:
             render.console.print(f"worker done: no trial of {out} left to take")
             return
-        render_sweep.table(results.finalize(sc, on_event))
+        doc = results.finalize(sc, on_event)
+        sweep_files.write(doc, out)
+        render_sweep.table(doc)
         render.console.print(f"→ {out}/sweep.json, sweep.md, sensitivity.png; {out}/best is the selected run")

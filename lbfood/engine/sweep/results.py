@@ -3,9 +3,9 @@
 Order matters and is the point of the sweep: `finalize` selects the trial (and scorer) from the trials'
 validation objective under the accuracy constraint, writes it to `sweep.json` and emits `Selected`
 before any test image is read; the test sets are then evaluated for every trial and only shown.
-Files: `sweep.json` (every trial: point, validation and test metrics, run folder), `sweep.md`,
-`sensitivity.png` (the paper's Fig. 6: objective against each factor, the control dashed) and the
-symlink `best` to the selected run.
+Files: `sweep.json` (every trial: point, validation and test metrics, run folder) and the symlink
+`best` to the selected run; `lbfood.sweep_files` writes `sweep.md` and `sensitivity.png` from the
+returned document.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 from lbfood.engine.data.holdout import HOLDOUT_SEED
 from lbfood.engine.errors import ConfigError, RunError
 from lbfood.engine.evaluation.validation import better
-from lbfood.engine.io import atomic_write_bytes, atomic_write_json
-from lbfood.engine.sweep.space import FACTORS, SweepConfig
+from lbfood.engine.io import atomic_write_json
+from lbfood.engine.sweep.space import SweepConfig
 from lbfood.engine.sweep.study import lock, open_study, reconcile, storage_url
 
 
@@ -76,7 +76,7 @@ def select(rows: list[dict[str, Any]], objective: str, max_acc_drop: float) -> t
 
 
 def finalize(sc: SweepConfig, on_event: Callable[[Any], None] = lambda e: None) -> dict[str, Any]:
-    """Select, write sweep.json, emit Selected; then evaluate the test sets and write every file."""
+    """Select, write sweep.json, emit Selected; then evaluate the test sets and complete sweep.json."""
     from optuna.trial import TrialState
 
     t0 = time.time()
@@ -106,8 +106,6 @@ def finalize(sc: SweepConfig, on_event: Callable[[Any], None] = lambda e: None) 
     doc["test"] = _test(sc, rows, on_event)
     doc.update(status="done", seconds=round(time.time() - t0, 2))
     atomic_write_json(out / "sweep.json", doc)
-    atomic_write_bytes(out / "sweep.md", markdown(doc).encode("utf-8"))
-    sensitivity_png(doc, out / "sensitivity.png")
     return doc
 
 
@@ -144,72 +142,7 @@ def _point_best(out: Path, run: str) -> None:
     os.replace(tmp, out / "best")
 
 
-def _pct(v: float | None) -> str:
-    return "" if v is None else f"{100 * v:.2f}"
-
-
 def test_cell(row: dict[str, Any], method: str, key: str) -> float | None:
+    """A trial's average test metric `key` for `method`, None if it was not tested."""
     t = row.get("test")
     return t["metrics"][method]["average"][key] if t and method in t["metrics"] else None
-
-
-def markdown(doc: dict[str, Any]) -> str:
-    """sweep.md: one row per trial; test columns under the selected scorer, Δ against the control."""
-    sel, method = doc["selected"], doc["selected"]["method"]
-    control = next(r for r in doc["trials"] if r["role"] == "control")
-    obj = "AUROC" if doc["objective"] == "auroc" else "FPR95"
-    lines = ["# lbfood sweep", "",
-             f"Selected: trial {sel['number']} ({sel['key']}) with {method}; objective: validation {obj} "
-             f"(average over {', '.join(doc['val_ood']) if isinstance(doc['val_ood'], list) else doc['val_ood']}), "
-             f"ID validation accuracy at least {_pct(doc['accuracy_floor'])} % (control − {doc['max_acc_drop']:g} "
-             f"points); {doc['holdout']:.0%} of the training split held out (split seed {doc['holdout_seed']}).",
-             f"Test OOD sets (evaluated after the selection, shown only): {', '.join(doc['test']['ood']) or 'none'}. "
-             "All values are percentages.", "",
-             f"| # | trial | δ | μ | λ | mask | val acc | val {obj} (scorer) | test acc | test FPR95 | Δ FPR95 | "
-             f"test AUROC | Δ AUROC |", "|" + "---|" * 6 + "---:|" * 7]
-    c_fpr, c_auc = test_cell(control, method, "fpr95"), test_cell(control, method, "auroc")
-    for r in doc["trials"]:
-        fpr, auc = test_cell(r, method, "fpr95"), test_cell(r, method, "auroc")
-        mark = (" **selected**" if r["number"] == sel["number"] else "") + (" (pruned)" if r["state"] == "pruned" else "")
-        p = r["point"]
-        t = r.get("test") or {}
-        lines.append("| " + " | ".join([
-            str(r["number"]), r["key"] + mark, f"{r['delta']:.4g}" if r["delta"] is not None else p["delta"],
-            f"{r['mu']:.4g}" if isinstance(r["mu"], float) else p["mu"], p["lam"], p["mask_from"],
-            _pct(r["val_acc"]), f"{_pct(r['value'])} ({r['method']})" if r["value"] is not None else "",
-            _pct(t.get("id_accuracy")), _pct(fpr), _pct(fpr - c_fpr) if None not in (fpr, c_fpr) else "",
-            _pct(auc), _pct(auc - c_auc) if None not in (auc, c_auc) else ""]) + " |")
-    if doc["test"].get("note"):
-        lines += ["", doc["test"]["note"]]
-    return "\n".join(lines) + "\n"
-
-
-def sensitivity_png(doc: dict[str, Any], path: Path) -> Path | None:
-    """Fig. 6 of the paper: the validation objective against each factor that varies, the control dashed."""
-    rows = [r for r in doc["trials"] if r["state"] == "complete" and r["role"] == "trial"]
-    control = next(r for r in doc["trials"] if r["role"] == "control")
-    factors = [f for f in FACTORS if len({r["point"][f] for r in rows}) > 1] or ["lam"]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = {"delta": "δ (Eq. 5)", "mu": "μ (Eq. 6)", "lam": "λ (Eq. 7)", "mask_from": "mask from"}
-    fig, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors), 3.0), squeeze=False)
-    ylabel = f"validation {'AUROC' if doc['objective'] == 'auroc' else 'FPR95'} (%)"
-    for ax, f in zip(axes[0], factors, strict=True):
-        values = list(dict.fromkeys(r["point"][f] for r in rows))
-        for ok in (True, False):  # hollow: below the accuracy floor, not eligible for selection
-            sel = [r for r in rows if (r["val_acc"] >= doc["accuracy_floor"] - 1e-12) == ok]
-            ax.scatter([values.index(r["point"][f]) for r in sel], [100 * r["value"] for r in sel], s=16,
-                       color="tab:blue" if ok else "none", edgecolors="tab:blue",
-                       label="LFF trials" if ok else "below the accuracy floor")
-        ax.axhline(100 * control["value"], color="k", linestyle="--", linewidth=1, label="control (λ = 0)")
-        ax.set_xticks(range(len(values)), values)
-        ax.set_xlabel(names[f])
-        ax.set_ylabel(ylabel)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -1,0 +1,56 @@
+"""A sweep's files for people, from the document `engine.sweep.results.finalize` returns (and writes as
+sweep.json): `sweep.md`, one row per trial with the selected scorer's test numbers and their Δ against
+the control, and `sensitivity.png`, the paper's Fig. 6 on validation data (drawn by `lbfood.plots`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lbfood.engine.io import atomic_write_bytes
+from lbfood.engine.sweep.results import test_cell
+
+
+def write(doc: dict[str, Any], out: str | os.PathLike) -> list[Path]:
+    """Write sweep.md and sensitivity.png into the sweep folder `out`; returns their paths."""
+    from lbfood import plots
+
+    out = Path(out)
+    atomic_write_bytes(out / "sweep.md", markdown(doc).encode("utf-8"))
+    return [out / "sweep.md", plots.sensitivity(doc, out / "sensitivity.png").path]
+
+
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:.2f}"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """sweep.md: one row per trial; test columns under the selected scorer, Δ against the control."""
+    sel, method = doc["selected"], doc["selected"]["method"]
+    control = next(r for r in doc["trials"] if r["role"] == "control")
+    obj = "AUROC" if doc["objective"] == "auroc" else "FPR95"
+    lines = ["# lbfood sweep", "",
+             f"Selected: trial {sel['number']} ({sel['key']}) with {method}; objective: validation {obj} "
+             f"(average over {', '.join(doc['val_ood']) if isinstance(doc['val_ood'], list) else doc['val_ood']}), "
+             f"ID validation accuracy at least {_pct(doc['accuracy_floor'])} % (control − {doc['max_acc_drop']:g} "
+             f"points); {doc['holdout']:.0%} of the training split held out (split seed {doc['holdout_seed']}).",
+             f"Test OOD sets (evaluated after the selection, shown only): {', '.join(doc['test']['ood']) or 'none'}. "
+             "All values are percentages.", "",
+             f"| # | trial | δ | μ | λ | mask | val acc | val {obj} (scorer) | test acc | test FPR95 | Δ FPR95 | "
+             f"test AUROC | Δ AUROC |", "|" + "---|" * 6 + "---:|" * 7]
+    c_fpr, c_auc = test_cell(control, method, "fpr95"), test_cell(control, method, "auroc")
+    for r in doc["trials"]:
+        fpr, auc = test_cell(r, method, "fpr95"), test_cell(r, method, "auroc")
+        mark = (" **selected**" if r["number"] == sel["number"] else "") + (" (pruned)" if r["state"] == "pruned" else "")
+        p = r["point"]
+        t = r.get("test") or {}
+        lines.append("| " + " | ".join([
+            str(r["number"]), r["key"] + mark, f"{r['delta']:.4g}" if r["delta"] is not None else p["delta"],
+            f"{r['mu']:.4g}" if isinstance(r["mu"], float) else p["mu"], p["lam"], p["mask_from"],
+            _pct(r["val_acc"]), f"{_pct(r['value'])} ({r['method']})" if r["value"] is not None else "",
+            _pct(t.get("id_accuracy")), _pct(fpr), _pct(fpr - c_fpr) if None not in (fpr, c_fpr) else "",
+            _pct(auc), _pct(auc - c_auc) if None not in (auc, c_auc) else ""]) + " |")
+    if doc["test"].get("note"):
+        lines += ["", doc["test"]["note"]]
+    return "\n".join(lines) + "\n"
