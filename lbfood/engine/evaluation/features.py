@@ -83,12 +83,17 @@ class Features:
         return cls(**{k: d[k] for k in ("logits", "features", "labels", *_OPTIONAL) if k in d})
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """`x` in float32 at least: half precision is widened, float64 (an exact-arithmetic check) kept."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def feature_norm(block: torch.Tensor) -> torch.Tensor:
     """FeatureNorm of a block output (B, C, H, W) -> (B,): L2 norm over H×W of ReLU(block), channel mean.
 
     Yu et al., CVPR 2023, Sec. 3 (their `normratio.py`: `torch.norm(F.relu(x), dim=[2, 3]).mean(1)`).
     """
-    return torch.linalg.vector_norm(torch.relu(block.float()), dim=(2, 3)).mean(dim=1)
+    return torch.linalg.vector_norm(torch.relu(wide(block)), dim=(2, 3)).mean(dim=1)
 
 
 def jigsaw_puzzle(x: torch.Tensor, grid: int = 3, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lbfood.engine.errors import ConfigError
-from lbfood.engine.evaluation.features import feature_norm
+from lbfood.engine.evaluation.features import feature_norm, wide
 from lbfood.engine.evaluation.scorers import Scorer
 from lbfood.engine.evaluation.scorers.ash import ash_kept, ash_s_top
 from lbfood.engine.evaluation.scorers.base import energy
@@ -26,7 +26,8 @@ LAYOUTS = ("NCHW", "NHWC")
 
 class Detector(nn.Module):
     """images (B, 3, S, S) or (B, S, S, 3) uint8 -> (logits (B, K) float32, score (B,) float32,
-    is_id (B,) bool = score ≥ γ). Normalisation is inside: (x / 255 − mean) / std, as `lbfood score`."""
+    is_id (B,) bool = score ≥ γ). Normalisation is inside: (x / 255 − mean) / std, as `lbfood score`.
+    `.double()` makes every step float64 (logits and score too): the tests' exact-arithmetic reference."""
 
     def __init__(self, model: nn.Module, score: nn.Module, *, mean, std, threshold: float,
                  layout: str = "NCHW", block: int | None = None, channels_last: bool = False) -> None:
@@ -46,7 +47,7 @@ class Detector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = images.permute(0, 3, 1, 2) if self.nhwc else images
-        x = (x.float().div(255) - self.mean) / self.std
+        x = (x.to(self.mean.dtype).div(255) - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         norm = None
@@ -55,9 +56,9 @@ class Detector(nn.Module):
         else:
             outs = self.model.forward_blocks(x)
             z, norm = outs[-1], feature_norm(outs[self.block])
-        f = z.float().mean(dim=(2, 3))
+        f = wide(z).mean(dim=(2, 3))
         logits = self.model.head(f)
-        score = self.score(logits, f, norm).float()
+        score = self.score(logits, f, norm).to(self.mean.dtype)
         return logits, score, score.double() >= self.threshold
 
 
@@ -73,9 +74,9 @@ class LogitScore(nn.Module):
 
     def forward(self, logits, features, norm):
         if self.kind == "msp":
-            return torch.softmax(logits.float(), dim=1).amax(dim=1)
+            return torch.softmax(wide(logits), dim=1).amax(dim=1)
         if self.kind == "maxlogit":
-            return logits.float().amax(dim=1)
+            return wide(logits).amax(dim=1)
         return energy(logits, self.temperature)
 
 
@@ -94,7 +95,7 @@ class HeadEnergy(nn.Module):
         if self.clip is not None:
             f = f.clamp(max=self.clip)
         if self.ash_k is not None:
-            f = ash_s_top(f.float(), self.ash_k)
+            f = ash_s_top(wide(f), self.ash_k)
         return energy(F.linear(f, self.weight, self.bias))
 
 
@@ -125,7 +126,7 @@ class ViMScore(nn.Module):
         self.register_buffer("alpha", alpha.float().reshape(1).clone())
 
     def forward(self, logits, features, norm):
-        r = torch.linalg.vector_norm((features.float() - self.origin) @ self.residual_basis, dim=1)
+        r = torch.linalg.vector_norm((wide(features) - self.origin) @ self.residual_basis, dim=1)
         return energy(logits) - self.alpha * r
 
 
@@ -138,7 +139,7 @@ class KNNScore(nn.Module):
         self.k = int(k)
 
     def forward(self, logits, features, norm):
-        q = F.normalize(features.float(), p=2, dim=1, eps=1e-10)
+        q = F.normalize(wide(features), p=2, dim=1, eps=1e-10)
         sims = torch.topk(q @ self.bank.T, self.k, dim=1).values[:, self.k - 1]
         return -(2.0 - 2.0 * sims).clamp(min=0).sqrt()
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lbfood.engine.errors import ConfigError
-from lbfood.engine.evaluation.features import Features
+from lbfood.engine.evaluation.features import Features, wide
 
 
 class Scorer:
@@ -106,7 +106,7 @@ def head_state(head: nn.Linear) -> dict[str, torch.Tensor]:
 
 def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Negative free energy T·logsumexp(f(x)/T) (Liu et al., NeurIPS 2020, Eq. 7; paper Eq. 8)."""
-    return temperature * torch.logsumexp(logits.float() / temperature, dim=1)
+    return temperature * torch.logsumexp(wide(logits) / temperature, dim=1)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,89 @@
+"""How closely an exported detector's scores follow `lbfood score`, per method, and why large scores less.
+
+One untrained ResNet-18 run (as in `export_speed.py`), each exportable method exported as ONNX and
+TorchScript, the same `--images` backdrops test images (uint8, the run's size) through both files and
+through `lbfood score`'s engine (`score_images`). Prints the max |difference| of the scores per
+method and format, and the error of `lbfood score` and of the ONNX file against the same detector
+computed in float64 (network and score; "exact"): a float32 network is a few 1e-6 off in its features, which large
+scores (Mahalanobis, ASH) amplify, so there `lbfood score` itself is about as far from exact arithmetic
+as the ONNX file is from `lbfood score`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import _common
+import numpy as np
+import torch
+from export_speed import make_run
+from PIL import Image
+
+from lbfood.engine import runs
+from lbfood.engine.config import ScoreConfig
+from lbfood.engine.data import backdrops
+from lbfood.engine.evaluation import score as evaluate
+from lbfood.engine.evaluation.calibrate import fitted_scorer_and_threshold
+from lbfood.engine.export import ExportConfig, detector, export, exportable
+from lbfood.engine.runtime import make_runtime
+
+PARAMS = {"knn": {"k": 5}, "vim": {"dim": 16}}
+
+
+def exact_scores(run: Path, method: str, nchw: np.ndarray) -> np.ndarray:
+    """The exported detector's graph in float64 (network and score; the same fitted statistics and γ)."""
+    rt = make_runtime("cpu", "fp32", training=False)
+    model, meta = runs.load_run(run, rt.device)
+    s, thr = fitted_scorer_and_threshold(rt.prepare(model), meta, rt, method, PARAMS.get(method, {}))
+    model = model.to(memory_format=torch.contiguous_format)
+    det = detector.build(model, s, size=int(meta.input_size), mean=meta.mean, std=meta.std, threshold=thr).double()
+    with torch.no_grad():
+        return det(torch.from_numpy(nchw))[1].numpy()
+
+
+def main() -> None:
+    p = _common.parser(__doc__)
+    p.set_defaults(width=0.125)
+    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--fit-images", type=int, default=200)
+    args = p.parse_args()
+    import onnxruntime as ort
+
+    warnings.simplefilter("ignore")  # torch.jit.load's deprecation note
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        run = make_run(root, args.arch, args.width, args.fit_images)
+        x = backdrops.generate("test")[0][: args.images].numpy()
+        folder = root / "images"
+        folder.mkdir()
+        for i, a in enumerate(x):
+            Image.fromarray(a).save(folder / f"{i:04d}.png")
+        nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        print(f"{args.arch} ×{args.width:g} (untrained), fitted on {args.fit_images} training images, "
+              f"{len(x)} test images; torch {torch.__version__}, onnxruntime {ort.__version__}")
+        print(f"{'method':<12} {'max |score|':>11} {'score - exact':>13} {'ONNX - score':>13} {'ONNX - exact':>13} "
+              f"{'TorchScript - score':>20}")
+        for method in exportable():
+            params = PARAMS.get(method, {})
+            rows = evaluate.score_images(ScoreConfig(paths=(str(folder),), model=str(run), method=method,
+                                                     params=params, device="cpu", precision="fp32"))
+            want = np.array([r.score for r in rows])
+            got = {}
+            for fmt in ("onnx", "torchscript"):
+                res = export(ExportConfig(model=str(run), method=method, format=fmt, params=params, device="cpu",
+                                          out=str(root / f"{method}.{fmt}")))
+                if fmt == "onnx":
+                    sess = ort.InferenceSession(res.path, providers=["CPUExecutionProvider"])
+                    got[fmt] = sess.run(None, {"images": nchw})[1]
+                else:
+                    got[fmt] = torch.jit.load(res.path)(torch.from_numpy(nchw))[1].numpy()
+            exact = exact_scores(run, method, nchw)
+            print(f"{method:<12} {np.abs(want).max():11.4g} {np.abs(want - exact).max():13.2e} "
+                  f"{np.abs(got['onnx'] - want).max():13.2e} {np.abs(got['onnx'] - exact).max():13.2e} "
+                  f"{np.abs(got['torchscript'] - want).max():20.2e}")
+
+
+if __name__ == "__main__":
+    main()
