@@ -21,26 +21,12 @@ import torch
 from export_speed import make_run
 from PIL import Image
 
-from lbfood.engine import runs
 from lbfood.engine.config import ScoreConfig
 from lbfood.engine.data import backdrops
 from lbfood.engine.evaluation import score as evaluate
-from lbfood.engine.evaluation.calibrate import fitted_scorer_and_threshold
-from lbfood.engine.export import ExportConfig, detector, export, exportable
-from lbfood.engine.runtime import make_runtime
+from lbfood.engine.export import ExportConfig, exact_scores, export, exportable
 
 PARAMS = {"knn": {"k": 5}, "vim": {"dim": 16}}
-
-
-def exact_scores(run: Path, method: str, nchw: np.ndarray) -> np.ndarray:
-    """The exported detector's graph in float64 (network and score; the same fitted statistics and γ)."""
-    rt = make_runtime("cpu", "fp32", training=False)
-    model, meta = runs.load_run(run, rt.device)
-    s, thr = fitted_scorer_and_threshold(rt.prepare(model), meta, rt, method, PARAMS.get(method, {}))
-    model = model.to(memory_format=torch.contiguous_format)
-    det = detector.build(model, s, size=int(meta.input_size), mean=meta.mean, std=meta.std, threshold=thr).double()
-    with torch.no_grad():
-        return det(torch.from_numpy(nchw))[1].numpy()
 
 
 def main() -> None:
@@ -79,7 +65,7 @@ def main() -> None:
                     got[fmt] = sess.run(None, {"images": nchw})[1]
                 else:
                     got[fmt] = torch.jit.load(res.path)(torch.from_numpy(nchw))[1].numpy()
-            exact = exact_scores(run, method, nchw)
+            exact = exact_scores(ExportConfig(model=str(run), method=method, params=params, device="cpu"), nchw)
             print(f"{method:<12} {np.abs(want).max():11.4g} {np.abs(want - exact).max():13.2e} "
                   f"{np.abs(got['onnx'] - want).max():13.2e} {np.abs(got['onnx'] - exact).max():13.2e} "
                   f"{np.abs(got['torchscript'] - want).max():20.2e}")

@@ -3,6 +3,6 @@
 `api` resolves what to export, `detector` is the graph, `writer` writes the file with its metadata.
 """
 
-from lbfood.engine.export.api import ExportConfig, ExportResult, export, exportable
+from lbfood.engine.export.api import ExportConfig, ExportResult, exact_scores, export, exportable
 
-__all__ = ["ExportConfig", "ExportResult", "export", "exportable"]
+__all__ = ["ExportConfig", "ExportResult", "exact_scores", "export", "exportable"]

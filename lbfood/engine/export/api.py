@@ -130,13 +130,16 @@ def metadata(meta: RunMeta, s: Any, threshold: float, source: str, layout: str) 
     }
 
 
-def export(cfg: ExportConfig, on_event: Callable[[Any], None] | None = None) -> ExportResult:
-    """Fit (or load) the scorer, resolve γ as `lbfood score` does, and write the detector file."""
+def build_detector(cfg: ExportConfig, on_event: Callable[[Any], None] | None = None, *,
+                   channels_last: bool | None = None) -> tuple[Any, RunMeta, Any, float]:
+    """The detector `export` writes (CPU, fp32, eval mode), its run's metadata, the fitted scorer and γ:
+    the scorer is fitted (or loaded) and γ resolved as `lbfood score` does. TorchScript runs channels-last
+    (as `lbfood score` does on the CPU) unless `channels_last` says otherwise."""
     import torch
 
     from lbfood.engine import runs
     from lbfood.engine.evaluation.calibrate import fitted_scorer_and_threshold
-    from lbfood.engine.export import detector, writer
+    from lbfood.engine.export import detector
     from lbfood.engine.runtime import make_runtime
 
     check(cfg)
@@ -146,14 +149,35 @@ def export(cfg: ExportConfig, on_event: Callable[[Any], None] | None = None) -> 
         rt.prepare(model), meta, rt, cfg.method, cfg.params, threshold=cfg.threshold, root=cfg.data_root,
         batch_size=cfg.batch_size, on_event=on_event)
     check_bank(s, cfg.max_bank_mb)
-    source = "--threshold" if cfg.threshold is not None else "run"
     model = model.to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()  # what is traced
+    det = detector.build(model, s, size=int(meta.input_size), mean=meta.mean, std=meta.std, threshold=threshold,
+                         layout=cfg.layout,
+                         channels_last=cfg.format == "torchscript" if channels_last is None else channels_last)
+    return det, meta, s, threshold
+
+
+def export(cfg: ExportConfig, on_event: Callable[[Any], None] | None = None) -> ExportResult:
+    """Fit (or load) the scorer, resolve γ as `lbfood score` does, and write the detector file."""
+    import torch
+
+    from lbfood.engine.export import writer
+
+    det, meta, s, threshold = build_detector(cfg, on_event)
+    source = "--threshold" if cfg.threshold is not None else "run"
     size = int(meta.input_size)
-    det = detector.build(model, s, size=size, mean=meta.mean, std=meta.std, threshold=threshold,
-                         layout=cfg.layout, channels_last=cfg.format == "torchscript")
     shape = (2, 3, size, size) if cfg.layout == "NCHW" else (2, size, size, 3)
     example = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     out = Path(cfg.out) if cfg.out else Path(f"{meta.run_dir.name}-{s.name}{writer.FORMATS[cfg.format]}")
     md = metadata(meta, s, threshold, source, cfg.layout)
     n = writer.write(det, example, out, cfg.format, md)
     return ExportResult(path=str(out), format=cfg.format, method=s.name, threshold=threshold, bytes=n, metadata=md)
+
+
+def exact_scores(cfg: ExportConfig, images: Any) -> Any:
+    """The scores the file exported with `cfg` would give `images` (a uint8 numpy array in `cfg.layout`) if
+    every step ran in float64: exact arithmetic, to measure float32 runtimes against."""
+    import torch
+
+    det, _, _, _ = build_detector(cfg, channels_last=False)
+    with torch.no_grad():
+        return det.double()(torch.from_numpy(images))[1].numpy()
