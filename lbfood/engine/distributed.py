@@ -26,7 +26,6 @@ from lbfood.engine.errors import ConfigError, DistributedError
 
 TIMEOUT_ENV = "LBFOOD_DIST_TIMEOUT"  # seconds a collective may wait for the other processes
 DEFAULT_TIMEOUT_S = 300.0
-TEST_KILL_ENV = "LBFOOD_TEST_KILL_RANK"  # test hook: this rank exits hard after its first training step
 
 
 @dataclass(frozen=True)
@@ -196,12 +195,6 @@ def gather_rows(t: torch.Tensor, n: int, info: DistInfo, device: torch.device | 
     parts = [torch.empty_like(padded) for _ in range(info.world)]
     torch.distributed.all_gather(parts, padded)
     return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)]).to(t.device)
-
-
-def kill_point_for_tests(info: DistInfo) -> None:
-    """Test hook: exit hard (no clean-up, like a crash) if $LBFOOD_TEST_KILL_RANK names this rank."""
-    if info.enabled and os.environ.get(TEST_KILL_ENV) == str(info.rank):
-        os._exit(17)
 
 
 def launch_local(nproc: int, args: Sequence[str], *, cpu: bool) -> None:

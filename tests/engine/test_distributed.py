@@ -165,13 +165,13 @@ def test_two_processes_train_like_one_and_resume_with_one(tmp_path, monkeypatch)
 
 
 def test_a_killed_rank_makes_the_other_fail_fast(tmp_path):
-    """Rank 1 exits hard after its first step (test hook); rank 0 must stop with a one-line error, exit
-    code 3, well within the timeout, and leave no half-made run folder."""
+    """Rank 1 exits hard after its first step (the test hook `step:rank1`); rank 0 must stop with a
+    one-line error, exit code 3, well within the timeout, and leave no half-made run folder."""
     data = _tiny_imagefolder(tmp_path / "id", train=44)
     t0 = time.time()
     r0, r1 = _ranks(["pretrain", "--data", data, "--epochs", "1", "--out", "run", *TINY], tmp_path, timeout=90,
-                    LBFOOD_DIST_TIMEOUT="20", LBFOOD_TEST_KILL_RANK="1")
-    assert r1.returncode == 17
+                    LBFOOD_DIST_TIMEOUT="20", LBFOOD_TEST_KILL_AT="step:rank1")
+    assert r1.returncode == 137
     assert r0.returncode == 3, r0.stderr
     assert "rank 0 lost the other processes" in r0.stderr and "Traceback" not in r0.stderr
     assert time.time() - t0 < 80

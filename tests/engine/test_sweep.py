@@ -178,13 +178,13 @@ def _trials(out):
 
 def test_a_killed_worker_is_resumed_without_repeating_finished_trials(tmp_path, monkeypatch, make_run,
                                                                        small_backdrops):
-    from lbfood.engine.sweep import study
+    from lbfood.engine import killpoints
 
     monkeypatch.chdir(tmp_path)
     parent = make_run(tmp_path)
     out = tmp_path / "sw"
-    p = _cli(tmp_path, *_args(parent, out, "0.5,1"), env={study.KILL_ENV: "1"})  # dies after trial 1's epoch
-    assert p.returncode == 17, p.stderr
+    p = _cli(tmp_path, *_args(parent, out, "0.5,1"), env={killpoints.ENV: "trial-epoch:1"})  # after trial 1's epoch
+    assert p.returncode == 137, p.stderr
     assert _trials(out) == [(0, "control", "COMPLETE"), (1, "dpreset-muauto-l0.5-current", "RUNNING"),
                             (2, "dpreset-muauto-l1-current", "WAITING")]
     control_mtime = (out / "trials/control/model.safetensors").stat().st_mtime_ns

@@ -32,11 +32,11 @@ from typing import Any
 
 from lbfood.engine import runs
 from lbfood.engine.errors import ConfigError, RunError
+from lbfood.engine.killpoints import kill_point
 from lbfood.engine.sweep import space
 from lbfood.engine.sweep.space import FACTORS, SweepConfig
 
 STUDY_NAME = "lbfood-sweep"
-KILL_ENV = "LBFOOD_TEST_SWEEP_KILL"  # tests: a worker exits hard after the first epoch of this trial number
 
 
 @dataclass(frozen=True)
@@ -238,8 +238,7 @@ def run_trial(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) ->
         if isinstance(ev, EpochEnd):
             acc = ev.metrics["val_acc"]
             trial.report(acc, ev.epoch)
-            if os.environ.get(KILL_ENV) == str(trial.number):
-                os._exit(17)
+            kill_point("trial-epoch", str(trial.number))
             floor = control.get(ev.epoch)
             if floor is not None and acc < floor - sc.max_acc_drop / 100:
                 events.close()

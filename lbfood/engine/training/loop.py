@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from lbfood.engine import checkpoint, runs
 from lbfood.engine.config import FinetuneConfig, TrainConfig
 from lbfood.engine.data.loaders import make_loader
-from lbfood.engine.distributed import DistInfo, all_reduce_sum, kill_point_for_tests
+from lbfood.engine.distributed import DistInfo, all_reduce_sum
 from lbfood.engine.errors import ConfigError, LbfoodError, RunError
 from lbfood.engine.events import EpochEnd, Event, Finished, Interrupted, Note, Progress, Started
 from lbfood.engine.io import append_jsonl
@@ -186,8 +186,7 @@ def _one_epoch(s: Session, model, step_fn, optimizer, scaler, loader, epoch: int
                              torch.tensor(float(n), device=rt.device)])
         seen += n
         if i == 0:
-            kill_point_for_tests(s.dist)
-            kill_point("step")
+            kill_point("step", f"rank{s.dist.rank}" if s.dist.enabled else None)
         if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
             m = _read_metrics(base, hook_sums, hook, i + 1, s.dist)
             guards.check_finite(m, cfg, epoch, i + 1, s.meta.input_size)  # before any epoch is saved
