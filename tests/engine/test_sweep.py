@@ -270,3 +270,42 @@ def test_search_trains_each_point_once_and_stops_when_the_space_is_exhausted(tmp
     assert all(s == "PRUNED" for _, _, s in trials if s != "COMPLETE")  # TPE's repeats: skipped, not trained
     assert sorted(p.name for p in (tmp_path / "sw/trials").iterdir()) == \
         ["control", *sorted(f"t{n:03d}-{k}" for n, k, s in trials if s == "COMPLETE" and k != "control")]
+
+
+def test_prune_stops_a_trial_whose_accuracy_falls_below_the_controls_curve(tmp_path, monkeypatch, make_run,
+                                                                            small_backdrops):
+    """--prune: after each epoch a trial's held-out accuracy is compared with the control's at that epoch;
+    more than max_acc_drop points below it, the trial stops there, is recorded as pruned and never selected.
+    The LFF trial's reported accuracy is forced down (the real one is not reliably lower on a tiny run)."""
+    from lbfood.engine.events import EpochEnd
+    from lbfood.engine.sweep import results, study
+    from lbfood.engine.training import loop
+
+    monkeypatch.chdir(tmp_path)
+    parent = make_run(tmp_path)
+    real_fit = loop.fit
+    epochs_seen = []
+
+    def fit(session):
+        for ev in real_fit(session):
+            if isinstance(ev, EpochEnd) and session.cfg.lam > 0:
+                epochs_seen.append(ev.epoch)
+                ev = dataclasses.replace(ev, metrics={**ev.metrics, "val_acc": 0.0})
+            yield ev
+
+    monkeypatch.setattr(loop, "fit", fit)
+    sc = dataclasses.replace(_sweep(tmp_path, parent, lam=("0.5",), methods=("react",), prune=True),
+                             recipe=FinetuneConfig(parent=str(parent), **{**RECIPE, "epochs": 2}))
+    assert study.work(sc) == 2
+    assert epochs_seen == [0]  # stopped after its first of two epochs
+    doc = results.finalize(sc)
+    control, trial = doc["trials"]
+    assert (control["state"], trial["state"]) == ("complete", "pruned")
+    assert trial["val_acc"] == 0.0 and trial["value"] is None and "test" not in trial
+    assert doc["selected"]["number"] == control["number"] == 0
+    meta = json.loads((Path(sc.out) / trial["run"] / "run.json").read_text())
+    assert meta["status"] != "done" and meta["epochs_done"] == 1
+    from lbfood import sweep_files
+
+    line = sweep_files.markdown(doc).splitlines()[-1]
+    assert line.startswith("| 1 | dpreset-muauto-l0.5-current (pruned) |") and "None" not in line, line

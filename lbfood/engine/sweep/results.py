@@ -52,10 +52,12 @@ def trial_rows(study) -> list[dict[str, Any]]:
         key = a.get("key")
         if key is None or a.get("duplicate") or (key in rows and rows[key]["state"] == "complete"):
             continue
+        complete = t.state == TrialState.COMPLETE
         rows[key] = {"number": t.number, "key": key, "role": "control" if key == "control" else "trial",
-                     "state": "complete" if t.state == TrialState.COMPLETE else "pruned", "point": a["point"],
+                     "state": "complete" if complete else "pruned", "point": a["point"],
                      "delta": a.get("delta"), "mu": a.get("mu"), "val_acc": a.get("val_acc"),
-                     "value": t.value, "method": a.get("method"), "methods": a.get("methods", {}),
+                     # Optuna gives a pruned trial its last reported value (an accuracy): not the objective.
+                     "value": t.value if complete else None, "method": a.get("method"), "methods": a.get("methods", {}),
                      "run": a.get("run"), "train_seconds": a.get("train_seconds")}
     return sorted(rows.values(), key=lambda r: r["number"])
 
