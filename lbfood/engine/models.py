@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -50,13 +51,26 @@ def _ch(c: int, width: float) -> int:
 
 
 class FeatureModel(nn.Module):
-    """Base: subclasses set `self.head` and implement `forward_blocks`."""
+    """Base: subclasses set `self.head`, and `self.stem` and `self.stages` (a sequence of nn.Sequential of
+    residual blocks) or override `stem_forward` and `stage_list`."""
 
     head: nn.Linear
 
+    def stem_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x)
+
+    def stage_list(self) -> Sequence[nn.Sequential]:
+        return self.stages
+
     def forward_blocks(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The output of every residual block, in order (as the FeatureNorm reference enumerates them)."""
-        raise NotImplementedError
+        x = self.stem_forward(x)
+        outs = []
+        for stage in self.stage_list():
+            for block in stage:
+                x = block(x)
+                outs.append(x)
+        return outs
 
     def features_from_last_block(self, last: torch.Tensor) -> torch.Tensor:
         """z from the last block's output (the same tensor, except where a final BN-ReLU follows)."""
@@ -64,7 +78,10 @@ class FeatureModel(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """z = h(x), the last feature map (B, C, H, W)."""
-        return self.features_from_last_block(self.forward_blocks(x)[-1])
+        x = self.stem_forward(x)
+        for stage in self.stage_list():
+            x = stage(x)
+        return self.features_from_last_block(x)
 
     def forward(self, x: torch.Tensor, with_features: bool = False):
         """Logits `head(GAP(z))`; with `with_features`, `(logits, z)` from the same pass (used by the
@@ -140,21 +157,6 @@ class CifarResNet(FeatureModel):
         self.head = nn.Linear(cin, num_classes)
         _init(self)
 
-    def forward_blocks(self, x):
-        x = self.stem(x)
-        outs = []
-        for stage in self.stages:
-            for block in stage:
-                x = block(x)
-                outs.append(x)
-        return outs
-
-    def forward_features(self, x):
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return x
-
 
 class WideBlock(nn.Module):
     """Pre-activation wide basic block (Zagoruyko & Komodakis, 2016)."""
@@ -199,23 +201,8 @@ class WideResNet(FeatureModel):
         self.head = nn.Linear(cin, num_classes)
         _init(self)
 
-    def forward_blocks(self, x):
-        x = self.stem(x)
-        outs = []
-        for stage in self.stages:
-            for block in stage:
-                x = block(x)
-                outs.append(x)
-        return outs
-
     def features_from_last_block(self, last):
         return F.relu(self.bn(last))
-
-    def forward_features(self, x):
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return F.relu(self.bn(x))
 
 
 class ImageNetResNet50(FeatureModel):
@@ -240,18 +227,11 @@ class ImageNetResNet50(FeatureModel):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.head = nn.Linear(base * 8 * TvBottleneck.expansion, num_classes)
 
-    def forward_blocks(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        outs = []
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in layer:
-                x = block(x)
-                outs.append(x)
-        return outs
+    def stem_forward(self, x):
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
-    def forward_features(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    def stage_list(self):
+        return (self.layer1, self.layer2, self.layer3, self.layer4)
 
     def load_torchvision(self, path: Path) -> None:
         """Load a torchvision ResNet-50 state dict (`fc.*` becomes `head.*` when the class count matches)."""
