@@ -3,6 +3,8 @@
     lbfood export --model runs/latest --method react --out detector.onnx
     python examples/deploy.py detector.onnx photos/     # prints: file, class, score, ID or OOD
 
+An unreadable file gets a line on stderr and the exit code 1; the others are still classified.
+
 Images are prepared as `lbfood score` prepares them: RGB, the shorter side resized (bilinear) to the
 run's input size S (to round(S·256/224) when S > 64), then the centre S×S crop, as uint8.
 """
@@ -32,14 +34,26 @@ def main(model, folder, batch=64):
     meta = session.get_modelmeta().custom_metadata_map  # classes, threshold, input_size, layout, ...
     size, classes = int(meta["input_size"]), json.loads(meta["classes"])
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))
+    failed = 0
     for i in range(0, len(files), batch):
-        x = np.stack([load(p, size) for p in files[i:i + batch]])  # (B, S, S, 3) uint8
+        good, arrays = [], []
+        for p in files[i:i + batch]:
+            try:
+                arrays.append(load(p, size))  # (S, S, 3) uint8
+                good.append(p)
+            except OSError as e:  # missing, unreadable or not an image
+                print(f"{p}\terror: {e}", file=sys.stderr)
+                failed += 1
+        if not good:
+            continue
+        x = np.stack(arrays)
         if meta["layout"] == "NCHW":
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         logits, score, is_id = session.run(None, {"images": x})
-        for p, lg, s, ok in zip(files[i:i + batch], logits, score, is_id, strict=True):
+        for p, lg, s, ok in zip(good, logits, score, is_id, strict=True):
             print(f"{p}\t{classes[int(lg.argmax())]}\t{s:.4f}\t{'ID' if ok else 'OOD'}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    sys.exit(main(*sys.argv[1:3]))

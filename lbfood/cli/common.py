@@ -112,10 +112,15 @@ def milestones(text: str) -> tuple[int, ...]:
         raise ConfigError(f"--milestones takes comma-separated epochs like 15 or 30,60; got {text!r}") from None
 
 
-# Options shared by pretrain and finetune.
+# Options shared by pretrain and finetune (Precision: training's rule; EvalPrecision: evaluation's).
 Device = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")]
 Precision = Annotated[str, typer.Option(help="auto = bf16 on CUDA GPUs that support it, fp16 + GradScaler on "
                                              "older ones, fp32 on CPU; or fp32, bf16, fp16.")]
+EvalPrecision = Annotated[str, typer.Option(
+    "--precision", help="auto = fp32 everywhere (as the reference OOD code computes its numbers); or bf16, fp16 "
+                        "(faster on GPUs; they shift ViM and Mahalanobis).")]
+Download = Annotated[bool, typer.Option("--download", help="Fetch missing datasets with torchvision (CIFAR, SVHN, "
+                                                           "MNIST-family); others say where to get them.")]
 Seed = Annotated[int, typer.Option(help="Random seed (weights, data order, augmentation).")]
 Workers = Annotated[int, typer.Option(help="DataLoader worker processes (large-image datasets only).")]
 Compile = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the whole training step (CUDA "
@@ -124,6 +129,9 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; one
 DataRoot = Annotated[Path | None, typer.Option(help="Where datasets live.", show_default="$LBFOOD_DATA or ./data")]
 SyncBn = Annotated[bool, typer.Option("--sync-bn", help="Synchronise batch norm across processes (CUDA).")]
 Limit = Annotated[int | None, typer.Option(help="Use only the first N training and test images (smoke tests).")]
+EvalLimit = Annotated[int | None, typer.Option(
+    "--limit", help="Use only the first N images of every split (smoke tests; `demo --quick` runs are reported "
+                    "with --limit 256).")]
 Devices = Annotated[int, typer.Option(help="Processes to launch on this machine (data parallel, one per GPU; "
                                            "--batch-size stays the global batch); 1 = no launcher. Under "
                                            "torchrun, leave at 1.")]

@@ -12,8 +12,10 @@ from lbfood.cli.common import (
     SCORER_NAMES,
     DataRoot,
     Device,
+    Download,
+    EvalLimit,
+    EvalPrecision,
     Params,
-    Precision,
     RunOpt,
     Workers,
     guard,
@@ -54,8 +56,10 @@ def report(
              "average; no METHOD = every method; applies to --model.")] = None,
     param: Params = None,
     data_root: DataRoot = None,
+    download: Download = False,
+    limit: EvalLimit = None,
     device: Device = "auto",
-    precision: Precision = "auto",
+    precision: EvalPrecision = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     workers: Workers = 4,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress line.")] = False,
@@ -72,7 +76,8 @@ def report(
                            compare=tuple(compare or ()), benchmark=benchmark,
                            data_root=str(data_root) if data_root else None, fpr_convention=fpr_convention,
                            batch_size=batch_size, device=device, precision=precision,
-                           params=parse_params(param, methods), workers=workers, gates=tuple(gate or ()))
+                           params=parse_params(param, methods), workers=workers, gates=tuple(gate or ()),
+                           download=download, limit=limit)
         fmt = writers.check_output(output) if output else None  # refused before any work
         if plots is not None:
             from lbfood import plots as pictures
@@ -116,7 +121,7 @@ def score(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     data_root: DataRoot = None,
     device: Device = "auto",
-    precision: Precision = "auto",
+    precision: EvalPrecision = "auto",
 ) -> None:
     """Classify images and say whether each is in-distribution. Exit code 1 if any file failed, 3 if
     --max-ood-share is exceeded."""

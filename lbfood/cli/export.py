@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lbfood.cli import app
-from lbfood.cli.common import DataRoot, Device, Params, Precision, guard
+from lbfood.cli.common import DataRoot, Device, EvalPrecision, Params, guard
 from lbfood.cli.common import params as parse_params
 from lbfood.engine.registries import SCORERS
 
@@ -32,7 +32,7 @@ def export(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass when fitting or calibrating.")] = 64,
     data_root: DataRoot = None,
     device: Device = "auto",
-    precision: Precision = "auto",
+    precision: EvalPrecision = "auto",
 ) -> None:
     """Write a run's classifier, OOD score and threshold as one ONNX or TorchScript file (see README)."""
     with guard():

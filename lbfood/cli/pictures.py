@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lbfood.cli import app
-from lbfood.cli.common import SCORER_NAMES, DataRoot, Device, Params, Precision, RunOpt, guard
+from lbfood.cli.common import SCORER_NAMES, DataRoot, Device, EvalPrecision, Params, RunOpt, guard
 from lbfood.cli.common import params as parse_params
 
 
@@ -28,7 +28,7 @@ def explain(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     data_root: DataRoot = None,
     device: Device = "auto",
-    precision: Precision = "auto",
+    precision: EvalPrecision = "auto",
 ) -> None:
     """Heat maps of the feature norm ‖z_j‖ over each image, background locations outlined (paper Fig. 7),
     runs side by side. Exit code 1 if any file could not be read."""

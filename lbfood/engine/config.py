@@ -248,6 +248,7 @@ class ReportConfig(_Config):
     workers: int = 4  # DataLoader workers for large-image sets
     gates: tuple[str, ...] = ()  # CI gates, e.g. "react.auroc>=90" (evaluation/gates.py), checked on the `model` run
     limit: int | None = None  # use only the first N images of every split (smoke tests, `demo --quick`)
+    download: bool = False  # fetch missing torchvision datasets (ID and OOD) into data_root
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import fakedata
 import numpy as np
@@ -207,6 +208,32 @@ def test_cifar10_run_with_svhn_and_a_folder(tmp_path, make_run, small_backdrops,
         for name in ("svhn", folder):
             want = metrics.summarize(id_scores, _direct_scores(run, method, name, root))
             assert res["runs"][0]["metrics"][method][name] == pytest.approx(want, abs=1e-9)
+
+
+def test_report_downloads_a_missing_ood_set_and_limits_every_split(tmp_path, make_run, small_backdrops, monkeypatch):
+    """--download reaches the OOD set's loader (torchvision's SVHN replaced by a writer of its real file:
+    no network here); without it the error says to pass it. --limit N reports on the first N of each split."""
+    import torchvision.datasets as tvd
+
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data"
+    fakedata.write_cifar10(root, n_train=20, n_test=6)
+    run = make_run(tmp_path, data="cifar10")
+    fetched = []
+
+    class FakeSVHN:
+        def __init__(self, folder, split, download):
+            fetched.append((folder, split, download))
+            fakedata.write_svhn(Path(folder), n=5, in_subdir=False)
+
+    monkeypatch.setattr(tvd, "SVHN", FakeSVHN)
+    args = ("report", "--model", run, "--ood", "svhn", "--method", "energy", "--data-root", root, *CPU)
+    one_error_line(invoke(*args), "svhn", "pass --download")
+    assert fetched == []
+    r = invoke(*args, "--download", "--limit", "4", "--output", "r.json")
+    assert r.exit_code == 0, r.output
+    assert fetched == [(str(root / "svhn"), "test", True)]
+    assert json.loads((tmp_path / "r.json").read_text())["num_images"] == {"cifar10": 4, "svhn": 4}
 
 
 def test_score_mixed_files(run, tmp_path):

@@ -211,8 +211,11 @@ def test_deploy_example_classifies_a_folder(run, tmp_path, capsys):
     folder, x = _images(tmp_path)
     res = export(ExportConfig(model=str(run), method="energy", out=str(tmp_path / "d.onnx"), device="cpu"))
     logits, score, is_id = _run_onnx(res.path, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    _deploy().main(res.path, str(folder), batch=5)
-    lines = [ln.split("\t") for ln in capsys.readouterr().out.splitlines()]
+    (folder / "07b-broken.png").write_bytes(b"not a png")  # sorted between 07.png and 08.png
+    assert _deploy().main(res.path, str(folder), batch=5) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith(f"{folder / '07b-broken.png'}\terror: ") and len(err.splitlines()) == 1
+    lines = [ln.split("\t") for ln in out.splitlines()]
     assert [ln[0] for ln in lines] == [str(folder / f"{i:02d}.png") for i in range(16)]
     assert [ln[1] for ln in lines] == [backdrops.CLASSES[k] for k in logits.argmax(1)]
     assert [float(ln[2]) for ln in lines] == pytest.approx(score.tolist(), abs=1e-4)

@@ -160,7 +160,8 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
         model, meta = runs.load_run(run_dir, rt.device)
         model = rt.prepare(model)
         ev = RunEval(run_dir, model, meta, rt, id_data=id_data, data_root=root, batch_size=cfg.batch_size,
-                      workers=cfg.workers, data=data, on_event=on_event, dist=dist, limit=cfg.limit)
+                      workers=cfg.workers, data=data, on_event=on_event, dist=dist, limit=cfg.limit,
+                      download=cfg.download)
         ev.jigsaw_train = any(p.name == "featurenorm" and p.needs_fit and not p.fitted for p in protos.values())
         try:
             test = ev.features(id_data, "test")

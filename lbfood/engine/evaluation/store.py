@@ -92,7 +92,7 @@ class RunEval:
     def __init__(self, run_dir: Path, model: torch.nn.Module, meta: RunMeta, rt: Runtime, *,
                  id_data: str, data_root: Path, batch_size: int = 256, workers: int = 4,
                  data: dict | None = None, on_event: Callable[[Step], None] | None = None,
-                 limit: int | None = None, dist: DistInfo | None = None) -> None:
+                 limit: int | None = None, dist: DistInfo | None = None, download: bool = False) -> None:
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         self.run_dir, self.model, self.meta, self.rt = Path(run_dir), model, meta, rt
@@ -116,7 +116,7 @@ class RunEval:
         # fits from it (it holds the plain features too), and the split is extracted once, not twice.
         self.jigsaw_train = False
         cfg = meta.config
-        self.opts = LoadOptions(root=self.data_root, image_size=self.size,
+        self.opts = LoadOptions(root=self.data_root, image_size=self.size, download=download,
                                 val_split=float(cfg.get("val_split") or 0.0),
                                 classes_file=Path(cfg["classes_file"]) if cfg.get("classes_file") else None,
                                 seed=int(cfg.get("seed") or 0))
