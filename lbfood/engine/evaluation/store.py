@@ -104,7 +104,7 @@ class RunEval:
         self.data = data if data is not None else {}  # (name, split, size, root) -> ImageSet, shared
         self.on_event = on_event
         if limit is not None and limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {limit}")
+            raise ConfigError(f"--limit must be >= 1, got {limit}")
         self.limit = limit  # only the first `limit` images of each split (smoke tests)
         # Under data parallelism each rank extracts its shard of every split and the rows are gathered;
         # every rank then computes the same numbers, and only rank 0 writes files.
