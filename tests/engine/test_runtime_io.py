@@ -22,6 +22,24 @@ def test_precision_rule():
     assert rt.amp_dtype is None and not rt.use_scaler and rt.precision == "fp32"
 
 
+def test_tf32_for_training_only_on_cuda(monkeypatch):
+    """On CUDA, a training runtime allows TF32 and an evaluation runtime (fp32 on auto) turns it off
+    again; the flags are process-wide, so each runtime sets them (a sweep alternates the two). The
+    device is faked: this machine has no GPU, and the flags can be set without one."""
+    monkeypatch.setattr(runtime, "select_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(runtime, "set_threads", lambda: None)
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    seen = []
+    try:
+        for training in (True, False, True, False):
+            rt = runtime.make_runtime("cuda", "auto", training=training)
+            seen.append((rt.precision, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+    assert seen == [("bf16", True, True), ("fp32", False, False)] * 2
+
+
 def test_devices():
     assert runtime.select_device("cpu") == torch.device("cpu")
     with pytest.raises(ConfigError, match="unknown device"):
