@@ -154,6 +154,22 @@ def lost_peer(info: DistInfo) -> Iterator[None]:
             f"timeout (${TIMEOUT_ENV}); the cause is in that process's output ({_first_line(e)})") from e
 
 
+@contextlib.contextmanager
+def main_first(info: DistInfo, when: bool = True) -> Iterator[None]:
+    """Rank 0 runs the block first, the other ranks after it has finished (e.g. a download into one
+    shared folder, which concurrent ranks would corrupt); a plain block for one process or `when` False."""
+    if not (info.enabled and when):
+        yield
+        return
+    if not info.is_main:
+        torch.distributed.barrier()
+    try:
+        yield
+    finally:
+        if info.is_main:
+            torch.distributed.barrier()  # even on an error: the others then fail on their own, not hang
+
+
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum a tensor over ranks in place (no-op for one process)."""
     if info.enabled:

@@ -346,3 +346,36 @@ def test_lost_peer_turns_collective_failures_into_one_line():
     with pytest.raises(RuntimeError, match="Timed out"):  # one process: nothing to lose
         with distributed.lost_peer(DistInfo()):
             raise RuntimeError(gloo)
+
+
+MAIN_FIRST = """
+import sys, time
+from pathlib import Path
+import torch.distributed as td
+from lbfood.engine.distributed import from_env, main_first
+info = from_env()
+td.init_process_group("gloo")
+folder = Path(sys.argv[1])
+with main_first(info, when=sys.argv[2] == "1"):
+    if info.is_main:
+        time.sleep(1.0)  # a slow download
+    (folder / f"{info.rank}").write_text(" ".join(sorted(p.name for p in folder.iterdir())))
+td.barrier()
+td.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("when", [True, False])
+def test_main_first_lets_rank_0_finish_before_the_others_start(tmp_path, when):
+    """What --download relies on under torchrun: rank 0 fetches into the shared folder, the others read it
+    after (with `when` False, as without --download, they do not wait: rank 1 writes first)."""
+    port = _port()
+    procs = [subprocess.Popen([sys.executable, "-c", MAIN_FIRST, str(tmp_path), "1" if when else "0"], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(r),
+                                       LOCAL_RANK=str(r))) for r in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    # What each rank saw in the folder when it wrote: with main_first rank 0 was alone, rank 1 came after.
+    assert ((tmp_path / "0").read_text(), (tmp_path / "1").read_text()) == (("", "0") if when else ("1", ""))

@@ -24,7 +24,7 @@ from lbfood.engine.data import DatasetSpec, ImageSet, LoadOptions, default_root
 from lbfood.engine.data import get as get_dataset
 from lbfood.engine.data.holdout import split_holdout
 from lbfood.engine.data.loaders import make_loader
-from lbfood.engine.distributed import DistInfo
+from lbfood.engine.distributed import DistInfo, main_first
 from lbfood.engine.errors import ConfigError, DataError, LbfoodError, RunError, StorageError
 from lbfood.engine.evaluation import features as fx
 from lbfood.engine.evaluation import scorers
@@ -141,7 +141,8 @@ class RunEval:
         if key not in self.data:
             spec = get_dataset(name)
             self._event(f"loading {name} ({split})")
-            images = spec.load(self.opts, split)
+            with main_first(self.dist, when=self.opts.download):  # one download, not one per rank
+                images = spec.load(self.opts, split)
             if self.limit is not None:
                 images = images.subset(torch.arange(min(self.limit, len(images))))
             holdout = float(self.meta.config.get("holdout") or 0.0)

@@ -137,7 +137,7 @@ def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInf
     rt = make_runtime(rank_device(cfg.device, dist), cfg.precision)
     check_parallel(cfg, rt, dist)
     seed_everything(cfg.seed)
-    spec, train_set, test_set, notes = load_id_data(cfg, size)
+    spec, train_set, test_set, notes = load_id_data(cfg, size, dist)
     if list(train_set.classes) != list(parent.classes):
         raise ConfigError(f"{cfg.data} has classes {list(train_set.classes)[:5]}… but the parent run was trained on "
                           f"{parent.classes[:5]}…; fine-tune on the parent's data")

@@ -18,7 +18,7 @@ from lbfood.engine.data import get as get_dataset
 from lbfood.engine.data.base import DatasetSpec
 from lbfood.engine.data.holdout import split_holdout
 from lbfood.engine.data.loaders import Augment
-from lbfood.engine.distributed import DistInfo, rank_device
+from lbfood.engine.distributed import DistInfo, main_first, rank_device
 from lbfood.engine.errors import ConfigError, RunError
 from lbfood.engine.events import Note
 from lbfood.engine.runs import RunMeta
@@ -64,17 +64,18 @@ def load_options(cfg: TrainConfig | FinetuneConfig, image_size: int) -> LoadOpti
                        image_size=image_size, seed=cfg.seed)
 
 
-def load_id_data(cfg: TrainConfig | FinetuneConfig,
-                 image_size: int) -> tuple[DatasetSpec, ImageSet, ImageSet, list[Note]]:
+def load_id_data(cfg: TrainConfig | FinetuneConfig, image_size: int,
+                 dist: DistInfo | None = None) -> tuple[DatasetSpec, ImageSet, ImageSet, list[Note]]:
     """(spec, train, test, notes); with `cfg.holdout` the third set is the held-out part of the training
-    split (the test split is then never read)."""
+    split (the test split is then never read). With --download, rank 0 loads (and downloads) first."""
     spec = get_dataset(cfg.data)
     if spec.role != "id":
         raise ConfigError(f"{cfg.data} is an OOD set (no class labels); train on an ID dataset such as "
                           "backdrops, cifar10, cifar100, imagenet100 or imagefolder:PATH")
     opts = load_options(cfg, image_size)
-    train = spec.load(opts, "train")
-    test = None if cfg.holdout else spec.load(opts, "test")
+    with main_first(dist or DistInfo(), when=cfg.download):
+        train = spec.load(opts, "train")
+        test = None if cfg.holdout else spec.load(opts, "test")
     if cfg.limit is not None:
         if cfg.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {cfg.limit}")
@@ -129,7 +130,7 @@ def prepare_pretrain(cfg: TrainConfig, *, resume: bool = False, dist: DistInfo |
     seed_everything(cfg.seed)
     models.check(cfg.arch, cfg.width)  # before any data is loaded
     size = models.input_size(cfg.arch)
-    spec, train, test, notes = load_id_data(cfg, size)
+    spec, train, test, notes = load_id_data(cfg, size, dist)
     model = models.build(cfg.arch, num_classes=len(train.classes), width=cfg.width)
     if cfg.init:
         if not isinstance(model, models.ImageNetResNet50):
