@@ -35,7 +35,7 @@ from lbfood.engine.training.setup import new_meta
 def make_run(root: Path, arch: str, width: float) -> Path:
     spec = get_dataset("backdrops")
     meta = new_meta("pretrain", TrainConfig(arch=arch, width=width), spec, CLASSES, models.input_size(arch))
-    meta.update(status="done", epochs_done=1)
+    meta = meta.replace(status="done", epochs_done=1)
     torch.manual_seed(0)
     run = root / "run"
     run.mkdir(parents=True)
