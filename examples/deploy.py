@@ -19,7 +19,11 @@ from PIL import Image
 
 
 def load(path, size):
-    img = Image.open(path).convert("RGB")
+    img = Image.open(path)
+    if img.mode.startswith("I"):  # 16-bit grayscale: scaled as lbfood does (PIL's convert clips it)
+        a = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        img = Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8))
+    img = img.convert("RGB")
     w, h = img.size
     short = size if size <= 64 else int(round(size * 256 / 224))
     new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
@@ -34,6 +38,9 @@ def main(model, folder, batch=64):
     meta = session.get_modelmeta().custom_metadata_map  # classes, threshold, input_size, layout, ...
     size, classes = int(meta["input_size"]), json.loads(meta["classes"])
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))
+    if not files:
+        print(f"no images (.png, .jpg, .jpeg, .bmp, .webp) under {folder!r}", file=sys.stderr)
+        return 1
     failed = 0
     for i in range(0, len(files), batch):
         good, arrays = [], []
@@ -56,4 +63,6 @@ def main(model, folder, batch=64):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python deploy.py DETECTOR.onnx FOLDER")
     sys.exit(main(*sys.argv[1:3]))

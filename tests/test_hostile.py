@@ -201,6 +201,36 @@ def test_report_on_a_read_only_run_finishes_with_a_note(run, tmp_path, read_only
         atomic_write_bytes(run / "cache" / "f", b"")  # the advice names the folder that refused
 
 
+def test_well_formed_but_wrong_scorer_and_cache_files_are_recomputed(run, tmp_path):
+    """A scorer or cache file that reads fine but cannot belong to this model (another model's shapes,
+    non-finite statistics) is refitted or re-extracted, as a damaged one is: same numbers, no traceback."""
+    import torch
+
+    from lbfood.engine.io import load_tensors, read_metadata, save_tensors
+
+    args = ("report", "--method", "react,mahalanobis", "--ood", "backdrops-noise", *CPU)
+    clean(invoke(*args, "--output", tmp_path / "a.json"))
+    before = json.loads((tmp_path / "a.json").read_text())
+
+    def rewrite(path, change):
+        meta, tensors = read_metadata(path), load_tensors(path)
+        change(tensors)
+        save_tensors(path, tensors, metadata=meta)
+
+    (react,) = run.glob("scorers/react*.safetensors")
+    (maha,) = run.glob("scorers/mahalanobis*.safetensors")
+    rewrite(react, lambda d: d.update(weight=torch.ones(3, 7)))  # another model's head
+    rewrite(maha, lambda d: d["precision"].fill_(float("nan")))
+    (cache,) = run.glob("cache/*backdrops-noise*.safetensors")
+    rewrite(cache, lambda d: d.update(features=d["features"][:, :7].contiguous()))
+    r = invoke(*args, "--output", tmp_path / "b.json")
+    clean(r)
+    assert r.exit_code == 0, r.output
+    after = json.loads((tmp_path / "b.json").read_text())
+    assert after["fits"] == 2 and after["extractions"] == 1  # both scorers refitted, the noise split re-extracted
+    assert after["runs"][0]["metrics"] == before["runs"][0]["metrics"]
+
+
 def test_score_on_a_read_only_run_uses_the_threshold_without_storing_it(run, tmp_path, read_only):
     fd.write_flat_folder(tmp_path / "imgs", n=2)
     read_only(run)

@@ -40,7 +40,25 @@ from lbfood.cli import evaluation, export, pictures, sweep, training  # noqa: E4
 
 
 def main() -> None:
-    app()
+    """The console script: Typer's app, but a value or option the parser cannot read is one `error:` line
+    (exit 2) naming the help to read, like every other refusal, instead of Typer's boxed usage panel."""
+    import sys
+
+    if len(sys.argv) <= 1:  # `lbfood` alone: the help, as Typer draws it
+        app()
+        return
+    try:
+        rv = app(standalone_mode=False)
+    except Exception as e:
+        # Click's UsageError family (vendored by newer Typer, click's own in older ones): exit code 2 and
+        # a message; anything else is not a parsing problem and goes on as before.
+        if not (hasattr(e, "format_message") and getattr(e, "exit_code", None) == 2):
+            raise
+        ctx = getattr(e, "ctx", None)
+        where = f"{ctx.command_path} --help" if ctx is not None else "lbfood --help"
+        print(f"error: {' '.join(e.format_message().split()).rstrip('.')}; see `{where}`", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

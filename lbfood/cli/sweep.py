@@ -65,6 +65,7 @@ def sweep(
 
         from lbfood import render, render_sweep, sweep_files
         from lbfood.engine.config import FinetuneConfig
+        from lbfood.engine.errors import LbfoodError
         from lbfood.engine.sweep import parallel, results, space, study
 
         given = dict(epochs=epochs, lr=lr, weight_decay=weight_decay,
@@ -80,11 +81,17 @@ def sweep(
             holdout=holdout, val_ood=val_ood, pseudo=split_names([pseudo]), storage=storage, prune=prune,
             ood=tuple(ood or ()), benchmark=benchmark)
         on_event = render_sweep.progress(quiet)
-        if devices * per_gpu > 1 and not worker:
-            study.open_study(sc)  # check the options once, before the workers start
-            parallel.spawn(sys.argv[1:], devices, per_gpu, device)
-        else:
-            study.work(sc, on_event)
+        fresh = not out.exists()
+        try:
+            if devices * per_gpu > 1 and not worker:
+                study.open_study(sc)  # check the options once, before the workers start
+                parallel.spawn(sys.argv[1:], devices, per_gpu, device)
+            else:
+                study.work(sc, on_event)
+        except LbfoodError:
+            if fresh:  # refused before any trial finished: leave nothing half-made
+                study.discard_unstarted(sc)
+            raise
         if worker:
             render.console.print(f"worker done: no trial of {out} left to take")
             return

@@ -236,10 +236,11 @@ def resolve(path: str | os.PathLike) -> Path:
     """A run folder; `runs/latest` (or any symlink) resolved. Missing folders raise RunError."""
     p = Path(path)
     if not p.exists():
-        hint = " (no run yet: run `lbfood pretrain` first)" if p.name == "latest" else ""
+        hint = (" (no run yet: run `lbfood pretrain` first)" if p.name == "latest" else
+                "; pass a run folder written by `lbfood pretrain` or `lbfood finetune` (or runs/latest)")
         raise RunError(f"run {p} not found{hint}")
     if not p.is_dir():
-        raise RunError(f"{p} is not a run folder")
+        raise RunError(f"{p} is not a run folder (it is a file); pass the folder that holds run.json")
     return p.resolve()
 
 

@@ -35,6 +35,24 @@ def test_version_and_module_entry():
     assert r.returncode == 0 and __version__ in r.stdout
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["report", "--limit", "abc"], "Invalid value for '--limit'"),
+    (["report", "--bogus"], "No such option: --bogus"),
+    (["nosuchcmd"], "No such command 'nosuchcmd'"),
+    (["export", "--threshold", "abc"], "Invalid value for '--threshold'"),
+])
+def test_unparsable_options_are_one_error_line_from_the_console_script(args, needle):
+    """The console script (lbfood.cli:main) turns Typer's boxed usage panel into one line naming the
+    help to read; --help, --version and the bare command still behave as Typer makes them."""
+    r = subprocess.run([sys.executable, "-m", "lbfood", *args], capture_output=True, text=True)
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+    assert lines[0].endswith("--help`")
+    assert r"Traceback" not in r.stderr
+    for ok in (["score", "--help"], ["--version"]):
+        assert subprocess.run([sys.executable, "-m", "lbfood", *ok], capture_output=True).returncode == 0
+
+
 def test_pretrain_help_shows_defaults():
     out = invoke("pretrain", "--help").output
     for text in ("backdrops", "resnet18", "default: 100", "default: 128", "default: 0.1"):

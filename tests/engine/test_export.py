@@ -12,7 +12,7 @@ from lbfood.cli import export as cli
 from lbfood.engine import runs
 from lbfood.engine.config import ScoreConfig
 from lbfood.engine.data import backdrops
-from lbfood.engine.data.images import eval_transform
+from lbfood.engine.data.images import decode, eval_transform
 from lbfood.engine.evaluation import features as fx
 from lbfood.engine.evaluation import score as evaluate
 from lbfood.engine.export import ExportConfig, exact_scores, export, exportable
@@ -205,6 +205,9 @@ def test_deploy_example_prepares_images_as_lbfood_score(tmp_path, size):
         Image.fromarray(arr).save(tmp_path / "a.png")
         got = deploy.load(tmp_path / "a.png", size)
         assert got.shape == (size, size, 3) and np.array_equal(got, eval_transform(arr, size)), (h, w)
+    gray16 = (fakedata.pattern(7, 40, 30)[..., 0].astype(np.uint16) * 257 + 100).astype(np.uint16)
+    fakedata.png16(tmp_path / "g16.png", gray16)  # Pillow opens it as mode I;16 (or I)
+    assert np.array_equal(deploy.load(tmp_path / "g16.png", size), eval_transform(decode(tmp_path / "g16.png"), size))
 
 
 def test_deploy_example_classifies_a_folder(run, tmp_path, capsys):

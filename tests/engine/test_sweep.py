@@ -309,3 +309,33 @@ def test_prune_stops_a_trial_whose_accuracy_falls_below_the_controls_curve(tmp_p
 
     line = sweep_files.markdown(doc).splitlines()[-1]
     assert line.startswith("| 1 | dpreset-muauto-l0.5-current (pruned) |") and "None" not in line, line
+
+
+def test_refusals_leave_no_half_made_sweep_folder(tmp_path, monkeypatch, make_run, small_backdrops):
+    """A file, or a folder of other things, as --out is refused; options and data that fail only once the
+    first trial starts (here: fewer training images than --batch-size) leave no sweep folder behind."""
+    from typer.testing import CliRunner
+
+    from lbfood.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    parent = make_run(tmp_path)
+
+    def sweep(out, *extra):
+        r = CliRunner().invoke(app, ["sweep", "--from", str(parent), "--out", str(out), "--lambda", "0.5", "--epochs",
+                                     "1", "--device", "cpu", "--workers", "0", "-q", *extra])
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), r.output
+        return " ".join(r.output.split())
+
+    (tmp_path / "afile").write_text("x")
+    assert "--out afile is a file" in sweep("afile")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert "already holds files and is not a sweep folder" in sweep("mine")
+    assert "already holds files and is a run folder" in sweep(parent)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"] and not (parent / "study.db").exists()
+    assert "unknown scorer 'nope'" in sweep("sw", "--method", "nope")
+    assert "--lambda: nan is out of range; each value must be a number >= 0" in sweep("sw", "--lambda", "nan")
+    assert "--batch-size 512 exceeds the 180 training images" in sweep("sw", "--batch-size", "512")
+    assert not (tmp_path / "sw").exists()

@@ -219,8 +219,14 @@ def cached_extract(cache_dir: str | Path, key: str, model: nn.Module, make_loade
         if meta is not None and all(meta.get(k) == v for k, v in want.items()):
             try:
                 hit = Features.from_tensors(io.load_tensors(path))
+                head = getattr(model, "head", None)
+                if isinstance(head, nn.Linear) and (hit.features.shape[1], hit.logits.shape[1]) != (
+                        head.in_features, head.out_features):
+                    hit = None  # written for another model (a well-formed file of the wrong shape)
+                elif not (torch.isfinite(hit.features).all() and torch.isfinite(hit.logits).all()):
+                    hit = None  # fp32 extraction of finite weights is finite: the file is damaged
             except Exception:  # noqa: BLE001 - corrupt cache: fall through and re-extract
-                pass
+                hit = None
     device = kw.get("device", "cpu")
     if distributed.agree(hit is not None, dist, device):
         return hit

@@ -238,8 +238,9 @@ class RunEval:
             if meta is not None and all(meta.get(k) == v for k, v in want.items()):
                 try:
                     loaded = s.load_state_dict(load_tensors(path))
+                    loaded.check_state(self.model.head)
                 except (LbfoodError, OSError, ValueError):
-                    pass  # damaged: refit below and overwrite
+                    loaded = None  # damaged or another model's: refit below and overwrite
         # All ranks load or all fit: fitting may extract, and extraction is a collective.
         if distributed.agree(loaded is not None, self.dist, self.rt.device):
             return loaded

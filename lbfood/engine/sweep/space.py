@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass
 
 from lbfood.engine.config import FinetuneConfig
@@ -60,8 +61,10 @@ def _number(text: str, flag: str, lo: float, hi: float | None = None, lo_open: b
         v = float(text)
     except ValueError:
         raise ConfigError(f"{flag}: {text!r} is not a number") from None
-    if v < lo or (lo_open and v == lo) or (hi is not None and v >= hi):
-        raise ConfigError(f"{flag}: {text} is out of range")
+    if not math.isfinite(v) or v < lo or (lo_open and v == lo) or (hi is not None and v >= hi):
+        want = (f"{'>' if lo_open else '>='} {lo:g}" if hi is None else
+                f"in {'(' if lo_open else '['}{lo:g}, {hi:g})")
+        raise ConfigError(f"{flag}: {text} is out of range; each value must be a number {want}")
     return f"{v:g}"
 
 
@@ -140,12 +143,16 @@ def check(sc: SweepConfig) -> None:
         raise ConfigError(f"--trials must be >= 1, got {sc.trials}")
     if sc.objective not in ("auroc", "fpr95"):
         raise ConfigError(f"--objective must be auroc or fpr95, got {sc.objective!r}")
-    if sc.max_acc_drop < 0:
-        raise ConfigError(f"--max-acc-drop must be >= 0 points, got {sc.max_acc_drop}")
+    if not (math.isfinite(sc.max_acc_drop) and sc.max_acc_drop >= 0):
+        raise ConfigError(f"--max-acc-drop must be a number of points >= 0, got {sc.max_acc_drop}")
     if not 0 < sc.holdout < 1:
         raise ConfigError(f"--holdout must be in (0, 1), got {sc.holdout}")
     if not sc.methods:
         raise ConfigError("--method needs at least one scorer")
+    from lbfood.engine.evaluation import scorers
+
+    for m in sc.methods:
+        scorers.get(m)  # an unknown name raises here, before any trial trains
     if sc.val_ood is None and not sc.pseudo:
         raise ConfigError("no validation OOD: pass --val-ood DATASET or keep a --pseudo generator")
     if sc.val_ood is not None and sc.val_ood in sc.ood:

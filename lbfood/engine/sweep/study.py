@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lbfood.engine import runs
-from lbfood.engine.errors import ConfigError, RunError
+from lbfood.engine.errors import ConfigError, LbfoodError, RunError
 from lbfood.engine.killpoints import kill_point
 from lbfood.engine.sweep import space
 from lbfood.engine.sweep.space import FACTORS, SweepConfig
@@ -84,6 +84,7 @@ def open_study(sc: SweepConfig):
     import optuna
 
     space.check(sc)
+    check_out(Path(sc.out))
     Path(sc.out).mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(sc)
@@ -105,6 +106,37 @@ def open_study(sc: SweepConfig):
             raise ConfigError(f"{sc.out} holds a sweep started with other options ({', '.join(diff)}); rerun it "
                               "with the same flags to continue, or pick a new --out")
     return study
+
+
+SWEEP_MARKS = ("study.db", ".lock", "trials", "sweep.json")  # what only a sweep folder holds
+
+
+def check_out(out: Path) -> None:
+    """Refuse an --out that is a file, or a folder holding other things than a sweep (a run, your files)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a folder for the sweep (a new one, or a sweep's to continue it)")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in SWEEP_MARKS):
+        what = "a run folder" if (out / "run.json").exists() else "not a sweep folder"
+        raise ConfigError(f"--out {out} already holds files and is {what}; pass a new or empty folder, or a "
+                          "sweep's folder to continue it")
+
+
+def discard_unstarted(sc: SweepConfig) -> bool:
+    """After a failed first attempt: remove a sweep folder that this command created and in which no trial
+    finished (a refused option, missing data), so that nothing half-made is left. True if removed."""
+    out = Path(sc.out)
+
+    def done(trial: Path) -> bool:
+        try:
+            return runs.read(trial).status == "done"
+        except LbfoodError:
+            return False
+
+    trials = out / "trials"
+    if sc.storage or not out.is_dir() or (trials.is_dir() and any(done(p) for p in trials.iterdir())):
+        return False
+    shutil.rmtree(out, ignore_errors=True)
+    return True
 
 
 def _control_acc(study) -> float | None:

@@ -86,6 +86,10 @@ def load_id_data(cfg: TrainConfig | FinetuneConfig, image_size: int,
              for s, split in ((train, "train"), (test, "test")) if s.skipped]
     if len(train) == 0:
         raise ConfigError(f"{cfg.data}: the training split is empty")
+    if len(train) < cfg.batch_size:
+        left = " (after --limit/--holdout)" if cfg.limit is not None or cfg.holdout else ""
+        raise ConfigError(f"--batch-size {cfg.batch_size} exceeds the {len(train)} training images{left}; "
+                          "pass a smaller --batch-size")
     if len(train.classes) < 2:
         raise ConfigError(f"{cfg.data} has {len(train.classes)} class ({', '.join(map(str, train.classes))}); "
                           "a classifier needs at least 2 classes: add a folder per class")

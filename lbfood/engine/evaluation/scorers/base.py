@@ -84,6 +84,29 @@ class Scorer:
         self.state = {k: d[k].detach().to("cpu").contiguous() for k in self.state_keys}
         return self
 
+    # Expected shapes of the fitted statistics by name: D = feature dim, K = classes, None = any size;
+    # () = one number. Statistics not named here (FeatureNorm's block choice) are only checked finite.
+    STATE_SHAPES: ClassVar[dict[str, tuple]] = {
+        "weight": ("K", "D"), "bias": ("K",), "means": (None, "D"), "precision": ("D", "D"), "origin": ("D",),
+        "residual_basis": ("D", None), "bank": (None, "D"), "threshold": (), "alpha": ()}
+
+    def check_state(self, head: nn.Linear) -> None:
+        """Raise ValueError if the loaded statistics cannot belong to `head`'s model (another model's file,
+        a damaged one): every tensor finite, the named ones of the expected shape."""
+        sizes = {"D": head.in_features, "K": head.out_features}
+        for k, v in self.state.items():
+            if not torch.isfinite(v.float()).all():
+                raise ValueError(f"{self.name}: {k} is not finite")
+            want = self.STATE_SHAPES.get(k)
+            if want is None:
+                continue
+            if want == ():
+                ok = v.numel() == 1
+            else:
+                ok = v.ndim == len(want) and all(w is None or n == sizes[w] for n, w in zip(v.shape, want, strict=True))
+            if not ok:
+                raise ValueError(f"{self.name}: {k} has shape {tuple(v.shape)}, expected {want} with {sizes}")
+
     # -- for subclasses -----------------------------------------------------------------------------
 
     def _fit(self, train: Features, head: nn.Linear) -> dict[str, torch.Tensor]:
