@@ -703,7 +703,7 @@ def test_second_writer_fails_at_once(reference, tmp_path):
 
 
 @pytest.mark.parametrize("status", ["running", "interrupted", "trained"])
-def test_score_and_report_say_the_run_is_unfinished(run, tmp_path, status):
+def test_score_report_and_export_say_the_run_is_unfinished(run, tmp_path, status):
     from lbfood.engine import runs
 
     runs.update(run, status=status, config={**runs.read(run).config, "epochs": 4})
@@ -716,6 +716,10 @@ def test_score_and_report_say_the_run_is_unfinished(run, tmp_path, status):
     assert r.exit_code == 0 and squeezed(note) in squeezed(r.stderr), r.output
     assert "threshold" not in runs.read(run).to_dict() and not runs.read(run).thresholds  # γ of moving weights
     r = invoke("report", "--model", run, "--ood", "backdrops-noise", "--device", "cpu")
+    clean(r)
+    assert r.exit_code == 0 and squeezed(note) in squeezed(r.output), r.output
+    r = invoke("export", "--model", run, "--method", "energy", "--threshold", "1", "--out", tmp_path / "d.pt",
+               "--format", "torchscript", "--device", "cpu")
     clean(r)
     assert r.exit_code == 0 and squeezed(note) in squeezed(r.output), r.output
 

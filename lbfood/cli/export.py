@@ -57,3 +57,4 @@ def export(
             ("method", f"{md['method']} {md['params']}"),
             ("threshold", f"{res.threshold:.6g} ({md['threshold_source']})"),
         ])
+        render_eval.notes(list(res.notes))

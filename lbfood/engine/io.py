@@ -56,7 +56,19 @@ def _create_temp(path: Path) -> tuple[int, Path]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a temp file and a rename, so a reader never sees half a file. A
+    folder, a device, a FIFO or a socket at `path` is refused (a rename would replace it with a file)."""
     path = Path(path)
+    if path.is_dir():
+        raise StorageError(f"cannot write {path}: it is a folder; pass a file name (e.g. {path / 'out'}...)",
+                           path=str(path), reason="is a folder")
+    if path.exists() and not path.is_file():
+        raise StorageError(f"cannot write {path}: it is not a regular file (a device, FIFO or socket); pass "
+                           "another path", path=str(path), reason="not a regular file")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise StorageError(f"cannot write {path}: {parent} is a file, not a folder; pass another path",
+                           path=str(path), reason="parent is a file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _create_temp(path)

@@ -168,6 +168,9 @@ def test_cli_exports_and_refuses_unsupported_methods(run, tmp_path):
                     "msp, react, vim")
     _one_error_line(runner.invoke(app, ["export", "--method", "msp", "--format", "tflite"]), "--format 'tflite'")
     _one_error_line(runner.invoke(app, ["export", "--method", "msp", "--layout", "NWHC"]), "--layout 'NWHC'")
+    _one_error_line(runner.invoke(app, ["export", "--format", "torchscript", "--out", "d.onnx"]),
+                    "--out d.onnx names an ONNX file but --format torchscript writes TorchScript; name it d.pt")
+    _one_error_line(runner.invoke(app, ["export", "--out", str(run / "d.onnx")]), "is inside the run folder")
     # KNN's bank: 40 training features × 64 dims × 4 bytes = 10,240 bytes ≈ 0.0098 MiB.
     _one_error_line(runner.invoke(app, ["export", "--method", "knn", "--param", "k=5", "--max-bank-mb", "0.005",
                                         "--device", "cpu"]),

@@ -76,3 +76,20 @@ def test_tensors_and_metadata_round_trip(tmp_path):
     assert io.read_metadata(tmp_path / "t.safetensors") == {"format": "x"}
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 10)
     assert io.read_metadata(tmp_path / "bad.safetensors") is None
+
+
+def test_atomic_writes_refuse_what_a_rename_would_destroy(tmp_path):
+    """A folder, a FIFO (or a device) at the target is refused and left as it was; so is a path under a file."""
+    import stat
+
+    from lbfood.engine.errors import StorageError
+
+    (tmp_path / "d").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "f").write_text("x")
+    for target, needle in ((tmp_path / "d", "it is a folder"), (tmp_path / "fifo", "not a regular file"),
+                           (tmp_path / "f" / "x.json", "is a file, not a folder")):
+        with pytest.raises(StorageError, match=needle):
+            io.atomic_write_bytes(target, b"data")
+    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode) and (tmp_path / "f").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "f", "fifo"]

@@ -52,6 +52,7 @@ class ExportResult:
     threshold: float
     bytes: int
     metadata: dict[str, str]
+    notes: tuple[str, ...] = ()  # what the user should know (e.g. the run is unfinished)
 
 
 def exportable() -> list[str]:
@@ -80,6 +81,18 @@ def check(cfg: ExportConfig) -> None:
         except ImportError:
             raise ConfigError("--format onnx needs the onnx package: pip install 'lbfood[export]' "
                               "(or export with --format torchscript)") from None
+    if cfg.out:
+        out = Path(cfg.out).expanduser().absolute()
+        other = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript"}.get(out.suffix.lower())
+        if other is not None and other != cfg.format:
+            shown = {"onnx": "an ONNX", "torchscript": "a TorchScript"}
+            raise ConfigError(f"--out {cfg.out} names {shown[other]} file but --format {cfg.format} writes "
+                              f"{shown[cfg.format][2:].lstrip()}; name it {out.stem}{FORMATS[cfg.format]} or pass "
+                              f"--format {other}")
+        for folder in out.parents:
+            if (folder / "run.json").is_file():
+                raise ConfigError(f"--out {cfg.out} is inside the run folder {folder}; lbfood owns that folder: "
+                                  "write the detector elsewhere")
     if cfg.layout not in LAYOUTS:
         raise ConfigError(f"unknown --layout {cfg.layout!r}; valid: {', '.join(LAYOUTS)}")
     if cfg.threshold is not None and not math.isfinite(cfg.threshold):
@@ -170,7 +183,11 @@ def export(cfg: ExportConfig, on_event: Callable[[Any], None] | None = None) -> 
     out = Path(cfg.out) if cfg.out else Path(f"{meta.run_dir.name}-{s.name}{writer.FORMATS[cfg.format]}")
     md = metadata(meta, s, threshold, source, cfg.layout)
     n = writer.write(det, example, out, cfg.format, md)
-    return ExportResult(path=str(out), format=cfg.format, method=s.name, threshold=threshold, bytes=n, metadata=md)
+    from lbfood.engine import runs
+
+    unfinished = runs.unfinished(meta)  # a killed or still-training run exports its last epoch's weights
+    return ExportResult(path=str(out), format=cfg.format, method=s.name, threshold=threshold, bytes=n, metadata=md,
+                        notes=(unfinished,) if unfinished else ())
 
 
 def exact_scores(cfg: ExportConfig, images: Any) -> Any:
