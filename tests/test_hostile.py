@@ -251,6 +251,16 @@ def test_report_output_in_a_read_only_folder_is_one_line(run, tmp_path, read_onl
     r = invoke("report", "--method", "energy", "--ood", "backdrops-noise", "--output", tmp_path / "ro" / "r.md", *CPU)
     one_error_line(r, f"cannot write {tmp_path / 'ro' / 'r.md'}: permission denied", f"make {tmp_path / 'ro'} writable")
     assert list((tmp_path / "ro").iterdir()) == []
+    # A folder still to be made under it: the advice names the folder that exists and refused.
+    r = invoke("report", "--method", "energy", "--ood", "backdrops-noise", "--output", tmp_path / "ro" / "a" / "r.md",
+               *CPU)
+    one_error_line(r, "permission denied", f"make {tmp_path / 'ro'} writable")
+
+
+def test_a_done_run_without_weights_says_to_put_them_back(run, tmp_path):
+    (run / "model.safetensors").unlink()
+    one_error_line(invoke("report", "--model", run, *CPU), "has no model.safetensors (status: done)",
+                   "put model.safetensors back, or re-run the training")
 
 
 def test_pretrain_into_a_read_only_folder_is_one_line(tmp_path, small_backdrops, monkeypatch, read_only):

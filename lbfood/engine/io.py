@@ -31,6 +31,7 @@ def storage_error(path: str | os.PathLike, e: OSError, verb: str = "write") -> S
     path = Path(path)
     # the folder that refused: the parent of what failed (the file, its temp file, or a folder to create)
     folder = Path(e.filename).parent if isinstance(e.filename, str) and e.filename else path.parent
+    folder = next((p for p in (folder, *folder.parents) if p.exists()), folder)  # one that exists
     if e.errno in (errno.EACCES, errno.EPERM):
         reason, todo = "permission denied", f"make {folder} writable, or choose another folder"
     elif e.errno == errno.EROFS:

@@ -305,8 +305,10 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> tup
     meta = read(path)
     weights = meta.run_dir / "model.safetensors"
     if not weights.is_file():
-        raise RunError(f"{meta.run_dir} has no model.safetensors (status: {meta.status}); "
-                       "finish or --resume that run first")
+        todo = ("its weights were removed: put model.safetensors back, or re-run the training that made it"
+                if meta.status in ("done", "trained") else
+                f"finish it with `lbfood {meta.kind} --resume --out {meta.run_dir}`")
+        raise RunError(f"{meta.run_dir} has no model.safetensors (status: {meta.status}); {todo}")
     model = build_from_meta(meta)
     try:
         state = load_tensors(weights)

@@ -230,6 +230,16 @@ def test_report_downloads_a_missing_ood_set_and_limits_every_split(tmp_path, mak
     args = ("report", "--model", run, "--ood", "svhn", "--method", "energy", "--data-root", root, *CPU)
     one_error_line(invoke(*args), "svhn", "pass --download")
     assert fetched == []
+
+    class Offline:
+        def __init__(self, folder, split, download):
+            Path(folder).mkdir(parents=True)  # as torchvision does before it fetches
+            raise OSError("Name or service not known")
+
+    monkeypatch.setattr(tvd, "SVHN", Offline)
+    one_error_line(invoke(*args, "--download"), "svhn: download to", "failed", "by hand into")
+    assert not (root / "svhn").exists() and (root / "cifar-10-batches-py").is_dir()  # only what it made is gone
+    monkeypatch.setattr(tvd, "SVHN", FakeSVHN)
     r = invoke(*args, "--download", "--limit", "4", "--output", "r.json")
     assert r.exit_code == 0, r.output
     assert fetched == [(str(root / "svhn"), "test", True)]

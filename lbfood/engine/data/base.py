@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,3 +111,18 @@ def default_root() -> Path:
 
 def missing(spec_name: str, expected: Path, layout: str, obtain: str) -> DataError:
     return DataError(f"{spec_name}: data not found at {expected} (expected {layout}); {obtain}")
+
+
+@contextlib.contextmanager
+def tidy_failed_download(folder: Path) -> Iterator[None]:
+    """Around a torchvision download into `folder`: if it fails, remove the folders it created that are
+    still empty (a download refused offline would otherwise leave an empty data root behind)."""
+    existed = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    try:
+        yield
+    except BaseException:
+        p = folder
+        while p != existed and p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+            p = p.parent
+        raise

@@ -17,6 +17,7 @@ from lbfood.engine.data.base import (
     DatasetSpec,
     ImageSet,
     LoadOptions,
+    tidy_failed_download,
 )
 from lbfood.engine.data.folders import check_split, not_found
 from lbfood.engine.data.images import resize_in_memory
@@ -109,7 +110,8 @@ def _cifar_spec(name: str, folder: str, train_files: tuple[str, ...], test_file:
 
         cls = tvd.CIFAR10 if name_ == "cifar10" else tvd.CIFAR100
         try:
-            cls(str(root), train=True, download=True)
+            with tidy_failed_download(root):
+                cls(str(root), train=True, download=True)
         except Exception as e:  # noqa: BLE001 - network/disk errors become one clear message
             raise DataError(f"{name_}: download to {root} failed ({type(e).__name__}: {e}); "
                             f"download {url} by hand and unpack it in {root}") from None

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from lbfood.engine.data import register
-from lbfood.engine.data.base import DatasetSpec, ImageSet, LoadOptions
+from lbfood.engine.data.base import DatasetSpec, ImageSet, LoadOptions, tidy_failed_download
 from lbfood.engine.data.folders import check_split, not_found
 from lbfood.engine.data.images import resize_in_memory
 from lbfood.engine.errors import DataError
@@ -93,8 +93,9 @@ def _digits_spec(name: str, folder: str, classes: tuple[str, ...], mean: float, 
         import torchvision.datasets as tvd
 
         try:
-            for train in (True, False):
-                getattr(tvd, tv_class)(str(root), train=train, download=True)
+            with tidy_failed_download(root):
+                for train in (True, False):
+                    getattr(tvd, tv_class)(str(root), train=train, download=True)
         except Exception as e:  # noqa: BLE001 - network/disk errors become one clear message
             raise DataError(f"{name}: download to {root} failed ({type(e).__name__}: {e})") from None
 

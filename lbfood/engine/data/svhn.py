@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from lbfood.engine.data import register
-from lbfood.engine.data.base import CIFAR10_MEAN, CIFAR10_STD, DatasetSpec, ImageSet, LoadOptions
+from lbfood.engine.data.base import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    DatasetSpec,
+    ImageSet,
+    LoadOptions,
+    tidy_failed_download,
+)
 from lbfood.engine.data.folders import check_split, not_found
 from lbfood.engine.data.images import resize_in_memory
 from lbfood.engine.errors import DataError
@@ -60,7 +67,8 @@ def _download(root: Path) -> None:
     import torchvision.datasets as tvd
 
     try:
-        tvd.SVHN(str(root / "svhn"), split="test", download=True)
+        with tidy_failed_download(root / "svhn"):
+            tvd.SVHN(str(root / "svhn"), split="test", download=True)
     except Exception as e:  # noqa: BLE001 - network/disk errors become one clear message
         raise DataError(f"{NAME}: download to {root / 'svhn'} failed ({type(e).__name__}: {e}); "
                         f"download {URL} by hand into {root / 'svhn'}") from None
