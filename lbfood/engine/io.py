@@ -56,9 +56,10 @@ def _create_temp(path: Path) -> tuple[int, Path]:
     raise FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent))
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temp file and a rename, so a reader never sees half a file. A
-    folder, a device, a FIFO or a socket at `path` is refused (a rename would replace it with a file)."""
+def check_target(path: str | os.PathLike) -> None:
+    """Raise StorageError if `path` cannot take a file written by `atomic_write_bytes`: a folder, a device,
+    a FIFO or a socket is there (a rename would replace it with a file), or a file stands where a folder
+    of its path should be. Commands call it before any work; the write checks again."""
     path = Path(path)
     if path.is_dir():
         raise StorageError(f"cannot write {path}: it is a folder; pass a file name (e.g. {path / 'out'}...)",
@@ -70,6 +71,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     if parent is not None and not parent.is_dir():
         raise StorageError(f"cannot write {path}: {parent} is a file, not a folder; pass another path",
                            path=str(path), reason="parent is a file")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a temp file and a rename, so a reader never sees half a file."""
+    path = Path(path)
+    check_target(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _create_temp(path)

@@ -171,6 +171,8 @@ def test_cli_exports_and_refuses_unsupported_methods(run, tmp_path):
     _one_error_line(runner.invoke(app, ["export", "--format", "torchscript", "--out", "d.onnx"]),
                     "--out d.onnx names an ONNX file but --format torchscript writes TorchScript; name it d.pt")
     _one_error_line(runner.invoke(app, ["export", "--out", str(run / "d.onnx")]), "is inside the run folder")
+    _one_error_line(runner.invoke(app, ["export", "--method", "react", "--out", str(tmp_path)]), "it is a folder")
+    assert not (run / "scorers").exists()  # refused before ReAct was fitted
     # KNN's bank: 40 training features × 64 dims × 4 bytes = 10,240 bytes ≈ 0.0098 MiB.
     _one_error_line(runner.invoke(app, ["export", "--method", "knn", "--param", "k=5", "--max-bank-mb", "0.005",
                                         "--device", "cpu"]),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from lbfood import __version__
 from lbfood.engine.errors import ConfigError
+from lbfood.engine.io import check_target
 
 if TYPE_CHECKING:
     from lbfood.engine.runs import RunMeta
@@ -93,6 +94,7 @@ def check(cfg: ExportConfig) -> None:
             if (folder / "run.json").is_file():
                 raise ConfigError(f"--out {cfg.out} is inside the run folder {folder}; lbfood owns that folder: "
                                   "write the detector elsewhere")
+        check_target(cfg.out)  # a folder, a device, a path under a file: refused before the scorer is fitted
     if cfg.layout not in LAYOUTS:
         raise ConfigError(f"unknown --layout {cfg.layout!r}; valid: {', '.join(LAYOUTS)}")
     if cfg.threshold is not None and not math.isfinite(cfg.threshold):
