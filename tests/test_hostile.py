@@ -20,6 +20,7 @@ from pathlib import Path
 
 import fakedata as fd
 import pytest
+from cli_checks import clean, one_error_line
 from typer.testing import CliRunner
 
 from lbfood.cli import app
@@ -40,22 +41,6 @@ TINY = ("--arch", "resnet18", "--width", "0.125", "--epochs", "1", "--batch-size
 
 def invoke(*args, env=None):
     return runner.invoke(app, [str(a) for a in args], env=env)
-
-
-def clean(r) -> None:
-    """No Python exception escaped the command (CliRunner keeps it in `exception`, not the output)."""
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    assert "Traceback" not in r.output, r.output
-
-
-def one_error_line(r, *needles: str) -> str:
-    clean(r)
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def last_error_line(r, *needles: str) -> str:

@@ -5,6 +5,7 @@ import json
 
 import fakedata
 import pytest
+from cli_checks import one_error_line
 from typer.testing import CliRunner
 
 from lbfood.cli import app
@@ -21,14 +22,6 @@ def invoke(*args):
 
 def lines(r, prefix):
     return [ln for ln in r.output.splitlines() if ln.startswith(prefix)]
-
-
-def one_error_line(r, *needles):
-    assert r.exit_code == 2, r.output
-    out = [ln for ln in r.output.strip().splitlines() if ln.strip()]
-    assert len(out) == 1 and out[0].startswith("error:"), r.output
-    for n in needles:
-        assert n in out[0], out[0]
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 import fakedata
 import numpy as np
 import pytest
+from cli_checks import one_error_line
 from typer.testing import CliRunner
 
 from lbfood.cli import app, common
@@ -26,14 +27,6 @@ CPU = ("--device", "cpu", "-q")
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error_line(r, *needles):
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_checks import one_error_line
 from typer.testing import CliRunner
 
 from lbfood.cli import app
@@ -150,31 +151,23 @@ def test_metadata_layout_and_dynamic_batch(run, tmp_path):
         assert list(ia) == list(sa.astype(np.float64) >= 2.5)
 
 
-def _one_error_line(r, *needles):
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
 def test_cli_exports_and_refuses_unsupported_methods(run, tmp_path):
     r = runner.invoke(app, ["export", "--method", "energy", "--out", "e.onnx", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "e.onnx").is_file() and "e.onnx" in r.output
-    _one_error_line(runner.invoke(app, ["export", "--method", "odin"]), "cannot export odin", "gradient")
-    _one_error_line(runner.invoke(app, ["export", "--method", "nope"]), "unknown method 'nope'",
+    one_error_line(runner.invoke(app, ["export", "--method", "odin"]), "cannot export odin", "gradient")
+    one_error_line(runner.invoke(app, ["export", "--method", "nope"]), "unknown method 'nope'",
                     "valid for export: ash, dice, dice_react, energy, featurenorm, knn, mahalanobis, maxlogit, "
                     "msp, react, vim")
-    _one_error_line(runner.invoke(app, ["export", "--method", "msp", "--format", "tflite"]), "--format 'tflite'")
-    _one_error_line(runner.invoke(app, ["export", "--method", "msp", "--layout", "NWHC"]), "--layout 'NWHC'")
-    _one_error_line(runner.invoke(app, ["export", "--format", "torchscript", "--out", "d.onnx"]),
+    one_error_line(runner.invoke(app, ["export", "--method", "msp", "--format", "tflite"]), "--format 'tflite'")
+    one_error_line(runner.invoke(app, ["export", "--method", "msp", "--layout", "NWHC"]), "--layout 'NWHC'")
+    one_error_line(runner.invoke(app, ["export", "--format", "torchscript", "--out", "d.onnx"]),
                     "--out d.onnx names an ONNX file but --format torchscript writes TorchScript; name it d.pt")
-    _one_error_line(runner.invoke(app, ["export", "--out", str(run / "d.onnx")]), "is inside the run folder")
-    _one_error_line(runner.invoke(app, ["export", "--method", "react", "--out", str(tmp_path)]), "it is a folder")
+    one_error_line(runner.invoke(app, ["export", "--out", str(run / "d.onnx")]), "is inside the run folder")
+    one_error_line(runner.invoke(app, ["export", "--method", "react", "--out", str(tmp_path)]), "it is a folder")
     assert not (run / "scorers").exists()  # refused before ReAct was fitted
     # KNN's bank: 40 training features × 64 dims × 4 bytes = 10,240 bytes ≈ 0.0098 MiB.
-    _one_error_line(runner.invoke(app, ["export", "--method", "knn", "--param", "k=5", "--max-bank-mb", "0.005",
+    one_error_line(runner.invoke(app, ["export", "--method", "knn", "--param", "k=5", "--max-bank-mb", "0.005",
                                         "--device", "cpu"]),
                     "feature bank is 0.00977 MiB (40 × 64 float32)", "--param fraction=0.512")
     assert not list(tmp_path.glob("*knn*"))
@@ -184,7 +177,7 @@ def test_onnx_without_the_onnx_package_says_what_to_install(run, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError
-    _one_error_line(runner.invoke(app, ["export", "--method", "msp"]), "pip install 'lbfood[export]'",
+    one_error_line(runner.invoke(app, ["export", "--method", "msp"]), "pip install 'lbfood[export]'",
                     "--format torchscript")
 
 

@@ -314,6 +314,7 @@ def test_prune_stops_a_trial_whose_accuracy_falls_below_the_controls_curve(tmp_p
 def test_refusals_leave_no_half_made_sweep_folder(tmp_path, monkeypatch, make_run, small_backdrops):
     """A file, or a folder of other things, as --out is refused; options and data that fail only once the
     first trial starts (here: fewer training images than --batch-size) leave no sweep folder behind."""
+    from cli_checks import one_error_line
     from typer.testing import CliRunner
 
     from lbfood.cli import app
@@ -324,9 +325,7 @@ def test_refusals_leave_no_half_made_sweep_folder(tmp_path, monkeypatch, make_ru
     def sweep(out, *extra):
         r = CliRunner().invoke(app, ["sweep", "--from", str(parent), "--out", str(out), "--lambda", "0.5", "--epochs",
                                      "1", "--device", "cpu", "--workers", "0", "-q", *extra])
-        lines = [ln for ln in r.output.splitlines() if ln.strip()]
-        assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), r.output
-        return " ".join(r.output.split())
+        return " ".join(one_error_line(r).split())
 
     (tmp_path / "afile").write_text("x")
     assert "--out afile is a file" in sweep("afile")
