@@ -44,7 +44,7 @@ def training(events: Iterable[Any], quiet: bool = False) -> Any:
             if isinstance(ev, Started):
                 what = "resuming" if ev.start_epoch else "training"
                 console.print(f"[bold]{ev.kind}[/] {what} {ev.arch} (width {ev.width}) on {ev.data}: "
-                              f"{ev.num_train} train / {ev.num_test} test images, {ev.device}, {ev.precision}"
+                              f"{ev.num_train} train / {ev.num_test} {ev.eval_split} images, {ev.device}, {ev.precision}"
                               f" → {ev.run_dir}")
                 total = (ev.epochs - ev.start_epoch) * ev.steps_per_epoch
                 task = bar.add_task(f"epoch {ev.start_epoch + 1}/{ev.epochs}", total=total, metrics="", speed="")

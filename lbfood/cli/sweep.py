@@ -9,7 +9,18 @@ from typing import Annotated
 import typer
 
 from lbfood.cli import app
-from lbfood.cli.common import SCORER_NAMES, Device, Limit, Precision, Quiet, Seed, Workers, guard, split_names
+from lbfood.cli.common import (
+    SCORER_NAMES,
+    DataRoot,
+    Device,
+    Limit,
+    Precision,
+    Quiet,
+    Seed,
+    Workers,
+    guard,
+    split_names,
+)
 from lbfood.cli.common import milestones as parse_milestones
 
 
@@ -50,6 +61,7 @@ def sweep(
     batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 128,
     weight_decay: Annotated[float | None, typer.Option(help="[default: 1e-4]")] = None,
     probe_batches: Annotated[int, typer.Option(help="ID training batches measured before the first step.")] = 4,
+    data_root: DataRoot = None,
     limit: Limit = None,
     devices: Annotated[int, typer.Option(help="Worker processes, one per CUDA GPU (trials in parallel).")] = 1,
     device: Device = "auto",
@@ -68,7 +80,7 @@ def sweep(
         from lbfood.engine.errors import LbfoodError
         from lbfood.engine.sweep import parallel, results, space, study
 
-        given = dict(epochs=epochs, lr=lr, weight_decay=weight_decay,
+        given = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, data_root=str(data_root) if data_root else None,
                      milestones=parse_milestones(milestones) if milestones is not None else None)
         recipe = FinetuneConfig(parent=str(from_run), batch_size=batch_size, probe_batches=probe_batches,
                                 limit=limit, device=device, precision=precision, seed=seed, workers=workers,

@@ -31,6 +31,7 @@ from lbfood.cli.common import (
 from lbfood.cli.common import (
     milestones as parse_milestones,
 )
+from lbfood.engine.config import CHANCE_MIN_STEPS
 
 
 @app.command()
@@ -54,8 +55,8 @@ def pretrain(
     warmup_epochs: Annotated[int | None, typer.Option(help="Linear warm-up epochs. [default: 5 for 224-px "
                                                           "architectures (resnet50_imagenet), else 0]")] = None,
     stop_at_chance: Annotated[bool, typer.Option("--stop-at-chance/--no-stop-at-chance", help=(
-        "Stop when test accuracy is still at chance (< 1.5/K) after max(3, 20 % of --epochs) epochs; "
-        "--no-stop-at-chance warns and trains on."))] = True,
+        "Stop when test accuracy (validation with --holdout) is still at chance (< 1.5/K) after max(3, 20 % of "
+        f"--epochs) epochs and at least {CHANCE_MIN_STEPS} optimizer steps; --no-stop-at-chance warns and trains on."))] = True,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing for CE.")] = 0.0,
     jitter: Annotated[float, typer.Option(help="Colour-jitter strength (brightness, contrast, saturation); 0 = off.")] = 0.4,
     val_split: Annotated[float, typer.Option(help="imagefolder with no train/test folders: share held out for test.")] = 0.0,
@@ -95,7 +96,7 @@ def pretrain(
             return
         dist = join(device)
         if resume:
-            cfg = _run_arch(ctx, cfg)
+            cfg = resume_settings(ctx, cfg, also=("arch", "width"))
         with distributed.lost_peer(dist):
             session = prepare_pretrain(cfg, resume=resume, dist=dist)
             if resume:  # once the run is known to resume: an error is then the only line
@@ -121,13 +122,17 @@ def ignored_on_resume(ctx: typer.Context, keep: set[str]) -> None:
                     "(only --epochs, --device, --precision and --workers change on resume)")
 
 
-def _run_arch(ctx: typer.Context, cfg):
-    """On --resume, --arch/--width default to the run's own (when given, they must match it)."""
+def resume_settings(ctx: typer.Context, cfg, also: tuple[str, ...] = ()):
+    """On --resume, every setting it may change (`RESUME_CHANGES`, plus `also`) that the user did not type
+    keeps the run's recorded value (a CLI default must not replace it: a finished 1-epoch run stays 1 epoch)."""
     from lbfood.engine import runs
+    from lbfood.engine.config import RESUME_CHANGES
 
     old = runs.read(runs.resume_target(cfg.out))
-    typed = {p for p in ("arch", "width") if getattr(ctx.get_parameter_source(p), "name", None) == "COMMANDLINE"}
-    return cfg.replace(**{k: getattr(old, k) for k in ("arch", "width") if k not in typed})
+    keep = [k for k in RESUME_CHANGES + also if k in old.config or k in ("arch", "width")]
+    untyped = [k for k in keep if getattr(ctx.get_parameter_source(k), "name", None) != "COMMANDLINE"]
+    recorded = {"arch": old.arch, "width": float(old.width), **old.config}
+    return cfg.replace(**{k: recorded[k] for k in untyped})
 
 
 def _finish(last) -> None:
@@ -211,6 +216,8 @@ def finetune(
         if launch(devices, device, "finetune"):
             return
         dist = join(device)
+        if resume:
+            cfg = resume_settings(ctx, cfg)
         with distributed.lost_peer(dist):
             session = ft.prepare_finetune(cfg, resume=resume, dist=dist)
             if resume:

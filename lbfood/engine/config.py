@@ -15,6 +15,14 @@ from typing import Any
 
 from lbfood.engine.errors import ConfigError
 
+# A pretraining is judged at chance only after this many optimizer steps as well as max(3, 20 % of its epochs)
+# epochs (training/guards.py): a small-data run with 8 steps an epoch has taken 24 steps after 3 epochs,
+# too few to call it not learning.
+CHANCE_MIN_STEPS = 200
+
+# What `--resume` may change in a run's recorded settings; every other setting is the one run.json records.
+RESUME_CHANGES = ("epochs", "device", "precision", "workers")
+
 
 class _Config:
     """to_dict / from_dict shared by the configs (tuples are stored as JSON lists)."""

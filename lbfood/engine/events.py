@@ -27,6 +27,7 @@ class Started:
     arch: str
     width: float
     data: str
+    eval_split: str = "test"  # the images evaluated after each epoch: test, or validation (--holdout)
 
 
 @dataclass(frozen=True)

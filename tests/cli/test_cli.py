@@ -132,3 +132,76 @@ def test_bad_inputs(in_tmp):
     _one_error_line(invoke("finetune", "--from", "r1", *FT), 2, "format")
     (in_tmp / "r1" / "run.json").write_text("{not json")
     _one_error_line(invoke("finetune", "--from", "r1", *FT), 2, "corrupt")
+
+
+# ---- issue 21.1–21.4: documented paths that crashed -------------------------------------------------
+
+HOLD = ["--arch", "resnet18", "--width", "0.125", "--batch-size", "16", "--limit", "64", "--device", "cpu",
+        "--workers", "0"]
+
+
+def test_pretrain_holdout_runs_resumes_and_its_at_chance_guard_reads_validation(tmp_path, small_backdrops,
+                                                                                 monkeypatch):
+    """21.1: `pretrain --holdout` died after its first epoch (the guard read `test_acc`); its epoch line called
+    the held-out images "test images". Now: end to end, resumed, judged on validation accuracy."""
+    from lbfood.engine.training import guards
+
+    monkeypatch.chdir(tmp_path)
+    r = invoke("pretrain", *HOLD, "--holdout", "0.25", "--epochs", "1", "--out", "p")
+    assert r.exit_code == 0, r.output
+    flat = "".join(r.output.split())  # Rich wraps at the terminal width
+    assert "46train/18validationimages" in flat and "valacc" in flat and "testacc" not in flat
+    meta = json.loads((tmp_path / "p" / "run.json").read_text())
+    assert meta["status"] == "done" and "val_acc" in meta["metrics"] and "test_acc" not in meta["metrics"]
+    r = invoke("pretrain", "--resume", "--out", "p", "--epochs", "2", "-q")
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "p" / "run.json").read_text())
+    assert (meta["status"], meta["epochs_done"], meta["config"]["holdout"]) == ("done", 2, 0.25)
+    # The guard on validation accuracy (judged at epoch 3 here): the stop names the validation split.
+    monkeypatch.setattr(guards, "CHANCE_MIN_STEPS", 1)
+    r = invoke("pretrain", *HOLD, "--holdout", "0.25", "--epochs", "3", "--lr", "1e-9", "-q", "--out", "c")
+    assert r.exit_code == 2 and "KeyError" not in r.output
+    assert r.output.strip().splitlines()[-1].startswith("error: validation accuracy is "), r.output
+
+
+def test_resume_keeps_every_recorded_setting_not_given(tmp_path, small_backdrops, monkeypatch):
+    """21.3: `--resume` without --epochs took the CLI default (100): a finished 1-epoch run retrained toward
+    100, and a run killed in its closing calibration trained on instead of calibrating."""
+    monkeypatch.chdir(tmp_path)
+    assert invoke("pretrain", *HOLD, "--epochs", "1", "-q", "--out", "p").exit_code == 0
+    run = tmp_path / "p"
+    r = invoke("pretrain", "--resume", "--out", "p", "-q")
+    assert r.exit_code == 2 and "already finished 1 epoch(s)" in r.output, r.output
+    assert json.loads((run / "run.json").read_text())["config"]["epochs"] == 1
+    # Killed during calibration: trained, not done; --resume (no --epochs) only calibrates.
+    meta = json.loads((run / "run.json").read_text())
+    meta.update(status="trained", threshold=None)
+    (run / "run.json").write_text(json.dumps(meta))
+    r = invoke("pretrain", "--resume", "--out", "p")
+    assert r.exit_code == 0 and "was not calibrated; calibrating it now" in r.output, r.output
+    meta = json.loads((run / "run.json").read_text())
+    assert (meta["status"], meta["epochs_done"], meta["config"]["epochs"]) == ("done", 1, 1)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_holdout_parent_feeds_a_sweep_with_data_root(tmp_path, small_backdrops, monkeypatch):
+    """21.1 + 21.4: a `pretrain --holdout` parent feeds `lbfood sweep`, which takes --data-root like every
+    other command that reads data (the run records it; backdrops itself is generated, so any folder does)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LBFOOD_DATA", raising=False)
+    assert invoke("pretrain", *HOLD, "--holdout", "0.25", "--epochs", "1", "-q", "--out", "p").exit_code == 0
+    root = tmp_path / "datasets"
+    root.mkdir()
+    r = invoke("sweep", "--from", "p", "--out", "s", "--data-root", root, "--lambda", "1", "--mu", "auto",
+               "--epochs", "1", "--batch-size", "16", "--limit", "64", "--holdout", "0.25", "--pseudo", "uniform",
+               "--device", "cpu", "--workers", "0", "-q")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert [t["key"] for t in doc["trials"]][0] == "control" and len(doc["trials"]) == 2
+    for t in doc["trials"]:
+        cfg = json.loads((tmp_path / "s" / t["run"] / "run.json").read_text())["config"]
+        assert cfg["data_root"] == str(root)
+
+
+def test_sweep_help_lists_data_root():
+    assert "--data-root" in invoke("sweep", "--help").output

@@ -17,7 +17,7 @@ from typing import Any
 from lbfood.engine import runs
 from lbfood.engine.config import ReportConfig, ScoreConfig
 from lbfood.engine.errors import ConfigError
-from lbfood.engine.evaluation import pseudo_ood
+from lbfood.engine.evaluation import pseudo_ood, scorers
 from lbfood.engine.evaluation.validation import AUTO_CANDIDATES, TPR, best_method, validate
 
 PSEUDO = tuple(pseudo_ood.GENERATORS)
@@ -41,6 +41,8 @@ def calibrate_auto(model, *, train, held, mean, std, size: int, rt, batch_size: 
     t0 = time.time()
     if val_ood is None:
         val_ood = pseudo_ood.make(held, pseudo, seed=seed)
+    # A candidate that cannot be fitted on this few training images (KNN's k) is not a candidate.
+    methods = tuple(m for m in methods if scorers.get(m).can_fit(len(train)))
     result = validate(model, train=train, held=held, val_ood=val_ood, methods=methods, mean=mean, std=std,
                       size=size, rt=rt, batch_size=batch_size, workers=0)
     return {"auto": entry_from(result, objective, holdout), "validation": result,

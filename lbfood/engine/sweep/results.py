@@ -122,7 +122,7 @@ def _test(sc: SweepConfig, rows: list[dict[str, Any]], on_event) -> dict[str, An
             continue
         on_event(Testing(r["key"]))
         cfg = ReportConfig(model=str(Path(sc.out) / r["run"]), ood=sc.ood, benchmark=sc.benchmark,
-                           methods=sc.methods, device=sc.recipe.device, precision=sc.recipe.precision,
+                           data_root=sc.recipe.data_root, methods=sc.methods, device=sc.recipe.device, precision=sc.recipe.precision,
                            workers=sc.recipe.workers)
         try:
             res = report(cfg)

@@ -31,7 +31,7 @@ from lbfood.engine.events import Note
 from lbfood.engine.presets import preset_values
 from lbfood.engine.runtime import make_runtime, seed_everything
 from lbfood.engine.training import losses
-from lbfood.engine.training.setup import Session, check_parallel, load_id_data, new_meta
+from lbfood.engine.training.setup import Session, check_parallel, load_id_data, new_meta, resume_changes
 
 
 def parse_mu(text: str | None) -> float | str | None:
@@ -120,9 +120,7 @@ def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInf
         old = runs.read(runs.resume_target(cfg.out))
         if old.kind != "finetune":
             raise RunError(f"{old.run_dir} is a {old.kind} run; resume it with `lbfood {old.kind} --resume`")
-        cfg = FinetuneConfig.from_dict({**old.config, "epochs": cfg.epochs or old.config["epochs"],
-                                        "device": cfg.device, "precision": cfg.precision, "workers": cfg.workers,
-                                        "out": str(old.run_dir)})
+        cfg = FinetuneConfig.from_dict({**old.config, **resume_changes(cfg, old.config), "out": str(old.run_dir)})
     parent_model, parent = runs.load_run(cfg.parent)
     if not hasattr(parent_model, "forward_features") or not isinstance(parent_model.head, torch.nn.Linear):
         raise RunError(f"{parent.run_dir}: architecture {parent.arch} has no feature map and linear head")

@@ -104,17 +104,19 @@ def fit(s: Session) -> Iterator[Event]:
                             dist.enabled) or step_fn
 
     fresh = not s.resume
+    # A --holdout run evaluates its held-out part of the training split (validation), never the test split.
+    split, acc_key = ("validation", "val_acc") if cfg.holdout else ("test", "test_acc")
     if dist.is_main:
         s.run_dir.mkdir(parents=True, exist_ok=True)
         runs.write(s.run_dir, s.meta)
     yield Started(s.run_dir, s.kind, cfg.epochs, start_epoch, steps, len(s.train_set), len(s.test_set),
-                  str(rt.device), rt.precision, cfg.arch, cfg.width, cfg.data)
+                  str(rt.device), rt.precision, cfg.arch, cfg.width, cfg.data, split)
     yield from s.notes
     t_start, epoch, metrics = time.time(), start_epoch, {}
     try:
         for epoch in range(start_epoch, cfg.epochs):
             metrics = yield from _one_epoch(s, model, step_fn, optimizer, scaler, train_loader, epoch, steps)
-            metrics["val_acc" if cfg.holdout else "test_acc"] = evaluate(model, test_loader, rt, dist)
+            metrics[acc_key] = evaluate(model, test_loader, rt, dist)
             metrics["lr"] = lr_at(cfg, epoch, steps - 1, steps)
             if dist.is_main:  # the commit, then what follows from it (checkpoint.recover redoes those)
                 checkpoint.save(s.run_dir, model, optimizer, epoch + 1, metrics, scaler)
@@ -124,8 +126,8 @@ def fit(s: Session) -> Iterator[Event]:
                 runs.write(s.run_dir, s.meta)
                 kill_point("meta")
             yield EpochEnd(epoch, metrics)
-            if s.kind == "pretrain" and (msg := guards.at_chance(metrics["test_acc"], len(s.meta.classes), cfg,
-                                                                 epoch + 1, s.meta.input_size)):
+            if s.kind == "pretrain" and (msg := guards.at_chance(metrics[acc_key], len(s.meta.classes), cfg,
+                                                                 epoch + 1, steps, s.meta.input_size, split)):
                 if getattr(cfg, "stop_at_chance", True):
                     raise RunError(f"{msg} (--no-stop-at-chance trains on)")
                 yield Note(msg, "warning")

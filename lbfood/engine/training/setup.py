@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 
 from lbfood.engine import models, runs
-from lbfood.engine.config import FinetuneConfig, TrainConfig
+from lbfood.engine.config import RESUME_CHANGES, FinetuneConfig, TrainConfig
 from lbfood.engine.data import ImageSet, LoadOptions, default_root
 from lbfood.engine.data import get as get_dataset
 from lbfood.engine.data.base import DatasetSpec
@@ -115,6 +115,11 @@ def new_meta(kind: str, cfg: TrainConfig | FinetuneConfig, spec: DatasetSpec, cl
                    config=cfg.to_dict())
 
 
+def resume_changes(cfg: TrainConfig | FinetuneConfig, recorded: dict) -> dict:
+    """The settings a resumed run takes from `cfg` (`RESUME_CHANGES`; None keeps the recorded value)."""
+    return {k: recorded.get(k) if getattr(cfg, k) is None else getattr(cfg, k) for k in RESUME_CHANGES}
+
+
 def prepare_pretrain(cfg: TrainConfig, *, resume: bool = False, dist: DistInfo | None = None) -> Session:
     """Resolve data, model and run folder for `lbfood pretrain`; raises LbfoodError on bad input."""
     dist = dist or DistInfo()
@@ -125,8 +130,7 @@ def prepare_pretrain(cfg: TrainConfig, *, resume: bool = False, dist: DistInfo |
         if old.arch != cfg.arch or float(old.width) != cfg.width:
             raise RunError(f"--resume: {old.run_dir} is {old.arch} width {old.width}, not {cfg.arch} width "
                            f"{cfg.width}; pass the same --arch/--width or start a new run")
-        cfg = TrainConfig.from_dict({**old.config, "epochs": cfg.epochs, "device": cfg.device,
-                                     "precision": cfg.precision, "workers": cfg.workers, "out": str(old.run_dir)})
+        cfg = TrainConfig.from_dict({**old.config, **resume_changes(cfg, old.config), "out": str(old.run_dir)})
     cfg = cfg.resolve(models.input_size(cfg.arch))  # the default warm-up, recorded in run.json
     cfg.check()
     rt = make_runtime(rank_device(cfg.device, dist), cfg.precision)

@@ -50,6 +50,10 @@ class Scorer:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
 
+    def can_fit(self, n_train: int) -> bool:
+        """Whether `n_train` training features are enough to fit this scorer (KNN needs k of them)."""
+        return True
+
     @property
     def fitted(self) -> bool:
         return not self.needs_fit or set(self.state) >= set(self.state_keys)

@@ -50,12 +50,17 @@ class KNN(Scorer):
         if not 0 < p["fraction"] <= 1:
             raise ConfigError(f"knn: fraction must be in (0, 1], got {p['fraction']}")
 
+    def can_fit(self, n_train: int) -> bool:
+        return self._bank_size(n_train) >= self.params["k"]
+
+    def _bank_size(self, n_train: int) -> int:
+        return n_train if self.params["fraction"] >= 1 else max(1, int(round(n_train * self.params["fraction"])))
+
     def _fit(self, train: Features, head: nn.Linear) -> dict[str, torch.Tensor]:
         bank = train.features.float()
         if self.params["fraction"] < 1:
             g = torch.Generator().manual_seed(self.params["seed"])
-            n = max(1, int(round(len(bank) * self.params["fraction"])))
-            bank = bank[torch.randperm(len(bank), generator=g)[:n]]
+            bank = bank[torch.randperm(len(bank), generator=g)[:self._bank_size(len(bank))]]
         if len(bank) < self.params["k"]:
             raise ConfigError(f"knn: k={self.params['k']} but only {len(bank)} training features; "
                               "lower k or use more training images")
