@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lbfood.engine import runs
 from lbfood.engine.errors import ConfigError
 from lbfood.engine.evaluation import metrics
 from lbfood.engine.io import atomic_write_bytes, storage_error
@@ -34,10 +35,9 @@ def check_output(path: str | os.PathLike) -> str:
     Returns the format."""
     fmt = output_format(path)
     target = Path(path).expanduser().absolute()
-    for folder in target.parents:
-        if (folder / "run.json").is_file():
-            raise ConfigError(f"--output {path} is inside the run folder {folder}; lbfood owns that folder: "
-                              "write the report elsewhere")
+    if (folder := runs.enclosing_run(target)) is not None:
+        raise ConfigError(f"--output {path} is inside the run folder {folder}; lbfood owns that folder: "
+                          "write the report elsewhere")
     if target.is_dir():
         raise ConfigError(f"--output {path} is a folder; give a file name ending in .json, .csv or .md")
     folder = next((p for p in (target.parent, *target.parent.parents) if p.exists()), target.parent)

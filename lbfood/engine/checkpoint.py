@@ -6,17 +6,13 @@ epoch's metrics in its header. `model.safetensors` (what evaluation loads), the 
 the run's description follow it; a run killed in between is repaired from the train state (`recover`)
 before it resumes, so an epoch is never trained twice and never lost.
 
-`lock` holds an exclusive `flock` on RUN/.lock while a command writes the run: a second writer fails
+`lock` holds an exclusive `flock` on RUN/.lock (io.folder_lock) while a command writes the run: a second writer fails
 at once instead of interleaving its epochs with the first one's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +20,10 @@ import torch
 
 from lbfood.engine import runs
 from lbfood.engine.errors import RunError
-from lbfood.engine.io import atomic_write_bytes, load_tensors, read_metadata, save_tensors
+from lbfood.engine.io import atomic_write_bytes, folder_lock, load_tensors, read_metadata, save_tensors
 from lbfood.engine.killpoints import kill_point
 
-STATE, MODEL, LOCK = runs.STATE_FILE, "model.safetensors", ".lock"
+STATE, MODEL, LOCK = runs.STATE_FILE, runs.MODEL_FILE, runs.LOCK_FILE
 _W = "model."  # key prefix of the weights inside the train state
 
 
@@ -100,7 +96,7 @@ def recover(run_dir: Path) -> int:
         t = load_tensors(run_dir / STATE)
         save_tensors(run_dir / MODEL, {k[len(_W):]: v for k, v in t.items() if k.startswith(_W)},
                      metadata={"epoch": str(epoch)})
-    _repair_metrics(run_dir / "metrics.jsonl", epoch, metrics)
+    _repair_metrics(run_dir / runs.METRICS_FILE, epoch, metrics)
     meta = runs.read(run_dir)
     if meta.epochs_done != epoch:
         runs.update(run_dir, epochs_done=epoch, metrics=metrics)
@@ -124,19 +120,7 @@ def _repair_metrics(path: Path, epoch: int, metrics: dict[str, Any]) -> None:
         atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
 
-@contextlib.contextmanager
-def lock(run_dir: Path) -> Iterator[None]:
+def lock(run_dir: Path):
     """Hold an exclusive lock on `run_dir` (created if missing) for the block; a second holder fails at once."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise RunError(f"{run_dir} is being written by another lbfood command; wait for it to finish, "
-                       "or pick another --out") from None
-    try:
-        yield
-    finally:
-        os.close(fd)  # releases the lock (the kernel also does when the process dies)
+    return folder_lock(run_dir, busy=f"{run_dir} is being written by another lbfood command; wait for it to "
+                                     "finish, or pick another --out")

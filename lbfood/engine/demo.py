@@ -12,7 +12,6 @@ a narrower model, fewer epochs, and only the first QUICK_LIMIT images of every b
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -88,13 +87,11 @@ def _is_demo_pictures(path: Path) -> bool:
 
 def _is_demo_run(path: Path) -> bool:
     """A real folder named as one of the demo's runs whose run.json is an lbfood run description."""
+    from lbfood.engine import runs
+
     if path.name not in RUN_NAMES or path.is_symlink() or not path.is_dir():
         return False
-    try:
-        meta = json.loads((path / "run.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and "format" in meta and "lbfood" in meta
+    return runs.is_run(path, described=True)
 
 
 def prepare_out(out: Path) -> list[Path]:

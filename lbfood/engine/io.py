@@ -9,10 +9,13 @@ Tensors are stored as safetensors; loading never unpickles.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,38 @@ def _create_temp(path: Path) -> tuple[int, Path]:
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent))
+
+
+LOCK_FILE = ".lock"  # the lock file of a folder lbfood writes (a run's, a sweep's)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, *, busy: str | None = None) -> Iterator[None]:
+    """Hold an exclusive `flock` on FOLDER/.lock (the folder is created if missing) for the block.
+
+    With `busy` (a message), a second holder fails at once with a RunError saying it; without, it waits its
+    turn. The kernel releases the lock when the process dies, so a killed holder never leaves it held."""
+    from lbfood.engine.errors import RunError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except (FileExistsError, NotADirectoryError):  # a file stands where the folder (or one above it) should be
+        parent = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+        raise StorageError(f"cannot use {folder}: {parent} is a file, not a folder; pass another path",
+                           path=str(folder), reason="parent is a file") from None
+    except OSError as e:
+        raise storage_error(folder, e, verb="use") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
+    except BlockingIOError:
+        os.close(fd)
+        raise RunError(busy) from None
+    try:
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_target(path: str | os.PathLike) -> None:

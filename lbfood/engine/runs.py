@@ -26,12 +26,19 @@ from typing import Any
 import torch
 
 from lbfood import RUN_FORMAT, __version__
-from lbfood.engine import models
+from lbfood.engine import io, models
 from lbfood.engine.errors import RunError
 from lbfood.engine.io import atomic_write_json, load_tensors, save_tensors
 
 RUNS_DIR = Path("runs")
+# What a run folder holds (see the module docstring); every other module names these through here.
+RUN_FILE = "run.json"
+MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
+METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = io.LOCK_FILE  # held by the command that writes the run (checkpoint.lock)
+CACHE_DIR = "cache"  # evaluation's extracted features
+SCORERS_DIR = "scorers"  # fitted scorer statistics
 SCHEMA = RUN_FORMAT  # the schema version of run.json ("format"); another version is refused on load
 
 
@@ -139,6 +146,27 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 # ---- finding and creating folders -----------------------------------------------------------------
 
 
+def is_run(path: str | os.PathLike, *, described: bool = False) -> bool:
+    """Is `path` a run folder (it holds run.json)? With `described`, the run.json must also parse as an
+    lbfood run description (a JSON object with its "format" and "lbfood" keys) — before anything is
+    removed on that basis; it is not validated further (use `read`)."""
+    f = Path(path) / RUN_FILE
+    if not f.is_file():
+        return False
+    if not described:
+        return True
+    try:
+        raw = json.loads(f.read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(raw, dict) and "format" in raw and "lbfood" in raw
+
+
+def enclosing_run(path: str | os.PathLike) -> Path | None:
+    """The run folder that `path` lies in (itself excluded), or None: lbfood owns a run folder's files."""
+    return next((f for f in Path(path).expanduser().absolute().parents if is_run(f)), None)
+
+
 def new_run_dir(data: str, arch: str, root: Path = RUNS_DIR, kind: str = "") -> Path:
     """runs/<time>-<data>-<arch>[-kind], made unique with a suffix if needed (not created here)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -155,10 +183,10 @@ def resume_target(out: str | os.PathLike | None) -> Path:
     """The run to resume: `out`, else the newest run folder under runs/. It must hold a finished epoch."""
     if out:
         p = Path(out)
-        if not (p / "run.json").is_file():
+        if not is_run(p):
             raise RunError(f"--resume: {p} is not a run folder (no run.json); pass the run to resume with --out")
     else:
-        found = sorted(p for p in RUNS_DIR.glob("*") if (p / "run.json").is_file() and not p.is_symlink())
+        found = sorted(p for p in RUNS_DIR.glob("*") if is_run(p) and not p.is_symlink())
         if not found:
             raise RunError("--resume: no run under runs/ to resume; pass --out RUN")
         p = found[-1]
@@ -172,8 +200,8 @@ def no_epoch_message(run_dir: Path) -> str:
             f"run the same command without --resume, with --out {run_dir} (its files are replaced)")
 
 
-_START_FILES = ("run.json", "metrics.jsonl", ".lock")  # all a run killed in its first epoch can hold
-_TEMP_OF = ("run.json", "metrics.jsonl", STATE_FILE, "model.safetensors")  # ... and its writes' temp files
+_START_FILES = (RUN_FILE, METRICS_FILE, LOCK_FILE)  # all a run killed in its first epoch can hold
+_TEMP_OF = (RUN_FILE, METRICS_FILE, STATE_FILE, MODEL_FILE)  # ... and its writes' temp files
 
 
 def startable(p: Path) -> bool:
@@ -187,19 +215,19 @@ def startable(p: Path) -> bool:
         temp = e.name.endswith(".tmp") and any(e.name.startswith(f".{n}.") for n in _TEMP_OF)
         if not (e.is_file() and not e.is_symlink() and (e.name in _START_FILES or temp)):
             return False
-    if (p / "run.json").exists():
+    if (p / RUN_FILE).exists():
         try:
             meta = read(p)
         except RunError:
             return False  # not lbfood's (or damaged): leave it to the user
         return meta.epochs_done == 0 and meta.status != "done"
-    return not (p / "metrics.jsonl").exists()
+    return not (p / METRICS_FILE).exists()
 
 
 def start_over(p: Path) -> None:
     """Remove what a run killed in its first epoch left (see `startable`), keeping the lock file."""
     for e in p.iterdir():
-        if e.name != ".lock":
+        if e.name != LOCK_FILE:
             e.unlink()
 
 
@@ -217,7 +245,7 @@ def output_dir(out: str | os.PathLike | None, *, resume: bool, data: str, arch: 
 
 
 def not_startable_message(p: Path) -> str:
-    if (p / STATE_FILE).is_file() and (p / "run.json").is_file():
+    if (p / STATE_FILE).is_file() and is_run(p):
         return f"--out {p} holds a run with finished epochs; continue it with --resume, or pick a new folder"
     return f"--out {p} already exists and is not empty; pick a new folder"
 
@@ -261,7 +289,7 @@ def point_latest(run_dir: Path, runs: Path | None = None) -> None:
 def read(path: str | os.PathLike) -> RunMeta:
     """The run's validated run.json, with `run_dir` set to the resolved folder."""
     run_dir = resolve(path)
-    meta_path = run_dir / "run.json"
+    meta_path = run_dir / RUN_FILE
     if not meta_path.is_file():
         raise RunError(f"{run_dir} is not an lbfood run (no run.json); pass a folder written by "
                        "`lbfood pretrain` or `lbfood finetune`")
@@ -278,7 +306,7 @@ def read(path: str | os.PathLike) -> RunMeta:
 
 def write(run_dir: str | os.PathLike, meta: RunMeta) -> None:
     """Write run.json atomically: the only place that does."""
-    atomic_write_json(Path(run_dir) / "run.json", meta.to_dict())
+    atomic_write_json(Path(run_dir) / RUN_FILE, meta.to_dict())
 
 
 def update(run_dir: str | os.PathLike, **changes: Any) -> RunMeta:
@@ -293,7 +321,7 @@ def update(run_dir: str | os.PathLike, **changes: Any) -> RunMeta:
 
 def save_model(run_dir: Path, model: torch.nn.Module) -> None:
     """Weights alone (a training run commits them with its train state: checkpoint.save)."""
-    save_tensors(run_dir / "model.safetensors", unwrap(model).state_dict())
+    save_tensors(run_dir / MODEL_FILE, unwrap(model).state_dict())
 
 
 def build_from_meta(meta: RunMeta) -> models.FeatureModel:
@@ -303,7 +331,7 @@ def build_from_meta(meta: RunMeta) -> models.FeatureModel:
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[models.FeatureModel, RunMeta]:
     """(model in eval mode, run.json). Never unpickles: weights come from safetensors."""
     meta = read(path)
-    weights = meta.run_dir / "model.safetensors"
+    weights = meta.run_dir / MODEL_FILE
     if not weights.is_file():
         todo = ("its weights were removed: put model.safetensors back, or re-run the training that made it"
                 if meta.status in ("done", "trained") else

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from lbfood import __version__
-from lbfood.engine import distributed
+from lbfood.engine import distributed, runs
 from lbfood.engine.data import DatasetSpec, ImageSet, LoadOptions, default_root
 from lbfood.engine.data import get as get_dataset
 from lbfood.engine.data.holdout import split_holdout
@@ -42,7 +42,7 @@ _FP_MEMO: dict[tuple[str, int, int], str] = {}
 
 def weights_fingerprint(run_dir: str | os.PathLike) -> str:
     """Content hash (SHA-256, 16 hex digits) of `<run>/model.safetensors`; memoised by size and mtime."""
-    path = Path(run_dir) / "model.safetensors"
+    path = Path(run_dir) / runs.MODEL_FILE
     try:
         st = path.stat()
     except OSError:
@@ -194,7 +194,7 @@ class RunEval:
             return self.loader(self._shard(images))
 
         try:
-            feats = fx.cached_extract(self.run_dir / "cache", key, self.model, make, fingerprint=fingerprint,
+            feats = fx.cached_extract(self.run_dir / runs.CACHE_DIR, key, self.model, make, fingerprint=fingerprint,
                                       device=self.rt.device, precision=self.rt.precision, blocks=True,
                                       jigsaw=jigsaw, dist=self.dist, on_write_error=self.unsaved)
         except _Miss:
@@ -229,7 +229,7 @@ class RunEval:
         if not s.needs_fit or s.fitted:
             return s
         stem = scorer_key(s) + (f".first{self.limit}" if self.limit is not None else "")
-        path = self.run_dir / "scorers" / f"{stem}.safetensors"
+        path = self.run_dir / runs.SCORERS_DIR / f"{stem}.safetensors"
         want = {"format": _SCORER_FORMAT, "scorer": s.name, "params": json.dumps(jsonable(s.params)),
                 "weights": self.fp, "id_data": self.id_data, "limit": str(self.limit)}
         loaded = None

@@ -66,6 +66,7 @@ def exportable() -> list[str]:
 
 def check(cfg: ExportConfig) -> None:
     """Raise ConfigError for anything wrong with `cfg` that needs no run: before any work."""
+    from lbfood.engine import runs
     from lbfood.engine.evaluation import scorers
     from lbfood.engine.export.detector import LAYOUTS
     from lbfood.engine.export.writer import FORMATS
@@ -90,10 +91,9 @@ def check(cfg: ExportConfig) -> None:
             raise ConfigError(f"--out {cfg.out} names {shown[other]} file but --format {cfg.format} writes "
                               f"{shown[cfg.format][2:].lstrip()}; name it {out.stem}{FORMATS[cfg.format]} or pass "
                               f"--format {other}")
-        for folder in out.parents:
-            if (folder / "run.json").is_file():
-                raise ConfigError(f"--out {cfg.out} is inside the run folder {folder}; lbfood owns that folder: "
-                                  "write the detector elsewhere")
+        if (folder := runs.enclosing_run(out)) is not None:
+            raise ConfigError(f"--out {cfg.out} is inside the run folder {folder}; lbfood owns that folder: "
+                              "write the detector elsewhere")
         check_target(cfg.out)  # a folder, a device, a path under a file: refused before the scorer is fitted
     if cfg.layout not in LAYOUTS:
         raise ConfigError(f"unknown --layout {cfg.layout!r}; valid: {', '.join(LAYOUTS)}")

@@ -19,19 +19,18 @@ may hand one grid point to two parallel workers; the queue gives each point to e
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
 import socket
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lbfood.engine import runs
 from lbfood.engine.errors import ConfigError, LbfoodError, RunError
+from lbfood.engine.io import LOCK_FILE, folder_lock
 from lbfood.engine.killpoints import kill_point
 from lbfood.engine.sweep import space
 from lbfood.engine.sweep.space import FACTORS, SweepConfig
@@ -108,7 +107,7 @@ def open_study(sc: SweepConfig):
     return study
 
 
-SWEEP_MARKS = ("study.db", ".lock", "trials", "sweep.json")  # what only a sweep folder holds
+SWEEP_MARKS = ("study.db", LOCK_FILE, "trials", "sweep.json")  # what only a sweep folder holds
 
 
 def check_out(out: Path) -> None:
@@ -116,7 +115,7 @@ def check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder for the sweep (a new one, or a sweep's to continue it)")
     if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in SWEEP_MARKS):
-        what = "a run folder" if (out / "run.json").exists() else "not a sweep folder"
+        what = "a run folder" if runs.is_run(out) else "not a sweep folder"
         raise ConfigError(f"--out {out} already holds files and is {what}; pass a new or empty folder, or a "
                           "sweep's folder to continue it")
 
@@ -148,16 +147,9 @@ def _control_acc(study) -> float | None:
     return None
 
 
-@contextlib.contextmanager
-def lock(sc: SweepConfig) -> Iterator[None]:
+def lock(sc: SweepConfig):
     """An exclusive lock on `<sweep>/.lock` (the workers of one machine take turns at the queue)."""
-    Path(sc.out).mkdir(parents=True, exist_ok=True)
-    with open(Path(sc.out) / ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return folder_lock(sc.out)
 
 
 def _alive(pid: int) -> bool:

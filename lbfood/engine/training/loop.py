@@ -120,7 +120,7 @@ def fit(s: Session) -> Iterator[Event]:
             metrics["lr"] = lr_at(cfg, epoch, steps - 1, steps)
             if dist.is_main:  # the commit, then what follows from it (checkpoint.recover redoes those)
                 checkpoint.save(s.run_dir, model, optimizer, epoch + 1, metrics, scaler)
-                append_jsonl(s.run_dir / "metrics.jsonl", {"epoch": epoch + 1, **metrics})
+                append_jsonl(s.run_dir / runs.METRICS_FILE, {"epoch": epoch + 1, **metrics})
                 kill_point("metrics")
                 s.meta = s.meta.replace(epochs_done=epoch + 1, metrics=metrics)
                 runs.write(s.run_dir, s.meta)
