@@ -12,13 +12,12 @@ import html
 import io
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lbfood.engine.errors import ConfigError
+from lbfood.engine import outputs
 
 DPI = 150
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with any colour-vision deficiency.
@@ -36,21 +35,8 @@ class Picture:
 
 
 def check_out_dir(path: str | os.PathLike, option: str = "--out") -> Path:
-    """Refuse, before any work, a folder that cannot be created or written (nothing is left behind)."""
-    p = Path(path).expanduser()
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"{option} {p} is a file, not a folder; pass a folder for the pictures")
-    probe = p
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"{option} {p}: {probe} is a file, not a folder; pass another folder")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as e:
-        raise ConfigError(f"{option} {p}: cannot write in {probe} ({e.strerror}); pass a writable folder") from None
-    return p
+    """Refuse, before any work, a folder lbfood must not write pictures into (engine/outputs.py)."""
+    return outputs.check_dir(path, option)
 
 
 def _figure(width_in: float, height_in: float):
@@ -167,7 +153,7 @@ def norm_distributions(n: Any, path: Path) -> Picture:
 
 def write_report_plots(data: Any, out: str | os.PathLike) -> list[Picture]:
     """Histograms and ROC curves per run and method, Fig. 5, and an index.html listing them."""
-    out = Path(out)
+    out = outputs.claim_dir(out)
     pictures: list[Picture] = []
     pictures.append(norm_distributions(data.norms, out / "norms.png"))
     for h in data.histograms:
@@ -268,7 +254,7 @@ def explanation(e: Any, path: Path) -> Picture:
 
 def write_explanations(explanations: Sequence[Any], out: str | os.PathLike) -> tuple[list[Picture], list[str]]:
     """One PNG per readable image and an index.html; returns the pictures and one line per failed file."""
-    out = Path(out)
+    out = outputs.claim_dir(out)
     pictures, failed, items = [], [], []
     for i, e in enumerate(explanations):
         if e.error is not None:

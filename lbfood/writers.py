@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lbfood.engine import runs
+from lbfood.engine import outputs
 from lbfood.engine.errors import ConfigError
 from lbfood.engine.evaluation import metrics
-from lbfood.engine.io import atomic_write_bytes, storage_error
+from lbfood.engine.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from lbfood.engine.evaluation.report import ReportResult
@@ -30,32 +30,31 @@ def output_format(path: str | os.PathLike) -> str:
 
 
 def check_output(path: str | os.PathLike) -> str:
-    """Refuse, before any computing, an --output that could not be written or would damage a run: a bad
-    extension, a path inside a run folder (a folder with run.json), a folder that is not writable.
+    """Refuse, before any computing, an --output lbfood must not write (engine/outputs.py: a bad extension,
+    a path inside a run folder, a link, a file lbfood did not write, a folder that is not writable).
     Returns the format."""
     fmt = output_format(path)
-    target = Path(path).expanduser().absolute()
-    if (folder := runs.enclosing_run(target)) is not None:
-        raise ConfigError(f"--output {path} is inside the run folder {folder}; lbfood owns that folder: "
-                          "write the report elsewhere")
-    if target.is_dir():
-        raise ConfigError(f"--output {path} is a folder; give a file name ending in .json, .csv or .md")
-    folder = next((p for p in (target.parent, *target.parent.parents) if p.exists()), target.parent)
-    if not folder.is_dir():
-        raise ConfigError(f"--output {path}: {folder} is not a folder; choose another place for the report")
-    probe = folder / f".lbfood-write-test-{os.getpid()}"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, b"x")  # a byte, flushed: a full disk shows here, not after the report is computed
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            probe.unlink()
-    except OSError as e:
-        e.filename = str(target)  # the message names the report, and its folder as the one to fix
-        raise storage_error(target, e) from None
+    outputs.check_file(path, "--output", ours=lambda p: is_report(p, fmt), what="the report")
     return fmt
+
+
+_CSV_HEAD = ["run", "kind", "method", "dataset", *metrics.SUMMARY_KEYS, "id_accuracy", "convention",
+             "paper_fpr95", "paper_auroc", "paper_row"]
+_MD_HEAD = "# lbfood report"
+_JSON_KEYS = {"id_data", "ood", "methods", "convention", "runs"}
+
+
+def is_report(path: str | os.PathLike, fmt: str) -> bool:
+    """Is `path` a report lbfood wrote in `fmt` (its CSV header, its Markdown title, its JSON keys)?"""
+    try:
+        with open(path, encoding="utf-8") as f:
+            if fmt == "json":
+                doc = json.load(f)
+                return isinstance(doc, dict) and _JSON_KEYS <= set(doc)
+            first = f.readline().rstrip("\n")
+    except (OSError, ValueError, RecursionError):
+        return False
+    return first == (",".join(_CSV_HEAD) if fmt == "csv" else _MD_HEAD)
 
 
 def write_report(result: ReportResult, path: str | os.PathLike, fmt: str | None = None) -> None:
@@ -78,8 +77,7 @@ def _datasets(result: ReportResult) -> list[str]:
 def _csv(result: ReportResult) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["run", "kind", "method", "dataset", *metrics.SUMMARY_KEYS, "id_accuracy", "convention",
-                "paper_fpr95", "paper_auroc", "paper_row"])
+    w.writerow(_CSV_HEAD)
     for run in result.runs:
         for m in result.methods:
             for ds in _datasets(result):
@@ -97,7 +95,7 @@ def _pct(v: float | None) -> str:
 
 
 def _markdown(result: ReportResult) -> str:
-    lines = ["# lbfood report", ""]
+    lines = [_MD_HEAD, ""]
     conv = "ID positive (paper)" if result.convention == "paper" else "OOD positive (OpenOOD)"
     lines.append(f"ID: {result.id_data} (test split) · FPR95 convention: {conv}"
                  + (f" · benchmark: {result.benchmark}" if result.benchmark else ""))

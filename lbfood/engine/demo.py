@@ -79,10 +79,14 @@ def quick_threads() -> Iterator[None]:
 
 
 def _is_demo_pictures(path: Path) -> bool:
-    """The demo's own pictures folder: a real folder named `pictures` holding only PNG and HTML files."""
+    """The demo's own pictures folder: a real folder named `pictures` holding only PNG and HTML files (and
+    the mark of a folder lbfood writes)."""
     if path.name != PICTURES or path.is_symlink() or not path.is_dir():
         return False
-    return all(p.is_dir() and not p.is_symlink() or p.suffix in (".png", ".html") for p in path.rglob("*"))
+    from lbfood.engine.outputs import MARK
+
+    return all(p.is_dir() and not p.is_symlink() or p.suffix in (".png", ".html") or p.name == MARK
+               for p in path.rglob("*"))
 
 
 def _is_demo_run(path: Path) -> bool:

@@ -117,7 +117,7 @@ def test_report_pictures_are_pngs_of_the_stated_size(tmp_path):
     drawn = plots.write_report_plots(_hand_made_plot_data(), tmp_path / "pics")
     names = [p.path.name for p in drawn]
     assert names == ["norms.png", "hist-lff-msp.png", "roc-lff-msp.png"]
-    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == sorted([*names, "index.html"])
+    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == sorted([*names, "index.html", ".lbfood-output"])
     sizes = {p.path.name: png_size(p.path) for p in drawn}
     # Figure inches × 150 dpi: Fig. 5 is 2 runs × 3 OOD sets (6.8 × 7.5 in), histograms 3 panels in a
     # row (12 × 3.5 in), ROC 5.2 × 4.8 in.
@@ -144,6 +144,6 @@ def test_report_plots_from_the_command_line(runs, tmp_path):
     r = CliRunner().invoke(app, [*base, "--plots", str(tmp_path / "out" / "pics")])
     assert r.exit_code == 0, r.output
     files = sorted(p.name for p in (tmp_path / "out" / "pics").iterdir())
-    assert files == ["hist-lff-msp.png", "index.html", "norms.png", "roc-lff-msp.png"]
+    assert files == [".lbfood-output", "hist-lff-msp.png", "index.html", "norms.png", "roc-lff-msp.png"]
     assert all(png_size(tmp_path / "out" / "pics" / f) for f in files if f.endswith(".png"))
     assert "pictures: 3 PNG(s)" in r.output

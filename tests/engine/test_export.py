@@ -164,6 +164,17 @@ def test_cli_exports_and_refuses_unsupported_methods(run, tmp_path):
     one_error_line(runner.invoke(app, ["export", "--format", "torchscript", "--out", "d.onnx"]),
                     "--out d.onnx names an ONNX file but --format torchscript writes TorchScript; name it d.pt")
     one_error_line(runner.invoke(app, ["export", "--out", str(run / "d.onnx")]), "is inside the run folder")
+    # 21.10: an existing file is replaced only if lbfood exported it (ONNX metadata / TorchScript extra file)
+    r = runner.invoke(app, ["export", "--method", "energy", "--out", "e.onnx", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    (tmp_path / "mine.onnx").write_bytes(b"my model")
+    one_error_line(runner.invoke(app, ["export", "--out", "mine.onnx"]), "already exists and lbfood did not write it")
+    assert (tmp_path / "mine.onnx").read_bytes() == b"my model"
+    r = runner.invoke(app, ["export", "--method", "msp", "--format", "torchscript", "--out", "m.pt", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    from lbfood.engine.export.writer import is_detector
+    assert is_detector(tmp_path / "m.pt") and is_detector(tmp_path / "e.onnx")
+    assert not is_detector(tmp_path / "mine.onnx")
     one_error_line(runner.invoke(app, ["export", "--method", "react", "--out", str(tmp_path)]), "it is a folder")
     assert not (run / "scorers").exists()  # refused before ReAct was fitted
     # KNN's bank: 40 training features × 64 dims × 4 bytes = 10,240 bytes ≈ 0.0098 MiB.

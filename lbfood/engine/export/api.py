@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lbfood import __version__
+from lbfood.engine import outputs
 from lbfood.engine.errors import ConfigError
-from lbfood.engine.io import check_target
 
 if TYPE_CHECKING:
     from lbfood.engine.runs import RunMeta
@@ -66,10 +66,9 @@ def exportable() -> list[str]:
 
 def check(cfg: ExportConfig) -> None:
     """Raise ConfigError for anything wrong with `cfg` that needs no run: before any work."""
-    from lbfood.engine import runs
     from lbfood.engine.evaluation import scorers
     from lbfood.engine.export.detector import LAYOUTS
-    from lbfood.engine.export.writer import FORMATS
+    from lbfood.engine.export.writer import FORMATS, is_detector
 
     if cfg.method in REFUSED:
         raise ConfigError(f"cannot export {cfg.method}: {REFUSED[cfg.method]}")
@@ -91,10 +90,9 @@ def check(cfg: ExportConfig) -> None:
             raise ConfigError(f"--out {cfg.out} names {shown[other]} file but --format {cfg.format} writes "
                               f"{shown[cfg.format][2:].lstrip()}; name it {out.stem}{FORMATS[cfg.format]} or pass "
                               f"--format {other}")
-        if (folder := runs.enclosing_run(out)) is not None:
-            raise ConfigError(f"--out {cfg.out} is inside the run folder {folder}; lbfood owns that folder: "
-                              "write the detector elsewhere")
-        check_target(cfg.out)  # a folder, a device, a path under a file: refused before the scorer is fitted
+        # a run folder, a link, a folder, a device, a path under a file, a file lbfood did not export: refused
+        # before the scorer is fitted
+        outputs.check_file(cfg.out, "--out", ours=is_detector, what="the detector")
     if cfg.layout not in LAYOUTS:
         raise ConfigError(f"unknown --layout {cfg.layout!r}; valid: {', '.join(LAYOUTS)}")
     if cfg.threshold is not None and not math.isfinite(cfg.threshold):

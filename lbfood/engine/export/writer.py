@@ -30,6 +30,23 @@ def write(detector: nn.Module, example: torch.Tensor, path: str | os.PathLike, f
     return len(data)
 
 
+def is_detector(path: str | os.PathLike) -> bool:
+    """Is `path` a detector lbfood exported (its metadata names lbfood's version)? `export` replaces only those."""
+    import zipfile
+
+    path = os.fspath(path)
+    try:
+        if zipfile.is_zipfile(path):  # TorchScript
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith(f"extra/{EXTRA_FILE}") for n in z.namelist())
+        import onnx
+
+        proto = onnx.load(path, load_external_data=False)
+        return any(e.key == "lbfood_version" for e in proto.metadata_props)
+    except Exception:  # noqa: BLE001 - anything unreadable is not lbfood's detector
+        return False
+
+
 def onnx_bytes(detector: nn.Module, example: torch.Tensor, metadata: dict[str, str]) -> bytes:
     """The ONNX model (TorchScript-based exporter: it needs no onnxscript), batch axis dynamic."""
     import onnx

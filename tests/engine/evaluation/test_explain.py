@@ -137,7 +137,7 @@ def test_explain_from_the_command_line(setup, tmp_path):
     assert r.exit_code == 1, r.output  # one file failed; the other was drawn
     warnings = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "d.png" in warnings[0]
-    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == ["001-a.png", "index.html"]
+    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == [".lbfood-output", "001-a.png", "index.html"]
     assert png_size(tmp_path / "pics" / "001-a.png") == (1440, 585)
     index = (tmp_path / "pics" / "index.html").read_text()
     assert "001-a.png" in index and "d.png" in index and "Not drawn" in index
