@@ -309,6 +309,23 @@ def write(run_dir: str | os.PathLike, meta: RunMeta) -> None:
     atomic_write_json(Path(run_dir) / RUN_FILE, meta.to_dict())
 
 
+# A run's status: running → (interrupted | stopped, then running again on --resume) → trained (every epoch
+# saved, not calibrated) → done (calibrated, runs/latest points at it).
+STATUSES = ("running", "interrupted", "stopped", "trained", "done")
+
+
+def mark(run_dir: str | os.PathLike, meta: RunMeta, status: str | None = None, **changes: Any) -> RunMeta:
+    """Record a training run's progress in run.json: its new `status` (one of STATUSES) and/or `changes`
+    (epochs done, metrics, seconds); returns the new metadata. The loop says what happened, this writes it."""
+    if status is not None:
+        if status not in STATUSES:
+            raise ValueError(f"unknown run status {status!r}")
+        changes["status"] = status
+    meta = meta.replace(**changes)
+    write(run_dir, meta)
+    return meta
+
+
 def update(run_dir: str | os.PathLike, **changes: Any) -> RunMeta:
     """Read run.json, replace `changes`, write it back; returns the new metadata."""
     meta = read(run_dir).replace(**changes)

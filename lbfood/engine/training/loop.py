@@ -108,7 +108,7 @@ def fit(s: Session) -> Iterator[Event]:
     split, acc_key = ("validation", "val_acc") if cfg.holdout else ("test", "test_acc")
     if dist.is_main:
         s.run_dir.mkdir(parents=True, exist_ok=True)
-        runs.write(s.run_dir, s.meta)
+        s.meta = runs.mark(s.run_dir, s.meta, "running")
     yield Started(s.run_dir, s.kind, cfg.epochs, start_epoch, steps, len(s.train_set), len(s.test_set),
                   str(rt.device), rt.precision, cfg.arch, cfg.width, cfg.data, split)
     yield from s.notes
@@ -122,13 +122,12 @@ def fit(s: Session) -> Iterator[Event]:
                 checkpoint.save(s.run_dir, model, optimizer, epoch + 1, metrics, scaler)
                 append_jsonl(s.run_dir / runs.METRICS_FILE, {"epoch": epoch + 1, **metrics})
                 kill_point("metrics")
-                s.meta = s.meta.replace(epochs_done=epoch + 1, metrics=metrics)
-                runs.write(s.run_dir, s.meta)
+                s.meta = runs.mark(s.run_dir, s.meta, epochs_done=epoch + 1, metrics=metrics)
                 kill_point("meta")
             yield EpochEnd(epoch, metrics)
             if s.kind == "pretrain" and (msg := guards.at_chance(metrics[acc_key], len(s.meta.classes), cfg,
                                                                  epoch + 1, steps, s.meta.input_size, split)):
-                if getattr(cfg, "stop_at_chance", True):
+                if cfg.stop_at_chance:  # a pretraining: TrainConfig
                     raise RunError(f"{msg} (--no-stop-at-chance trains on)")
                 yield Note(msg, "warning")
     except KeyboardInterrupt:
@@ -137,20 +136,17 @@ def fit(s: Session) -> Iterator[Event]:
                 _remove_run(s.run_dir)
                 yield Interrupted(None, 0)
                 return
-            s.meta = s.meta.replace(status="interrupted")
-            runs.write(s.run_dir, s.meta)
+            s.meta = runs.mark(s.run_dir, s.meta, "interrupted")
         yield Interrupted(s.run_dir, s.meta.epochs_done)
         return
     except BaseException as e:
         if dist.is_main and fresh and checkpoint.committed(s.run_dir) is None:
             _remove_run(s.run_dir)
         elif dist.is_main and isinstance(e, LbfoodError):  # e.g. diverged: keep the epochs, say it stopped
-            s.meta = s.meta.replace(status="stopped")
-            runs.write(s.run_dir, s.meta)
+            s.meta = runs.mark(s.run_dir, s.meta, "stopped")
         raise
     if dist.is_main:  # trained; the command calibrates next and then marks the run done (pipeline.py)
-        s.meta = s.meta.replace(status="trained", metrics=metrics, seconds=round(time.time() - t_start, 2))
-        runs.write(s.run_dir, s.meta)
+        s.meta = runs.mark(s.run_dir, s.meta, "trained", metrics=metrics, seconds=round(time.time() - t_start, 2))
         kill_point("trained")
     yield Finished(s.run_dir, metrics, time.time() - t_start)
 
