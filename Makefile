@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # The demo whose runs `make pictures` draws (it runs the demo first when that folder has no runs).
 DEMO_RUNS ?= runs/demo
 
-.PHONY: demo test lint bench pictures clean
+.PHONY: demo test test-fast lint bench pictures clean
 
 $(VENV)/.lbfood-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(VENV)/.lbfood-installed
 test: $(VENV)/.lbfood-installed
 	$(VENV)/bin/ruff check lbfood tests benchmarks
 	$(PY) -m pytest
+
+# A developer's quicker loop: everything but the tests marked slow (the benchmark scripts at tiny size).
+test-fast: $(VENV)/.lbfood-installed
+	$(VENV)/bin/ruff check lbfood tests benchmarks
+	$(PY) -m pytest -m "not slow"
 
 # The README's pictures (docs/fig5-norms.png, docs/fig7-explain.png) from the demo's runs.
 pictures: $(VENV)/.lbfood-installed

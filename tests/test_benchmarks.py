@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # minutes: `make test` runs them, `make test-fast` skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "export_speed.py": ["--images", "16", "--fit-images", "40", "--repeats", "1", "--width", "0.125"],
