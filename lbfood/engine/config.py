@@ -44,32 +44,19 @@ class _Config:
 
 
 @dataclass(frozen=True)
-class TrainConfig(_Config):
-    """Pretraining with cross-entropy (paper §III-A, Eq. 2)."""
+class _TrainingConfig(_Config):
+    """What pretraining and fine-tuning share: the optimiser's fixed settings, the data's options, how the
+    run runs and where it writes. Each stage adds its recipe (with its own defaults) below."""
 
-    data: str = "backdrops"
-    data_root: str | None = None  # None: $LBFOOD_DATA or ./data
-    arch: str = "resnet18"
-    width: float = 1.0  # channel multiplier
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 5e-4
-    wd_on_bn: bool = False  # weight decay on BN weights and biases too (pretraining: no, the CIFAR recipe)
-    schedule: str = "cosine"  # cosine | multistep
-    milestones: tuple[int, ...] = ()  # multistep: epochs at which lr is multiplied by gamma
-    gamma: float = 0.1
-    warmup_epochs: int | None = None  # None: `resolve` picks (5 for 224-px architectures, else 0)
     label_smoothing: float = 0.0
-    jitter: float = 0.4  # colour jitter strength (brightness, contrast, saturation); 0 = off
-    val_split: float = 0.0
+    batch_size: int = 128  # global, over all processes
+    data_root: str | None = None  # None: $LBFOOD_DATA or ./data (fine-tuning: the parent run's)
     # Share of the training split held out as ID validation (stratified, split seed HOLDOUT_SEED = 0 in
-    # train.py): the run trains on the rest and reads the held-out images instead of its test split.
+    # data/holdout.py): the run trains on the rest and reads the held-out images instead of its test split.
     holdout: float = 0.0
     classes_file: str | None = None
-    init: str | None = None  # resnet50_imagenet: a torchvision state dict to start from
+    init: str | None = None  # weights to start from (pretraining: resnet50_imagenet's torchvision state dict)
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
@@ -80,7 +67,27 @@ class TrainConfig(_Config):
     sync_bn: bool = False
     log_every: int = 20  # steps between progress reads (each read is one host-device sync)
     limit: int | None = None  # use only the first N training and test images (smoke tests)
-    stop_at_chance: bool = True  # stop (else warn) when test accuracy is at chance after a few epochs
+
+
+@dataclass(frozen=True)
+class TrainConfig(_TrainingConfig):
+    """Pretraining with cross-entropy (paper §III-A, Eq. 2)."""
+
+    data: str = "backdrops"
+    arch: str = "resnet18"
+    width: float = 1.0  # channel multiplier
+    epochs: int = 100
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    wd_on_bn: bool = False  # weight decay on BN weights and biases too (pretraining: no, the CIFAR recipe)
+    schedule: str = "cosine"  # cosine | multistep
+    milestones: tuple[int, ...] = ()  # multistep: epochs at which lr is multiplied by gamma
+    gamma: float = 0.1
+    warmup_epochs: int | None = None  # None: `resolve` picks (5 for 224-px architectures, else 0)
+    jitter: float = 0.4  # colour jitter strength (brightness, contrast, saturation); 0 = off
+    val_split: float = 0.0
+    stop_at_chance: bool = True  # stop (else warn) when held-out accuracy is at chance (training/guards.py)
 
     def resolve(self, input_size: int) -> TrainConfig:
         """Fill `warmup_epochs`: ImageNet-size inputs (224 px) warm up for 5 epochs (fewer if the run is
@@ -99,7 +106,7 @@ IMAGENET_WARMUP = 5  # epochs of linear warm-up for 224-px architectures trained
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(_Config):
+class FinetuneConfig(_TrainingConfig):
     """Fine-tuning with L = CE + λ·L_LFF (paper §IV-B, Eq. 7).
 
     `None` recipe fields take the dataset preset; `None` data fields take the parent run's; `resolve`
@@ -124,30 +131,12 @@ class FinetuneConfig(_Config):
     schedule: str | None = None
     gamma: float | None = None
     warmup_epochs: int | None = None
-    nesterov: bool = False
-    label_smoothing: float = 0.0
-    batch_size: int = 128
     # the data (None: the parent run's)
     data: str | None = None
-    data_root: str | None = None
     val_split: float | None = None
-    holdout: float = 0.0  # as TrainConfig.holdout
-    classes_file: str | None = None
     # filled from the parent by `resolve`
     arch: str | None = None
     width: float | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 0
-    out: str | None = None
-    workers: int = 4
-    compile: bool = False
-    download: bool = False
-    sync_bn: bool = False
-    log_every: int = 20
-    limit: int | None = None
-
-    init = None  # fine-tuning always starts from the parent's weights
 
     def resolve(self, parent: Mapping[str, Any], preset: Mapping[str, Any]) -> FinetuneConfig:
         """Fill every `None` field: data fields and architecture from `parent` (the parent run's config,
@@ -238,21 +227,33 @@ def _check_recipe(cfg: TrainConfig | FinetuneConfig) -> None:
 
 
 @dataclass(frozen=True)
-class ReportConfig(_Config):
-    """`lbfood report`: ID accuracy and OOD metrics of a run (and `compare` runs side by side, Table IV)."""
+class _EvalConfig(_Config):
+    """What the evaluation commands share: the run, the scorers' parameters, where data is, how to compute."""
 
     model: str = "runs/latest"
+    params: dict = field(default_factory=dict)  # scorer parameters (report: per method; others: the method's)
+    batch_size: int = 64  # images per forward pass
+    data_root: str | None = None  # where the ID data is, if a scorer must be fitted or calibrated
+    device: str = "auto"
+    precision: str = "auto"
+
+    def check(self) -> None:
+        """Raise ConfigError for any value out of range (names are checked by their registries)."""
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ReportConfig(_EvalConfig):
+    """`lbfood report`: ID accuracy and OOD metrics of a run (and `compare` runs side by side, Table IV)."""
+
     id_data: str | None = None  # None: the benchmark's ID set, else the run's dataset
     ood: tuple[str, ...] = ()  # empty: the benchmark's, else the built-in benchmark of the ID set
     methods: tuple[str, ...] = ("react",)  # the paper scores with ReAct + energy (Sec. IV-C)
     compare: tuple[str, ...] = ()
     benchmark: str | None = None  # built-in name or a TOML path: fills id/ood, carries the paper's numbers
-    data_root: str | None = None  # None: the run's data root, else $LBFOOD_DATA or ./data
     fpr_convention: str = "paper"  # paper (ID positive) | openood (OOD positive)
     batch_size: int = 256
-    device: str = "auto"
-    precision: str = "auto"
-    params: dict = field(default_factory=dict)  # scorer parameters, e.g. {"react": {"percentile": 90}}
     workers: int = 4  # DataLoader workers for large-image sets
     gates: tuple[str, ...] = ()  # CI gates, e.g. "react.auroc>=90" (evaluation/gates.py), checked on the `model` run
     limit: int | None = None  # use only the first N images of every split (smoke tests, `demo --quick`)
@@ -260,15 +261,50 @@ class ReportConfig(_Config):
 
 
 @dataclass(frozen=True)
-class ScoreConfig(_Config):
-    """`lbfood score`: a verdict (ID/OOD at the threshold γ, paper Eq. 3) for each of the user's images."""
+class _ImagesConfig(_EvalConfig):
+    """A verdict (ID/OOD at the threshold γ, paper Eq. 3) for the user's own image files."""
 
     paths: tuple[str, ...] = ()  # files, folders (searched recursively) and globs
-    model: str = "runs/latest"
     method: str = "react"
     threshold: float | None = None  # γ, Eq. 3; None: the run's calibrated threshold for `method`
-    params: dict = field(default_factory=dict)  # the method's parameters, e.g. {"percentile": 95}
-    batch_size: int = 64
-    data_root: str | None = None  # where the ID data is, if the scorer must be fitted or calibrated
-    device: str = "auto"
-    precision: str = "auto"
+
+    def check(self, example: str = "lbfood score photos/") -> None:
+        """No images, a batch < 1 or a non-finite γ: refused before any work (`example` shows the command)."""
+        if not self.paths:
+            raise ConfigError(f"no images given; pass files, folders or globs, e.g. `{example}`")
+        super().check()
+        if self.threshold is not None and not _finite(self.threshold):
+            raise ConfigError(f"--threshold must be a finite number, got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class ScoreConfig(_ImagesConfig):
+    """`lbfood score`: a verdict (ID/OOD at the threshold γ, paper Eq. 3) for each of the user's images."""
+
+
+@dataclass(frozen=True)
+class ExplainConfig(_ImagesConfig):
+    """`lbfood explain`: Fig. 7 heat maps of the user's images under one run and the `compare` runs."""
+
+    compare: tuple[str, ...] = ()
+    label: str | None = None  # a class name: also outline the background for this class (Eq. 5)
+
+
+@dataclass(frozen=True)
+class ExportConfig(_EvalConfig):
+    """`lbfood export`: which run, scorer, threshold and file format (the graph is CPU fp32; `device` and
+    `precision` are for fitting and calibration)."""
+
+    method: str = "react"
+    format: str = "onnx"  # onnx | torchscript
+    out: str | None = None  # None: <run name>-<method>.onnx (or .pt) in the current folder
+    layout: str = "NCHW"  # NCHW | NHWC, of the uint8 input images
+    threshold: float | None = None  # γ, Eq. 3; None: the run's calibrated threshold for `method`
+    max_bank_mb: float = 256.0  # knn: refuse a feature bank larger than this (MiB of float32)
+
+    def check(self) -> None:
+        super().check()
+        if self.threshold is not None and not _finite(self.threshold):
+            raise ConfigError(f"--threshold must be a finite number, got {self.threshold}")
+        if not (_finite(self.max_bank_mb) and self.max_bank_mb > 0):
+            raise ConfigError(f"--max-bank-mb must be > 0, got {self.max_bank_mb}")

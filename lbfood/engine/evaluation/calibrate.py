@@ -40,9 +40,8 @@ def calibrate(run_dir: str | os.PathLike, model: torch.nn.Module, meta: RunMeta,
         limit = meta.config.get("limit")
     ev = RunEval(run_dir, model, meta, rt, id_data=meta.data, data_root=data_root(meta, root),
                   batch_size=batch_size, workers=workers, on_event=on_event, limit=limit)
-    # The training split is extracted once here, with FeatureNorm's jigsaw norms too, so that later
-    # reports fit every scorer from the cache without another pass over the training data.
-    ev.jigsaw_train = True
+    # The training split is extracted here (RunEval.train_features: with FeatureNorm's jigsaw norms too),
+    # so that later reports fit every scorer from the cache without another pass over the training data.
     s = ev.scorer(method, params)
     scores = ev.scores(s, meta.data, "test", user_std=bool(params and "std" in params))
     entry = {"method": method, "value": keep_threshold(scores, tpr), "tpr": tpr, "split": "test",

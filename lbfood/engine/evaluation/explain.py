@@ -12,7 +12,7 @@ threshold and fitted scorer, as `lbfood score` does).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,32 +20,15 @@ import torch.nn.functional as F
 
 from lbfood.engine import runs
 from lbfood.engine.background import background_mask
-from lbfood.engine.config import ScoreConfig
+from lbfood.engine.config import ExplainConfig, ScoreConfig
 from lbfood.engine.data.images import decode, eval_transform
 from lbfood.engine.data.paths import expand_paths
 from lbfood.engine.errors import ConfigError, DataError
 from lbfood.engine.evaluation.plotdata import run_labels
-from lbfood.engine.evaluation.score import Row, check_image_options, score_images
+from lbfood.engine.evaluation.score import Row, score_images
 from lbfood.engine.events import Step
 from lbfood.engine.presets import preset_values
 from lbfood.engine.runs import RunMeta
-
-
-@dataclass(frozen=True)
-class ExplainConfig:
-    """`lbfood explain`: Fig. 7 heat maps of the user's images under one run and the `compare` runs."""
-
-    paths: tuple[str, ...] = ()  # files, folders (searched recursively) and globs
-    model: str = "runs/latest"
-    compare: tuple[str, ...] = ()
-    label: str | None = None  # a class name: also outline the background for this class (Eq. 5)
-    method: str = "react"  # the score in the title
-    threshold: float | None = None  # γ, Eq. 3; None: each run's calibrated threshold for `method`
-    params: dict = field(default_factory=dict)  # the method's parameters, e.g. {"percentile": 95}
-    batch_size: int = 64
-    data_root: str | None = None  # where the ID data is, if the scorer must be fitted or calibrated
-    device: str = "auto"
-    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -87,7 +70,7 @@ def run_delta(meta: RunMeta) -> float:
 
 
 def _check(cfg: ExplainConfig) -> list[RunMeta]:
-    check_image_options(cfg.paths, cfg.batch_size, cfg.threshold, "lbfood explain photos/ --out pics")
+    cfg.check("lbfood explain photos/ --out pics")
     metas = [runs.read(p) for p in (cfg.model, *cfg.compare)]
     if len({m.run_dir for m in metas}) != len(metas):
         raise ConfigError("a run is given twice (--model/--compare); pass each run once")

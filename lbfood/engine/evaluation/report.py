@@ -104,10 +104,9 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
     t0 = time.time()
     dist = dist or DistInfo()
     cfg = resolve_report(cfg)  # --method auto: the first run's validated scorer
+    cfg.check()
     if cfg.fpr_convention not in metrics.CONVENTIONS:
         raise ConfigError(f"unknown --fpr-convention {cfg.fpr_convention!r}; valid: {', '.join(metrics.CONVENTIONS)}")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     methods = _dedupe(cfg.methods)
     if not methods:
         raise ConfigError(f"no --method given; valid: {', '.join(scorers.names())}")
@@ -162,7 +161,6 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
         ev = RunEval(run_dir, model, meta, rt, id_data=id_data, data_root=root, batch_size=cfg.batch_size,
                       workers=cfg.workers, data=data, on_event=on_event, dist=dist, limit=cfg.limit,
                       download=cfg.download)
-        ev.jigsaw_train = any(p.name == "featurenorm" and p.needs_fit and not p.fitted for p in protos.values())
         try:
             test = ev.features(id_data, "test")
             num_images[id_data] = len(test)

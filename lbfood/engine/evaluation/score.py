@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -14,7 +13,7 @@ from lbfood.engine import runs
 from lbfood.engine.config import ScoreConfig
 from lbfood.engine.data.images import decode, eval_transform
 from lbfood.engine.data.paths import expand_paths
-from lbfood.engine.errors import ConfigError, DataError
+from lbfood.engine.errors import DataError
 from lbfood.engine.evaluation import features as fx
 from lbfood.engine.evaluation import scorers
 from lbfood.engine.evaluation.auto import resolve_score
@@ -40,23 +39,13 @@ class Row:
         return asdict(self)
 
 
-def check_image_options(paths, batch_size: int, threshold: float | None, example: str) -> None:
-    """What `score` and `explain` refuse before any work: no images, a batch < 1, a non-finite γ."""
-    if not paths:
-        raise ConfigError(f"no images given; pass files, folders or globs, e.g. `{example}`")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    if threshold is not None and not math.isfinite(threshold):
-        raise ConfigError(f"--threshold must be a finite number, got {threshold}")
-
-
 def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = None,
                  notes: list[str] | None = None) -> list[Row]:
     """Score each image file with `cfg.method`: predicted class, confidence, score and verdict (ID if
     score ≥ γ, paper Eq. 3). γ is `cfg.threshold`, else the run's calibrated one (computed on the ID
     test split and stored in run.json on first use). Unreadable files become error rows. `notes`
     receives what the user should know (e.g. a read-only run: a fit or threshold not saved)."""
-    check_image_options(cfg.paths, cfg.batch_size, cfg.threshold, "lbfood score photos/")
+    cfg.check()
     cfg = resolve_score(cfg)  # --method auto: the run's validated scorer and threshold
     s = scorers.get(cfg.method, **cfg.params)  # unknown names and parameters raise before any work
     rt = make_runtime(cfg.device, cfg.precision, training=False)

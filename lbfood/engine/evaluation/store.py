@@ -93,8 +93,6 @@ class RunEval:
                  id_data: str, data_root: Path, batch_size: int = 256, workers: int = 4,
                  data: dict | None = None, on_event: Callable[[Step], None] | None = None,
                  limit: int | None = None, dist: DistInfo | None = None, download: bool = False) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         self.run_dir, self.model, self.meta, self.rt = Path(run_dir), model, meta, rt
         self.id_data, self.data_root = id_data, Path(data_root)
         self.batch_size, self.workers = batch_size, max(0, min(workers, os.cpu_count() or 1))
@@ -112,9 +110,6 @@ class RunEval:
         self.notes: list[str] = []
         self.memo: dict[str, Features] = {}
         self.extractions = self.odin_passes = self.fits = 0
-        # Set when FeatureNorm will need the jigsaw extraction of the training split: then every scorer
-        # fits from it (it holds the plain features too), and the split is extracted once, not twice.
-        self.jigsaw_train = False
         cfg = meta.config
         self.opts = LoadOptions(root=self.data_root, image_size=self.size, download=download,
                                 val_split=float(cfg.get("val_split") or 0.0),
@@ -212,14 +207,11 @@ class RunEval:
         start, stop = distributed.shard(len(images), self.dist)
         return images.subset(torch.arange(start, stop))
 
-    def train_features(self, jigsaw: bool) -> Features:
-        """ID training features for fitting; a cached jigsaw extraction serves plain requests too."""
-        jigsaw = jigsaw or self.jigsaw_train
-        if not jigsaw:
-            hit = self.features(self.id_data, "train", jigsaw=True, peek=True)
-            if hit is not None:
-                return hit
-        return self.features(self.id_data, "train", jigsaw=jigsaw)
+    def train_features(self) -> Features:
+        """ID training features for fitting every scorer. The training split is always extracted with
+        FeatureNorm's jigsaw norms as well (they hold the plain features too): one pass serves every scorer,
+        and the extraction that ends training (calibration) serves every later report from the cache."""
+        return self.features(self.id_data, "train", jigsaw=True)
 
     # -- scorers
 
@@ -244,8 +236,7 @@ class RunEval:
         # All ranks load or all fit: fitting may extract, and extraction is a collective.
         if distributed.agree(loaded is not None, self.dist, self.rt.device):
             return loaded
-        jigsaw = s.name == "featurenorm"  # NormRatio compares each image with its jigsaw puzzle
-        train = self.train_features(jigsaw)
+        train = self.train_features()  # with the jigsaw norms FeatureNorm's NormRatio compares against
         self._event(f"fitting {s.name} on {len(train)} {self.id_data} training images")
         s.fit(train, self.model.head)
         self.fits += 1

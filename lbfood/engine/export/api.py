@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lbfood import __version__
 from lbfood.engine import outputs
+from lbfood.engine.config import ExportConfig
 from lbfood.engine.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,24 +24,6 @@ if TYPE_CHECKING:
 FORMAT = "lbfood-detector-1"
 REFUSED = {"odin": "odin perturbs each input along its gradient, which an exported inference graph "
                    "cannot compute; export another method (e.g. react or energy)"}
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """`lbfood export`: which run, scorer, threshold and file format."""
-
-    model: str = "runs/latest"
-    method: str = "react"
-    format: str = "onnx"  # onnx | torchscript
-    out: str | None = None  # None: <run name>-<method>.onnx (or .pt) in the current folder
-    layout: str = "NCHW"  # NCHW | NHWC, of the uint8 input images
-    threshold: float | None = None  # γ, Eq. 3; None: the run's calibrated threshold for `method`
-    params: dict = field(default_factory=dict)  # the method's parameters, e.g. {"k": 10}
-    max_bank_mb: float = 256.0  # knn: refuse a feature bank larger than this (MiB of float32)
-    batch_size: int = 64  # images per forward pass when fitting or calibrating
-    data_root: str | None = None  # where the ID data is, if the scorer must be fitted or calibrated
-    device: str = "auto"  # for fitting and calibration; the exported graph is CPU fp32
-    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -70,6 +53,7 @@ def check(cfg: ExportConfig) -> None:
     from lbfood.engine.export.detector import LAYOUTS
     from lbfood.engine.export.writer import FORMATS, is_detector
 
+    cfg.check()
     if cfg.method in REFUSED:
         raise ConfigError(f"cannot export {cfg.method}: {REFUSED[cfg.method]}")
     if cfg.method not in exportable():
@@ -95,12 +79,6 @@ def check(cfg: ExportConfig) -> None:
         outputs.check_file(cfg.out, "--out", ours=is_detector, what="the detector")
     if cfg.layout not in LAYOUTS:
         raise ConfigError(f"unknown --layout {cfg.layout!r}; valid: {', '.join(LAYOUTS)}")
-    if cfg.threshold is not None and not math.isfinite(cfg.threshold):
-        raise ConfigError(f"--threshold must be a finite number, got {cfg.threshold}")
-    if not cfg.max_bank_mb > 0:
-        raise ConfigError(f"--max-bank-mb must be > 0, got {cfg.max_bank_mb}")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     scorers.get(cfg.method, **cfg.params)  # unknown or out-of-range parameters raise
 
 
