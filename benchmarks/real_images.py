@@ -21,7 +21,7 @@ machine gets the same one, and the images are the same bytes on every run.
 
     python benchmarks/real_images.py --out DIR [--size 32|64|224] [--test-fraction 0.3] [--no-scenes]
     lbfood pretrain --data imagefolder:DIR/id ...
-    lbfood report RUN --ood folder:DIR/ood/objects --ood folder:DIR/ood/scenes
+    lbfood report --model RUN --ood objects=folder:DIR/ood/objects --ood scenes=folder:DIR/ood/scenes
 """
 
 from __future__ import annotations
@@ -282,8 +282,8 @@ def main() -> int:
     for part, by_class in counts.items():
         cells = ", ".join(f"{k} {v}" for k, v in by_class.items())
         print(f"  {part:9s} {sum(by_class.values()):4d}  ({cells})")
-    oods = " ".join(f"--ood folder:{a.out}/ood/{name}" for name in counts["ood"])
-    print(f"use: lbfood pretrain --data imagefolder:{a.out}/id ...; lbfood report RUN {oods}")
+    oods = " ".join(f"--ood {name}=folder:{a.out}/ood/{name}" for name in counts["ood"])
+    print(f"use: lbfood pretrain --data imagefolder:{a.out}/id ...; lbfood report --model RUN {oods}")
     return 0
 
 
