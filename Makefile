@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # The demo whose runs `make pictures` draws (it runs the demo first when that folder has no runs).
 DEMO_RUNS ?= runs/demo
 
-.PHONY: demo test test-fast lint bench pictures clean
+.PHONY: demo test test-fast lint bench pictures real-images clean
 
 $(VENV)/.lbfood-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ bench: $(VENV)/.lbfood-installed
 	$(PY) benchmarks/trainer_vs_minimal.py
 	$(PY) benchmarks/loader_share.py
 	$(PY) benchmarks/report_scaling.py
+
+# The offline real-photo set (README, Datasets): its two Debian packages (as root), then the script.
+REAL_IMAGES ?= data/real
+real-images: $(VENV)/.lbfood-installed
+	test -d /usr/share/tuxpaint/stamps -a -d /usr/share/gcompris-qt/rcc || \
+		apt-get install -y --no-install-recommends tuxpaint-stamps-default gcompris-qt-data
+	$(PY) benchmarks/real_images.py --out $(REAL_IMAGES)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
