@@ -94,6 +94,21 @@ def _dedupe(items: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+@dataclass
+class _Plan:
+    """A report validated before the first forward pass: what to compute, on which runs and sets."""
+
+    methods: tuple[str, ...]
+    protos: dict[str, Any]  # method -> an unfitted scorer with its parameters (their validation)
+    checks: list  # parsed --gate checks
+    bench: Any  # the Benchmark, or None
+    metas: list[runs.RunMeta]
+    id_data: str
+    ood: tuple[str, ...]
+    ood_given: dict[str, str]
+    notes: list[str]
+
+
 def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
            dist: DistInfo | None = None) -> ReportResult:
     """ID accuracy and, per method and OOD set, FPR95/AUROC/AUPR-In/AUPR-Out (fractions) of a run and
@@ -104,6 +119,15 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
     t0 = time.time()
     dist = dist or DistInfo()
     cfg = resolve_report(cfg)  # --method auto: the first run's validated scorer
+    plan = validate(cfg)
+    rt = make_runtime(distributed.rank_device(cfg.device, dist), cfg.precision, training=False)
+    root = data_root(plan.metas[0], cfg.data_root)
+    results, num_images, counts = measure(plan, cfg, rt, root, on_event, dist)
+    return assemble(plan, cfg, results, root, num_images, counts, seconds=round(time.time() - t0, 3))
+
+
+def validate(cfg: ReportConfig) -> _Plan:
+    """Check every option, name, run and dataset of a report (no forward pass); raises ConfigError."""
     cfg.check()
     if cfg.fpr_convention not in metrics.CONVENTIONS:
         raise ConfigError(f"unknown --fpr-convention {cfg.fpr_convention!r}; valid: {', '.join(metrics.CONVENTIONS)}")
@@ -148,62 +172,74 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
         archs = sorted({m.arch for m in metas} - {bench.arch})
         if archs and bench.paper:
             notes.append(f"the paper's numbers are for {bench.arch}; this run is {', '.join(archs)}")
-    rt = make_runtime(distributed.rank_device(cfg.device, dist), cfg.precision, training=False)
-    root = data_root(first, cfg.data_root)
-    data: dict = {}
+    return _Plan(methods, protos, checks, bench, metas, id_data, tuple(ood), ood_given, notes)
+
+
+def measure(plan: _Plan, cfg: ReportConfig, rt, root: Path, on_event, dist: DistInfo):
+    """Every run's ID accuracy and per-method, per-set metrics: (results, images per set, pass counters).
+    The notes of each run's store are added to `plan.notes`."""
+    data: dict = {}  # loaded splits, shared by the runs
     counts = {"extractions": 0, "odin_passes": 0, "fits": 0}
     num_images: dict[str, int] = {}
     results = []
-    for run in metas:
-        run_dir = run.run_dir
-        model, meta = runs.load_run(run_dir, rt.device)
-        model = rt.prepare(model)
-        ev = RunEval(run_dir, model, meta, rt, id_data=id_data, data_root=root, batch_size=cfg.batch_size,
-                      workers=cfg.workers, data=data, on_event=on_event, dist=dist, limit=cfg.limit,
-                      download=cfg.download)
+    for run in plan.metas:
+        model, meta = runs.load_run(run.run_dir, rt.device)
+        ev = RunEval(run.run_dir, rt.prepare(model), meta, rt, id_data=plan.id_data, data_root=root,
+                     batch_size=cfg.batch_size, workers=cfg.workers, data=data, on_event=on_event, dist=dist,
+                     limit=cfg.limit, download=cfg.download)
         try:
-            test = ev.features(id_data, "test")
-            num_images[id_data] = len(test)
-            accuracy = metrics.accuracy(test.logits, test.labels)
-            per_method: dict[str, dict[str, dict[str, float]]] = {}
-            for m in methods:
-                params = cfg.params.get(m, {})
-                s = ev.scorer(m, params)
-                user_std = "std" in params
-                id_scores = ev.scores(s, id_data, "test", user_std=user_std)
-                rows: dict[str, dict[str, float]] = {}
-                for name in ood:
-                    ood_scores = ev.scores(s, name, "test", user_std=user_std)
-                    num_images[name] = len(ood_scores)
-                    rows[name] = metrics.summarize(id_scores, ood_scores, cfg.fpr_convention)
-                rows["average"] = {k: float(np.mean([rows[n][k] for n in ood])) for k in metrics.SUMMARY_KEYS}
-                per_method[m] = rows
+            results.append(_measure_run(plan, cfg, ev, num_images))
         finally:
             for k in counts:
                 counts[k] += getattr(ev, k)
-            notes.extend(n for n in ev.notes if n not in notes)
-        results.append(RunResult(name=run_dir.name, path=str(run_dir), kind=meta.kind,
-                                 arch=meta.arch, width=float(meta.width), data=meta.data,
-                                 id_accuracy=accuracy, metrics=per_method, lff=is_lff_run(meta)))
+            plan.notes.extend(n for n in ev.notes if n not in plan.notes)
         del model, ev
+    return results, num_images, counts
 
+
+def _measure_run(plan: _Plan, cfg: ReportConfig, ev: RunEval, num_images: dict[str, int]) -> RunResult:
+    test = ev.features(plan.id_data, "test")
+    num_images[plan.id_data] = len(test)
+    per_method: dict[str, dict[str, dict[str, float]]] = {}
+    for m in plan.methods:
+        params = cfg.params.get(m, {})
+        s = ev.scorer(m, params)
+        user_std = "std" in params
+        id_scores = ev.scores(s, plan.id_data, "test", user_std=user_std)
+        rows: dict[str, dict[str, float]] = {}
+        for name in plan.ood:
+            ood_scores = ev.scores(s, name, "test", user_std=user_std)
+            num_images[name] = len(ood_scores)
+            rows[name] = metrics.summarize(id_scores, ood_scores, cfg.fpr_convention)
+        rows["average"] = {k: float(np.mean([rows[n][k] for n in plan.ood])) for k in metrics.SUMMARY_KEYS}
+        per_method[m] = rows
+    meta = ev.meta
+    return RunResult(name=ev.run_dir.name, path=str(ev.run_dir), kind=meta.kind, arch=meta.arch,
+                     width=float(meta.width), data=meta.data, id_accuracy=metrics.accuracy(test.logits, test.labels),
+                     metrics=per_method, lff=is_lff_run(meta))
+
+
+def assemble(plan: _Plan, cfg: ReportConfig, results: list[RunResult], root: Path, num_images: dict[str, int],
+             counts: dict[str, int], seconds: float) -> ReportResult:
+    """The ReportResult: the measured runs with the paper's numbers, labels, parameters, notes and gates."""
+    bench, methods, ood, first = plan.bench, plan.methods, plan.ood, plan.metas[0]
     paper = paper_numbers(bench, methods, ood) if bench is not None else {}
     paper_ours = paper_numbers(bench, methods, ood, ours=True) if bench is not None else {}
-    params = {m: jsonable(protos[m].params) for m in methods}
+    params = {m: jsonable(plan.protos[m].params) for m in methods}
     for m in methods:
-        if protos[m].needs_images and "std" in params[m] and "std" not in cfg.params.get(m, {}):
+        if plan.protos[m].needs_images and "std" in params[m] and "std" not in cfg.params.get(m, {}):
             params[m]["std"] = list(first.std)  # ODIN divides its step by the run's std (see odin.py)
-    if bench is not None and bench.paper and id_data != bench.id:
-        notes.append(f"the paper's numbers are for ID {bench.id}, not {id_data}")
-    result = ReportResult(
-        id_data=id_data, ood=tuple(ood), methods=methods, params=params, convention=cfg.fpr_convention,
+    notes = list(plan.notes)
+    if bench is not None and bench.paper and plan.id_data != bench.id:
+        notes.append(f"the paper's numbers are for ID {bench.id}, not {plan.id_data}")
+    return ReportResult(
+        id_data=plan.id_data, ood=tuple(ood), methods=methods, params=params, convention=cfg.fpr_convention,
         runs=tuple(results), data_root=str(root), num_images=num_images,
         benchmark=bench.name if bench else None, paper=paper, paper_ours=paper_ours,
         labels={m: bench.labels[m] for m in methods if bench and m in bench.labels},
-        ood_labels=labels_for(ood, ood_given),
-        notes=tuple(notes), seconds=round(time.time() - t0, 3), **counts,
-        gates=ci_gates.evaluate(checks, results[0].metrics, results[0].id_accuracy))
-    return result
+        ood_labels=labels_for(ood, plan.ood_given),
+        notes=tuple(notes), seconds=seconds, **counts,
+        gates=ci_gates.evaluate(plan.checks, results[0].metrics, results[0].id_accuracy))
 
 
 def _ood_specs() -> list[DatasetSpec]:
