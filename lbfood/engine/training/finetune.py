@@ -17,6 +17,7 @@ fine-tune" wording (§IV-A). The two differ once the head moves; both are availa
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
@@ -138,6 +139,8 @@ def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInf
     check_parallel(cfg, rt, dist)
     seed_everything(cfg.seed)
     spec, train_set, test_set, notes = load_id_data(cfg, size, dist)
+    # The parent's normalisation (an imported model's is its weights', not the dataset's default).
+    spec = dataclasses.replace(spec, mean=tuple(parent.mean), std=tuple(parent.std))
     if list(train_set.classes) != list(parent.classes):
         raise ConfigError(f"{cfg.data} has classes {list(train_set.classes)[:5]}… but the parent run was trained on "
                           f"{parent.classes[:5]}…; fine-tune on the parent's data")
