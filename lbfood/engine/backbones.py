@@ -39,6 +39,11 @@ class ResNetAdapter(FeatureModel):
         net.fc = nn.Identity()
         self.body = net
 
+    @staticmethod
+    def from_library(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The library's state-dict names (conv1.*, fc.*) as this adapter's (body.conv1.*, head.*)."""
+        return {("head." + k[3:]) if k.startswith("fc.") else "body." + k: v for k, v in sd.items()}
+
     def stem_forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.body
         act = b.relu if hasattr(b, "relu") else b.act1  # torchvision: relu, timm: act1
@@ -58,6 +63,19 @@ class ConvNeXtAdapter(FeatureModel):
         self.norm = net.head.norm
         net.head = nn.Identity()
         self.body = net
+
+    @staticmethod
+    def from_library(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """timm's names (stem.*, head.norm.*, head.fc.*) as this adapter's (body.stem.*, norm.*, head.*)."""
+        out = {}
+        for k, v in sd.items():
+            if k.startswith("head.fc."):
+                out["head." + k[8:]] = v
+            elif k.startswith("head.norm."):
+                out["norm." + k[10:]] = v
+            else:
+                out["body." + k] = v
+        return out
 
     def forward_blocks(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.body.stem(x)

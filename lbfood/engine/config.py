@@ -62,7 +62,7 @@ class TrainConfig(_Config):
     # train.py): the run trains on the rest and reads the held-out images instead of its test split.
     holdout: float = 0.0
     classes_file: str | None = None
-    init: str | None = None  # resnet50_imagenet: a torchvision state dict to start from
+    init: str | None = None  # start from: FILE (a state dict), torchvision:NAME[:WEIGHTS] or timm:NAME
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
@@ -140,7 +140,7 @@ class FinetuneConfig(_Config):
     log_every: int = 20
     limit: int | None = None
 
-    init = None  # fine-tuning always starts from the parent's weights
+    init: str | None = None  # as TrainConfig.init, instead of the parent's weights (same architecture)
 
     def resolve(self, parent: Mapping[str, Any], preset: Mapping[str, Any]) -> FinetuneConfig:
         """Fill every `None` field: data fields and architecture from `parent` (the parent run's config,

@@ -48,7 +48,7 @@ def library_net(src: weights.Source, num_classes: int) -> nn.Module:
     """The library's model with random weights (unknown names raise with close matches)."""
     if src.library == "torchvision":
         return backbones.torchvision_net(src.name, num_classes)
-    return backbones.timm_net(str(src) if src.tag else src.name, num_classes)
+    return backbones.timm_net(src.full_name, num_classes)
 
 
 def source_weights(cfg: ImportConfig, src: weights.Source) -> tuple[dict[str, torch.Tensor], dict, str]:

@@ -33,6 +33,11 @@ class Source:
         """The lbfood architecture name (registries.py's families): rebuilt without any download."""
         return f"{self.library}:{self.name}"
 
+    @property
+    def full_name(self) -> str:
+        """The name as the library takes it (timm: NAME.TAG)."""
+        return f"{self.name}.{self.tag}" if self.library == "timm" and self.tag else self.name
+
     def __str__(self) -> str:
         sep = ":" if self.library == "torchvision" else "."
         return self.arch + (f"{sep}{self.tag}" if self.tag else "")
@@ -104,6 +109,33 @@ def load_strict(net: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
     net.load_state_dict(sd, strict=True)
 
 
+def for_init(text: str) -> dict[str, torch.Tensor]:
+    """`--init`'s weights: FILE, torchvision:NAME[:WEIGHTS] or timm:NAME (from the library's cache)."""
+    if text.startswith(("torchvision:", "timm:")):
+        src = parse(text)
+        if src.library == "timm":
+            from lbfood.engine.backbones import timm_net
+
+            timm_net(src.full_name, 1)  # an unknown name: close matches, before any download
+        return pretrained(src)[0]
+    return read_file(text, flag="--init")
+
+
+def init_model(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> bool:
+    """Load `--init` weights into an lbfood model (library names mapped by the model's `from_library`); a
+    classifier with another number of classes is left fresh. Returns whether the head was kept."""
+    if hasattr(model, "from_library") and not any(k in model.state_dict() for k in sd):
+        sd = model.from_library(sd)
+    own = model.state_dict()
+    heads = [k for k in sd if k.startswith("head.")]
+    kept = bool(heads) and all(k in own and sd[k].shape == own[k].shape for k in heads)
+    if not kept:
+        sd = {**{k: v for k, v in sd.items() if not k.startswith("head.")},
+              **{k: v for k, v in own.items() if k.startswith("head.")}}
+    load_strict(model, sd, what)
+    return kept
+
+
 def classifier_key(src: Source) -> str:
     """The state-dict name of the classifier's weight (its rows are the classes)."""
     if src.library == "timm":
@@ -128,7 +160,7 @@ def defaults(src: Source) -> dict:
     if src.library == "timm":
         from timm.models import get_pretrained_cfg
 
-        cfg = get_pretrained_cfg(f"{src.name}.{src.tag}" if src.tag else src.name)
+        cfg = get_pretrained_cfg(src.full_name)
         if cfg is not None:
             out = {"input_size": int(cfg.input_size[-1]), "mean": list(cfg.mean), "std": list(cfg.std)}
         return out
@@ -182,7 +214,7 @@ def _timm(src: Source) -> tuple[dict[str, torch.Tensor], dict]:
     import timm
     from timm.models import get_pretrained_cfg
 
-    name = f"{src.name}.{src.tag}" if src.tag else src.name
+    name = src.full_name
     cfg = get_pretrained_cfg(name)
     hub = getattr(cfg, "hf_hub_id", None) or name
     cached = _hf_cached(hub)

@@ -191,3 +191,29 @@ def test_bad_inputs_are_one_line_and_write_nothing(r18, data, tmp_path, monkeypa
     one_error_line(invoke("import", "torchvision:resnet18", "--weights", "permuted.pth", *d), "0.0%",
                    "chance is 25.0%", "class order")
     assert not Path("runs").exists() and not list(tmp_path.glob("*imported*"))
+
+
+def test_init_for_pretrain_and_finetune(r18, resnet10t, data, tmp_path, monkeypatch):
+    """`--init FILE|torchvision:NAME|timm:NAME` on any architecture: pretrain a timm model from local weights,
+    fine-tune a run from other weights of its architecture; mismatches and offline sources are one line."""
+    monkeypatch.chdir(tmp_path)
+    root, x, _ = data
+    r = invoke("pretrain", "--arch", "timm:resnet10t", "--init", resnet10t[1], "--data", f"imagefolder:{root}",
+               "--out", "pre", *FT)
+    assert r.exit_code == 0, r.output
+    meta = runs.read("pre")
+    assert meta.arch == "timm:resnet10t" and meta.config["init"] == str(resnet10t[1]) and meta.input_size == 224
+    _imported("imp", "torchvision:resnet18", r18[1], root, "--new-head")
+    r = invoke("finetune", "--from", "imp", "--init", r18[1], "--out", "ft", "--lambda", "0", "--lr", "1e-9",
+               *FT[:4], *FT[6:])
+    assert r.exit_code == 0, r.output
+    model, _ = runs.load_run("ft")  # the --init weights (lr 1e-9: unchanged but for BN statistics)
+    assert torch.allclose(model.head.weight, r18[0].fc.weight, atol=1e-6)
+    d = ("--data", f"imagefolder:{root}", "--out", "bad", *FT)
+    one_error_line(invoke("pretrain", "--arch", "resnet18", "--init", r18[1], *d), "--init", "missing")
+    monkeypatch.setenv("LBFOOD_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    one_error_line(invoke("pretrain", "--arch", "resnet50_imagenet", "--init", "torchvision:resnet50", *d),
+                   "resnet50-", str(tmp_path / "th" / "hub" / "checkpoints"))
+    one_error_line(invoke("pretrain", "--arch", "timm:resnet10t", "--init", "timm:resnet10t", *d), "not cached")
+    assert not Path("bad").exists()

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from lbfood.engine import runs
+from lbfood.engine import runs, weights
 from lbfood.engine.config import FinetuneConfig
 from lbfood.engine.data import get as get_dataset
 from lbfood.engine.data.loaders import Augment, make_loader
@@ -125,6 +125,8 @@ def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInf
                                         "device": cfg.device, "precision": cfg.precision, "workers": cfg.workers,
                                         "out": str(old.run_dir)})
     parent_model, parent = runs.load_run(cfg.parent)
+    if cfg.init and not resume:  # the parent gives architecture, classes and data; --init the weights
+        weights.init_model(parent_model, weights.for_init(cfg.init), f"--init {cfg.init}")
     if not hasattr(parent_model, "forward_features") or not isinstance(parent_model.head, torch.nn.Linear):
         raise RunError(f"{parent.run_dir}: architecture {parent.arch} has no feature map and linear head")
     size = int(parent.input_size)
