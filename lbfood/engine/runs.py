@@ -230,6 +230,9 @@ def unfinished(meta: RunMeta) -> str | None:
     """A note for evaluating a run that is not done (killed, stopped or still training), else None."""
     if meta.status == "done":
         return None
+    if meta.kind == "imported":
+        return (f"run {meta.run_dir} is an import that was not calibrated (status {meta.status}); run the same "
+                "`lbfood import` again with a new --out")
     total = meta.config.get("epochs", "?")
     return (f"run {meta.run_dir} is unfinished (status {meta.status}, {meta.epochs_done} of {total} epochs): these "
             f"numbers are its epoch-{meta.epochs_done} weights; finish it with `lbfood {meta.kind} --resume "
