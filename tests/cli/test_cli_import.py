@@ -155,7 +155,13 @@ def test_new_head_convnext_then_finetune(data, tmp_path, monkeypatch):
         assert torch.allclose(model(x), model.head(model.forward_features(x).mean((2, 3))))
     r = invoke("finetune", "--from", "imp", "--out", "ft", "--delta", "0.3", *FT)
     assert r.exit_code == 0, r.output
-    assert runs.read("ft").status == "done"
+    assert runs.read("ft").status == "done" and runs.read("ft").config["lam"] == 1.0
+    r = invoke("report", "--model", "ft", "--ood", f"folder:{root}/test/dog", "--output", "r.json", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert json.loads(Path("r.json").read_text())
+    r = invoke("score", root / "test" / "ant", "--model", "ft", "--json", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert len([line for line in r.output.splitlines() if line.startswith("{")]) == 3
 
 
 def test_bad_inputs_are_one_line_and_write_nothing(r18, data, tmp_path, monkeypatch):
