@@ -136,29 +136,40 @@ def check_width(name: str, width: float) -> None:
                           "architectures (resnet18, ...) only: leave it at 1")
 
 
-def torchvision_net(name: str, num_classes: int) -> nn.Module:
-    """torchvision's classifier `name` with random weights and `num_classes` outputs (never downloads)."""
-    import torchvision
+def check_name(library: str, name: str) -> None:
+    """Raise ConfigError for a name the library does not have, with close matches (nothing is built)."""
+    if library == "torchvision":
+        import torchvision
 
-    known = torchvision.models.list_models(module=torchvision.models)
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=4)
-        raise ConfigError(f"unknown torchvision model {name!r}" + (f"; did you mean {', '.join(close)}?" if close
-                          else "; see torchvision.models.list_models()"))
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-
-
-def timm_net(name: str, num_classes: int) -> nn.Module:
-    """timm's model `name` (an architecture, optionally `.tag`) with random weights (never downloads)."""
+        known = torchvision.models.list_models(module=torchvision.models)
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=4)
+            raise ConfigError(f"unknown torchvision model {name!r}" + (f"; did you mean {', '.join(close)}?"
+                              if close else "; see torchvision.models.list_models()"))
+        return
     try:
         import timm
     except ImportError:
         raise ConfigError(f"timm:{name} needs timm: pip install 'lbfood[timm]'") from None
     if not timm.is_model(name):
-        arch = name.split(".")[0]
-        close = difflib.get_close_matches(arch, timm.list_models(), n=4, cutoff=0.6)
+        close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=4, cutoff=0.6)
         raise ConfigError(f"unknown timm model {name!r}" + (f"; close matches: {', '.join(close)}" if close
                           else "; list them with timm.list_models('PATTERN')"))
+
+
+def torchvision_net(name: str, num_classes: int) -> nn.Module:
+    """torchvision's classifier `name` with random weights and `num_classes` outputs (never downloads)."""
+    import torchvision
+
+    check_name("torchvision", name)
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def timm_net(name: str, num_classes: int) -> nn.Module:
+    """timm's model `name` (an architecture, optionally `.tag`) with random weights (never downloads)."""
+    check_name("timm", name)
+    import timm
+
     return timm.create_model(name, pretrained=False, num_classes=num_classes)
 
 

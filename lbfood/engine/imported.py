@@ -53,7 +53,7 @@ def library_net(src: weights.Source, num_classes: int) -> nn.Module:
 
 def source_weights(cfg: ImportConfig, src: weights.Source) -> tuple[dict[str, torch.Tensor], dict, str]:
     """(state dict, the weights' input size and normalisation, where they came from)."""
-    library_net(src, 1)  # an unknown name is refused before any file is read or downloaded
+    backbones.check_name(src.library, src.full_name)  # refused before any file is read or downloaded
     if cfg.weights:
         return weights.read_file(cfg.weights), weights.defaults(src), str(cfg.weights)
     sd, found = weights.pretrained(src)

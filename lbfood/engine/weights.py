@@ -113,10 +113,9 @@ def for_init(text: str) -> dict[str, torch.Tensor]:
     """`--init`'s weights: FILE, torchvision:NAME[:WEIGHTS] or timm:NAME (from the library's cache)."""
     if text.startswith(("torchvision:", "timm:")):
         src = parse(text)
-        if src.library == "timm":
-            from lbfood.engine.backbones import timm_net
+        from lbfood.engine.backbones import check_name
 
-            timm_net(src.full_name, 1)  # an unknown name: close matches, before any download
+        check_name(src.library, src.full_name)  # an unknown name: close matches, before any download
         return pretrained(src)[0]
     return read_file(text, flag="--init")
 

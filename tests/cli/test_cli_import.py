@@ -1,6 +1,6 @@
 """`lbfood import` end to end (CliRunner, CPU, offline): torchvision and timm models with random convolutions
 and a head fitted in closed form (so its accuracy is known), imported, fine-tuned with L_LFF, reported,
-scored, explained and exported; every bad input is one line, exit 2 and no file written."""
+scored, explained, exported and swept; every bad input is one line, exit 2 and no file written."""
 
 import json
 from pathlib import Path
@@ -134,6 +134,12 @@ def test_imported_run_finetunes_reports_scores_explains_and_exports(r18, data, t
     r = invoke("export", "--model", "imp", "--format", "torchscript", "--out", "imp.pt", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert Path("imp.pt").stat().st_size > 1e6
+    r = invoke("sweep", "--from", "imp", "--out", "sw", "--mode", "grid", "--lambda", "1", "--epochs", "1",
+               "--batch-size", "4", "--holdout", "0.34", "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(Path("sw/sweep.json").read_text())
+    assert [t["key"] for t in doc["trials"]] == ["control", "dpreset-muauto-l1-current"]
+    assert runs.read(Path("sw") / doc["trials"][1]["run"]).arch == "torchvision:resnet18"
 
 
 def test_new_head_convnext_then_finetune(data, tmp_path, monkeypatch):
