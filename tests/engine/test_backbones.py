@@ -71,6 +71,8 @@ def test_sources_parse_and_defaults():
     s = weights.parse("timm:resnet50.a1_in1k")
     assert (s.name, s.tag, str(s)) == ("resnet50", "a1_in1k", "timm:resnet50.a1_in1k")
     assert weights.defaults(weights.parse("timm:resnet10t"))["input_size"] == 176  # its pretrained_cfg
+    backbones.check_name("timm", weights.parse("timm:resnet10t.c3_in1k").full_name)  # a tagged name is known
+    assert weights.classifier_key(weights.parse("timm:convnext_atto")) == "head.fc.weight"
     assert weights.defaults(weights.parse("torchvision:resnet18"))["input_size"] == 224
     with pytest.raises(ConfigError, match="torchvision:NAME"):
         weights.parse("resnet18")
