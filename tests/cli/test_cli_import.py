@@ -168,6 +168,13 @@ def test_new_head_convnext_then_finetune(data, tmp_path, monkeypatch):
     r = invoke("score", root / "test" / "ant", "--model", "ft", "--json", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert len([line for line in r.output.splitlines() if line.startswith("{")]) == 3
+    r = invoke("explain", root / "test" / "ant", "--model", "ft", "--out", "pics", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert len(list(Path("pics").glob("*.png"))) == 3
+    r = invoke("export", "--model", "ft", "--method", "featurenorm", "--format", "onnx", "--out", "ft.onnx",
+               "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert Path("ft.onnx").stat().st_size > 1e6
 
 
 def test_bad_inputs_are_one_line_and_write_nothing(r18, data, tmp_path, monkeypatch):
