@@ -93,7 +93,7 @@ def test_only_runs_py_names_a_run_folders_files():
     found = {}
     for p in _modules(PKG):
         rel = p.relative_to(PKG).as_posix()
-        if rel == "engine/runs.py":
+        if rel in ("engine/runs.py", "engine/weights.py"):  # weights.py: the Hugging Face hub's file names
             continue
         tree = ast.parse(p.read_text(encoding="utf-8"))
         docs = _docstrings(tree)

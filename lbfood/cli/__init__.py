@@ -36,7 +36,7 @@ def _main(
     """Local background feature fine-tuning (LFF) for OOD detection."""
 
 
-from lbfood.cli import evaluation, export, pictures, sweep, training  # noqa: E402,F401 - registers the commands on `app`
+from lbfood.cli import evaluation, export, imports, pictures, sweep, training  # noqa: E402,F401 - registers the commands on `app`
 
 
 def main() -> None:

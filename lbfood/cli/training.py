@@ -33,6 +33,10 @@ from lbfood.cli.common import (
 )
 from lbfood.engine.config import CHANCE_MIN_STEPS
 
+INIT_HELP = ("Start from these weights: a state dict FILE (.safetensors, or torch.save read with weights_only), "
+             "torchvision:NAME[:WEIGHTS] or timm:NAME (the library's cache; offline, the error names the file "
+             "to place there); a head with another class count is left fresh.")
+
 
 @app.command()
 def pretrain(
@@ -63,7 +67,7 @@ def pretrain(
     classes: Annotated[Path | None, typer.Option(help="imagenet100: class list file (one wnid per line).")] = None,
     holdout: Annotated[float, typer.Option(help="Share of the training split held out, never trained on (the "
                                                 "validation split of `sweep` and --method auto); 0 = none.")] = 0.0,
-    init: Annotated[Path | None, typer.Option(help="resnet50_imagenet: start from a local torchvision state dict.")] = None,
+    init: Annotated[str | None, typer.Option(help=INIT_HELP)] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder [default: runs/<time>-<data>-<arch>].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue --out (or the newest run in runs/) from its last epoch.")] = False,
     download: Download = False,
@@ -89,7 +93,7 @@ def pretrain(
                           weight_decay=weight_decay, wd_on_bn=wd_on_bn, schedule=schedule, milestones=parse_milestones(milestones),
                           gamma=gamma, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, jitter=jitter,
                           val_split=val_split, classes_file=str(classes) if classes else None,
-                          init=str(init) if init else None, device=device, precision=precision, seed=seed,
+                          init=init, device=device, precision=precision, seed=seed,
                           out=str(out) if out else None, workers=workers, compile=compile, download=download,
                           sync_bn=sync_bn, limit=limit, holdout=holdout, stop_at_chance=stop_at_chance)
         if launch(devices, device, "pretrain"):
@@ -187,6 +191,8 @@ def finetune(
     probe_batches: Annotated[int, typer.Option(help="ID training batches measured before the first step.")] = 4,
     holdout: Annotated[float, typer.Option(help="Share of the training split held out (validation, and the "
                                                 "scorer of --method auto); 0 = none.")] = 0.0,
+    init: Annotated[str | None, typer.Option(help=INIT_HELP + " Instead of the parent's weights (its architecture, "
+                                                              "classes and data stay).")] = None,
     sync_bn: SyncBn = False,
     limit: Limit = None,
     devices: Devices = 1,
@@ -211,7 +217,7 @@ def finetune(
         cfg = FinetuneConfig(parent=str(from_run), mask_from=mask_from, mu_quantile=mu_quantile,
                              batch_size=batch_size, out=str(out) if out else None, probe_batches=probe_batches,
                              sync_bn=sync_bn, device=device, precision=precision, seed=seed, workers=workers,
-                             compile=compile, limit=limit, holdout=holdout,
+                             compile=compile, limit=limit, holdout=holdout, init=init,
                              **given)  # None: the preset or the parent fills it
         if launch(devices, device, "finetune"):
             return

@@ -35,8 +35,9 @@ class _Config:
     def from_dict(cls, d: Mapping[str, Any]):
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
-        if kw.get("milestones") is not None:
-            kw["milestones"] = tuple(kw["milestones"])
+        for key in ("milestones", "mean", "std"):
+            if kw.get(key) is not None:
+                kw[key] = tuple(kw[key])
         return cls(**kw)
 
     def replace(self, **changes: Any):
@@ -56,7 +57,7 @@ class _TrainingConfig(_Config):
     # data/holdout.py): the run trains on the rest and reads the held-out images instead of its test split.
     holdout: float = 0.0
     classes_file: str | None = None
-    init: str | None = None  # weights to start from (pretraining: resnet50_imagenet's torchvision state dict)
+    init: str | None = None  # start from: FILE (a state dict), torchvision:NAME[:WEIGHTS] or timm:NAME
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
@@ -224,6 +225,46 @@ def _check_recipe(cfg: TrainConfig | FinetuneConfig) -> None:
         raise ConfigError(f"--holdout must be a share in [0, 1), got {cfg.holdout}")
     if not 0 <= cfg.seed < 2**63:
         raise ConfigError(f"--seed must be in [0, 2^63), got {cfg.seed}")
+
+
+@dataclass(frozen=True)
+class ImportConfig(_Config):
+    """`lbfood import`: an existing classifier (torchvision or timm, with its weights) as a parent run."""
+
+    source: str = ""  # torchvision:NAME[:WEIGHTS] | timm:NAME[.TAG]
+    weights: str | None = None  # a local state dict (safetensors, or a torch.save file read with weights_only)
+    data: str = ""  # the ID dataset whose classes (in order) the head predicts
+    data_root: str | None = None
+    val_split: float = 0.0
+    classes_file: str | None = None
+    new_head: bool = False  # replace the classifier by a fresh linear head for the data's classes
+    input_size: int | None = None  # None: the weights' own (timm's pretrained_cfg, torchvision's transforms)
+    mean: tuple[float, ...] | None = None  # None: the weights' own normalisation
+    std: tuple[float, ...] | None = None
+    batch_size: int = 64
+    device: str = "auto"
+    seed: int = 0  # the fresh head's initialisation (--new-head)
+    out: str | None = None
+    workers: int = 4
+    limit: int | None = None  # only the first N test images for the accuracy check (smoke tests)
+    download: bool = False
+
+    def check(self) -> None:
+        """Raise ConfigError for a value out of range."""
+        if ":" not in self.source or self.source.split(":")[0] not in ("torchvision", "timm"):
+            raise ConfigError(f"import: the model is torchvision:NAME[:WEIGHTS] or timm:NAME, got {self.source!r}")
+        if self.input_size is not None and not 8 <= self.input_size <= 4096:
+            raise ConfigError(f"--input-size must be a side in pixels (8..4096), got {self.input_size}")
+        for flag, v in (("--mean", self.mean), ("--std", self.std)):
+            if v is not None and not (len(v) == 3 and all(_finite(x) for x in v)):
+                raise ConfigError(f"{flag} takes three numbers (R,G,B), e.g. 0.485,0.456,0.406; got {v}")
+        if self.std is not None and min(self.std) <= 0:
+            raise ConfigError(f"--std must be > 0, got {list(self.std)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        check_val_split(self.val_split)
 
 
 @dataclass(frozen=True)

@@ -227,6 +227,11 @@ class ImageNetResNet50(FeatureModel):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.head = nn.Linear(base * 8 * TvBottleneck.expansion, num_classes)
 
+    @staticmethod
+    def from_library(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """torchvision's names: only its classifier `fc.*` is called `head.*` here."""
+        return {("head." + k[3:]) if k.startswith("fc.") else k: v for k, v in sd.items()}
+
     def stem_forward(self, x):
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 

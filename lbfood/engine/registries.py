@@ -17,6 +17,10 @@ MODELS.add("resnet50", f"{_M}:resnet50", input_size=32)
 MODELS.add("wrn28_10", f"{_M}:wrn28_10", input_size=32)
 MODELS.add("resnet50_imagenet", f"{_M}:resnet50_imagenet", input_size=224)
 MODELS.add_family(r"wrn(?P<depth>\d+)_(?P<widen>\d+)", f"{_M}:wide_resnet", "wrnD_K", input_size=32)
+# Other libraries' CNNs (engine/backbones.py): `lbfood import` records the weights' own input size.
+MODELS.add_family(r"torchvision:(?P<name>[A-Za-z0-9_]+)", "lbfood.engine.backbones:torchvision_family",
+                  "torchvision:NAME", input_size=224)
+MODELS.add_family(r"timm:(?P<name>[A-Za-z0-9_]+)", "lbfood.engine.backbones:timm_family", "timm:NAME", input_size=224)
 
 _S = "lbfood.engine.evaluation.scorers"
 SCORERS = Registry("scorer", ConfigError)

@@ -46,7 +46,7 @@ SCHEMA = RUN_FORMAT  # the schema version of run.json ("format"); another versio
 class RunMeta:
     """What run.json records. `run_dir` is where it was read from (not stored)."""
 
-    kind: str  # pretrain | finetune
+    kind: str  # pretrain | finetune | imported
     arch: str
     width: float  # channel multiplier
     classes: list[str]
@@ -69,9 +69,11 @@ class RunMeta:
     auto: dict[str, Any] | None = None  # --holdout runs: the scorer `--method auto` uses, and its γ
     validation: dict[str, Any] | None = None  # --holdout runs: every candidate's held-out validation
     validation_seconds: float | None = None
+    source: dict[str, Any] | None = None  # imported: the library model, its weights file and sha256, --new-head
     run_dir: Path | None = field(default=None, compare=False)
 
-    _OPTIONAL = ("seconds", "threshold", "parent", "probe", "mu_auto", "auto", "validation", "validation_seconds")
+    _OPTIONAL = ("seconds", "threshold", "parent", "probe", "mu_auto", "auto", "validation", "validation_seconds",
+                 "source")
 
     def to_dict(self) -> dict[str, Any]:
         d = {"format": SCHEMA, "lbfood": __version__, "torch": torch.__version__}
@@ -123,7 +125,7 @@ class RunMeta:
                 raise bad(key, "three finite numbers (RGB)" + (" > 0" if key == "std" else ""))
         if not isinstance(kw["config"], dict):
             raise bad("config", "a JSON object")
-        for key in ("metrics", "thresholds"):
+        for key in ("metrics", "thresholds") + (("source",) if kw.get("source") is not None else ()):
             if key in kw and not isinstance(kw[key], dict):
                 raise bad(key, "a JSON object")
         return cls(**kw)
@@ -170,8 +172,10 @@ def enclosing_run(path: str | os.PathLike) -> Path | None:
 def new_run_dir(data: str, arch: str, root: Path = RUNS_DIR, kind: str = "") -> Path:
     """runs/<time>-<data>-<arch>[-kind], made unique with a suffix if needed (not created here)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in data.split("/")[-1] or data)
-    base = root / f"{stamp}-{safe}-{arch}{'-' + kind if kind else ''}"
+    def safe(text: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+    base = root / f"{stamp}-{safe(data.split('/')[-1] or data)}-{safe(arch)}{'-' + kind if kind else ''}"
     path, i = base, 1
     while path.exists():
         i += 1
@@ -254,6 +258,9 @@ def unfinished(meta: RunMeta) -> str | None:
     """A note for evaluating a run that is not done (killed, stopped or still training), else None."""
     if meta.status == "done":
         return None
+    if meta.kind == "imported":
+        return (f"run {meta.run_dir} is an import that was not calibrated (status {meta.status}); run the same "
+                "`lbfood import` again with a new --out")
     total = meta.config.get("epochs", "?")
     return (f"run {meta.run_dir} is unfinished (status {meta.status}, {meta.epochs_done} of {total} epochs): these "
             f"numbers are its epoch-{meta.epochs_done} weights; finish it with `lbfood {meta.kind} --resume "

@@ -25,6 +25,14 @@ def test_round_trip_and_the_one_writer(tmp_path):
     assert runs.read(tmp_path).thresholds == {"energy": {"value": 2.0}}
 
 
+def test_an_imported_run_records_its_source_and_old_runs_load_without_one(tmp_path):
+    src = {"model": "timm:resnet50.a1_in1k", "weights": "w.pth", "head_rows": 1000, "new_head": True}
+    runs.write(tmp_path, RunMeta(**{**META, "kind": "imported", "arch": "timm:resnet50"}, source=src))
+    assert runs.read(tmp_path).source == src and runs.read(tmp_path).kind == "imported"
+    runs.write(tmp_path, RunMeta(**META))
+    assert "source" not in json.loads((tmp_path / "run.json").read_text()) and runs.read(tmp_path).source is None
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"width": "abc"}, "width must be a finite number"),
     ({"width": float("nan")}, "width must be a finite number"),
@@ -34,6 +42,7 @@ def test_round_trip_and_the_one_writer(tmp_path):
     ({"mean": [1, 2]}, "mean must be three finite numbers"),
     ({"config": []}, "config must be a JSON object"),
     ({"format": 99}, "run format 99"),
+    ({"kind": "imported", "source": "timm:resnet50"}, "source must be a JSON object"),
 ])
 def test_run_json_is_validated_on_load(tmp_path, change, message):
     raw = {"format": runs.SCHEMA, **META, **change}

@@ -17,11 +17,12 @@ fine-tune" wording (§IV-A). The two differ once the head moves; both are availa
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
 
-from lbfood.engine import runs
+from lbfood.engine import runs, weights
 from lbfood.engine.config import FinetuneConfig
 from lbfood.engine.data import get as get_dataset
 from lbfood.engine.data.loaders import Augment, make_loader
@@ -122,6 +123,8 @@ def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInf
             raise RunError(f"{old.run_dir} is a {old.kind} run; resume it with `lbfood {old.kind} --resume`")
         cfg = FinetuneConfig.from_dict({**old.config, **resume_changes(cfg, old.config), "out": str(old.run_dir)})
     parent_model, parent = runs.load_run(cfg.parent)
+    if cfg.init and not resume:  # the parent gives architecture, classes and data; --init the weights
+        weights.init_model(parent_model, weights.for_init(cfg.init), f"--init {cfg.init}")
     if not hasattr(parent_model, "forward_features") or not isinstance(parent_model.head, torch.nn.Linear):
         raise RunError(f"{parent.run_dir}: architecture {parent.arch} has no feature map and linear head")
     size = int(parent.input_size)
@@ -136,6 +139,8 @@ def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInf
     check_parallel(cfg, rt, dist)
     seed_everything(cfg.seed)
     spec, train_set, test_set, notes = load_id_data(cfg, size, dist)
+    # The parent's normalisation (an imported model's is its weights', not the dataset's default).
+    spec = dataclasses.replace(spec, mean=tuple(parent.mean), std=tuple(parent.std))
     if list(train_set.classes) != list(parent.classes):
         raise ConfigError(f"{cfg.data} has classes {list(train_set.classes)[:5]}… but the parent run was trained on "
                           f"{parent.classes[:5]}…; fine-tune on the parent's data")

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from lbfood.engine import models, runs
+from lbfood.engine import models, runs, weights
 from lbfood.engine.config import RESUME_CHANGES, FinetuneConfig, TrainConfig
 from lbfood.engine.data import ImageSet, LoadOptions, default_root
 from lbfood.engine.data import get as get_dataset
@@ -141,9 +141,7 @@ def prepare_pretrain(cfg: TrainConfig, *, resume: bool = False, dist: DistInfo |
     spec, train, test, notes = load_id_data(cfg, size, dist)
     model = models.build(cfg.arch, num_classes=len(train.classes), width=cfg.width)
     if cfg.init:
-        if not isinstance(model, models.ImageNetResNet50):
-            raise ConfigError("--init loads torchvision ResNet-50 weights; use it with --arch resnet50_imagenet")
-        model.load_torchvision(Path(cfg.init))
+        weights.init_model(model, weights.for_init(cfg.init), f"--init {cfg.init}")
     run_dir = runs.output_dir(cfg.out, resume=resume, data=cfg.data, arch=cfg.arch)
     meta = new_meta("pretrain", cfg, spec, train.classes, size)
     return Session(cfg, "pretrain", rt, spec, train, test, model, run_dir, meta, resume=resume,
