@@ -290,11 +290,10 @@ def run_trial(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) ->
     key = space.key(point)
     name = key if sc.mode != "search" or key == "control" else f"t{trial.number:03d}-{key}"
     run_dir = Path(sc.out) / "trials" / name
-    if run_dir.exists():  # a failed or interrupted earlier attempt at this point
-        if _writers_gone(study, key, trial.number):
-            shutil.rmtree(run_dir)
-        else:  # its worker may still write there (another host, or alive): never share a folder
-            run_dir = run_dir.with_name(f"{name}-t{trial.number:03d}")
+    if not _writers_gone(study, key, trial.number):  # an earlier attempt's worker may still write its folder
+        run_dir = run_dir.with_name(f"{name}-t{trial.number:03d}")  # (another host, or alive): never share one
+    elif run_dir.exists():  # a failed or interrupted earlier attempt at this point, by a process that is gone
+        shutil.rmtree(run_dir)
     session = prepare_finetune(space.trial_config(sc, point, str(run_dir)))
     trial.set_user_attr("run", os.path.relpath(run_dir, sc.out))
     on_event(TrialStarted(trial.number, key, point, run_dir))
