@@ -200,22 +200,26 @@ def test_three_workers_on_postgres_train_each_point_once_and_a_killed_one_is_fin
     assert json.loads((shared / "sweep.json").read_text())["storage"].startswith("postgresql://lbfood:***@127.0.0.1:")
 
 
-def test_the_slurm_examples_parse_and_the_shell_loop_runs_a_sweep_on_postgres(tmp_path, monkeypatch, make_run,
+def test_the_slurm_array_task_and_the_shell_loop_run_one_sweep_on_postgres(tmp_path, monkeypatch, make_run,
                                                                              small_backdrops, postgres_url):
     slurm = ROOT / "examples/slurm"
     for script in ("sweep.sbatch", "sweep-loop.sh"):
         assert subprocess.run(["bash", "-n", str(slurm / script)], capture_output=True).returncode == 0
+    assert "#SBATCH --array=0-3" in (slurm / "sweep.sbatch").read_text()
     monkeypatch.chdir(tmp_path)
     parent = make_run(tmp_path)
     out = tmp_path / "sw"
     args = [a for a in _args(parent, out, postgres_url)[1:]]
     i = args.index("--storage")
     del args[i:i + 2]  # the script passes $LBFOOD_STORAGE
-    p = subprocess.run(["bash", str(slurm / "sweep-loop.sh"), "2", *args], cwd=tmp_path, capture_output=True, text=True,
-                       env=_env(LBFOOD_STORAGE=postgres_url, LBFOOD=f"{sys.executable} {ROOT / 'tests/sweep_cli.py'}"),
-                       timeout=600)
+    env = _env(LBFOOD_STORAGE=postgres_url, LBFOOD=f"{sys.executable} {ROOT / 'tests/sweep_cli.py'}")
+    task1 = subprocess.Popen(["bash", str(slurm / "sweep.sbatch"), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env={**env, "SLURM_ARRAY_TASK_ID": "1"})
+    p = subprocess.run(["bash", str(slurm / "sweep-loop.sh"), "1", *args], cwd=tmp_path, capture_output=True, text=True,
+                       env=env, timeout=600)  # one worker and the driver, beside the array's task 1
     assert p.returncode == 0, p.stdout + p.stderr
+    assert task1.wait(timeout=300) == 0 and "worker done" in task1.stdout.read()
     doc = json.loads((out / "sweep.json").read_text())
     assert doc["status"] == "done" and [r["key"] for r in doc["trials"]][0] == "control"
     assert sorted(r["key"] for r in doc["trials"]) == sorted(["control", *(f"dpreset-muauto-l{x}-current" for x in LAMBDAS)])
-    assert p.stdout.count("worker done") == 2 and "selected" in p.stdout
+    assert p.stdout.count("worker done") == 1 and "selected" in p.stdout
