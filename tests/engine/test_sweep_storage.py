@@ -223,3 +223,32 @@ def test_the_slurm_array_task_and_the_shell_loop_run_one_sweep_on_postgres(tmp_p
     assert doc["status"] == "done" and [r["key"] for r in doc["trials"]][0] == "control"
     assert sorted(r["key"] for r in doc["trials"]) == sorted(["control", *(f"dpreset-muauto-l{x}-current" for x in LAMBDAS)])
     assert p.stdout.count("worker done") == 1 and "selected" in p.stdout
+
+
+def test_a_worker_whose_trial_was_re_queued_meanwhile_drops_it_and_its_folder(tmp_path, monkeypatch, make_run):
+    """A worker silent for 4 heartbeats (stalled, not dead) finds its trial failed when it next reports:
+    it stops that trial, removes the folder it was writing, and goes on (its replacement trains elsewhere)."""
+    from optuna.trial import TrialState
+
+    from lbfood.engine.sweep import study
+
+    monkeypatch.chdir(tmp_path)
+    sc = _config(tmp_path / "sw", make_run(tmp_path))
+    s = study.open_study(sc)
+    study.reconcile(s, sc)
+    with pytest.warns(UserWarning, match="Heartbeat"):  # lbfood runs the heartbeat thread itself (study._settle)
+        trial = s.ask()
+
+    def run_trial(st, t, sc_, on_event):
+        folder = tmp_path / "sw/trials/control"
+        folder.mkdir(parents=True)
+        t.set_user_attr("run", "trials/control")
+        st._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # what another worker's reconcile does
+        t.report(0.5, 0)
+        raise AssertionError("report on a failed trial must raise")
+
+    monkeypatch.setattr(study, "run_trial", run_trial)
+    events = []
+    study._settle(s, trial, sc, events.append)
+    assert [(e.number, e.state) for e in events] == [(trial.number, "lost")]
+    assert not (tmp_path / "sw/trials/control").exists() and s.get_trials()[trial.number].state == TrialState.FAIL
