@@ -36,9 +36,10 @@ class Server:
 
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="lbfood-pg-"))
-        self.port = free_port()
         self.as_root = os.geteuid() == 0
+        # As root, the server's user must reach its folder: /tmp, not a TMPDIR under root's home.
+        self.root = Path(tempfile.mkdtemp(prefix="lbfood-pg-", dir="/tmp" if self.as_root else None))
+        self.port = free_port()
 
     def _run(self, *args: str) -> None:
         cmd = [str(self.bindir / args[0]), *args[1:]]
