@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
-# Both create .venv if absent and install lbfood into it (with its dev, export and timm extras).
+# Both create .venv if absent and install lbfood into it (with its dev, export, timm and postgres extras).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +14,7 @@ DEMO_RUNS ?= runs/demo
 $(VENV)/.lbfood-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev,export,timm]'
+	$(PY) -m pip install -q -e '.[dev,export,timm,postgres]'
 	touch $@
 
 demo: $(VENV)/.lbfood-installed

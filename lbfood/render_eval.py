@@ -86,6 +86,14 @@ def notes(lines: Sequence[str]) -> None:
         render.err_console.print(f"[yellow]note:[/] {escape(line)}")
 
 
+def streamed(done: Any) -> None:
+    """The summary of `score --out` (the rows are in the file, not on the screen)."""
+    again = f", {done.resumed:,} already there" if done.resumed else ""
+    rate = f" ({done.scored / done.seconds:,.0f} images/s)" if done.seconds > 0 and done.scored else ""
+    _console().print(f"scored {done.scored:,} of {done.total:,} images{again} in {done.seconds:.1f} s{rate}: "
+                     f"{done.ood:,} OOD, {done.errors:,} unreadable → {escape(str(done.out))}")
+
+
 def score_json(rows: Sequence[Any]) -> str:
     """One JSON object per line."""
     return "\n".join(json.dumps(r.to_dict()) for r in rows)

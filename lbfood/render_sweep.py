@@ -18,7 +18,7 @@ def progress(quiet: bool = False):
     """An `on_event` callback for `study.work` and `results.finalize`."""
     from lbfood.engine.events import EpochEnd, Note
     from lbfood.engine.sweep.results import Selected, Testing
-    from lbfood.engine.sweep.study import TrialDone, TrialEvent, TrialStarted
+    from lbfood.engine.sweep.study import TrialDone, TrialEvent, TrialStarted, Waiting
 
     c = render.console
 
@@ -34,10 +34,14 @@ def progress(quiet: bool = False):
         elif isinstance(ev, TrialDone):
             if ev.state == "duplicate":
                 c.print(f"  trial {ev.number}: TPE proposed {ev.key} again; skipped")
+            elif ev.state == "lost":
+                c.print(f"  [yellow]trial {ev.number} was re-queued for another worker[/] (this one missed 4 heartbeats)")
             elif ev.state == "pruned":
                 c.print(f"  [yellow]pruned[/]: val acc {_pct(ev.val_acc)} % fell below the control's")
             else:
                 c.print(f"  done: val acc {_pct(ev.val_acc)} %, validation objective {_pct(ev.value)} ({ev.method})")
+        elif isinstance(ev, Waiting):
+            c.print(f"waiting for {ev.running} trial(s) running on other workers (re-queued if their worker dies)")
         elif isinstance(ev, Selected):
             c.print(f"[green]selected[/] trial {ev.number} ({ev.key}) with {ev.method}: validation "
                     f"{_pct(ev.value)}, val acc {_pct(ev.val_acc)} % (floor {_pct(ev.floor)} %); now the test sets")

@@ -70,3 +70,33 @@ def small_backdrops(monkeypatch):
     yield backdrops.SPLITS
     torch.set_num_threads(threads)
     backdrops._cached.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (tests/pgserver.py). Skipped, with the reason, only outside
+    CI when the server binaries or the psycopg driver are missing; in CI (CI=true) that is a failure."""
+    import importlib.util
+    import os
+
+    import pgserver
+
+    bindir = pgserver.binaries()
+    missing = [what for what, ok in (("the PostgreSQL server (apt-get install postgresql)", bindir is not None),
+                                     ("psycopg (pip install 'lbfood[postgres]')",
+                                      importlib.util.find_spec("psycopg") is not None)) if not ok]
+    if missing:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must run the PostgreSQL tests, but {' and '.join(missing)} is missing")
+        pytest.skip(f"PostgreSQL tests need {' and '.join(missing)}")
+    server = pgserver.Server(bindir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """A fresh, empty database on the session's PostgreSQL server: its URL (with the password)."""
+    import re
+
+    return postgres_server.create_db(re.sub(r"\W", "_", request.node.name)[:50].lower())

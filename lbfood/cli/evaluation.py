@@ -119,6 +119,10 @@ def score(
         help="CI drift check: exit 3 when more than this share (0.05 = 5 %) of the scored images is OOD "
              "(3 wins over 1 for unreadable files).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    out: Annotated[Path | None, typer.Option(help="Stream to this JSONL file (one line per image, written as it "
+                                                  "goes); the same command again continues it.")] = None,
+    shard: Annotated[str | None, typer.Option(help="With --out: score part I of N (0-based, e.g. 0/4) of the sorted "
+                                                   "images; the N files concatenated equal the unsharded one.")] = None,
     data_root: DataRoot = None,
     device: Device = "auto",
     precision: EvalPrecision = "auto",
@@ -128,6 +132,7 @@ def score(
     with guard():
         from lbfood import render_ci, render_eval
         from lbfood.engine.config import ScoreConfig
+        from lbfood.engine.errors import ConfigError
         from lbfood.engine.evaluation import gates
         from lbfood.engine.evaluation import score as evaluate
 
@@ -138,6 +143,20 @@ def score(
                           params=parse_params(param, (method,)).get(method, {}), batch_size=batch_size,
                           data_root=str(data_root) if data_root else None, device=device, precision=precision)
         notes: list[str] = []
+        if out is not None or shard is not None:
+            from lbfood.engine.evaluation import score_stream
+
+            if out is None:
+                raise ConfigError("--shard writes its part to a file: pass --out FILE.jsonl as well")
+            if max_ood_share is not None:
+                raise ConfigError("--max-ood-share reads every row: score without --out, or count the OOD lines of --out")
+            with render_eval.progress(json_out) as on_event:
+                done = score_stream.score_to_file(cfg, out, score_stream.parse_shard(shard), on_event, notes)
+            render_eval.notes(notes)
+            render_eval.streamed(done)
+            if done.errors:
+                raise typer.Exit(1)
+            return
         with render_eval.progress(json_out) as on_event:
             rows = evaluate.score_images(cfg, on_event=on_event, notes=notes)
         if json_out:

@@ -48,8 +48,12 @@ def sweep(
     ood: Annotated[list[str] | None, typer.Option(help="Test OOD set (repeatable), evaluated after the selection.",
                                                   show_default="the ID set's benchmark")] = None,
     benchmark: Annotated[str | None, typer.Option(help="Test benchmark, evaluated after the selection.")] = None,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL shared by workers.",
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL shared by workers: sqlite:///PATH (one "
+                                                     "machine) or postgresql://USER:PASSWORD@HOST:PORT/DB "
+                                                     "(several; pip install 'lbfood[postgres]').",
                                                 show_default="sqlite:///OUT/study.db")] = None,
+    heartbeat: Annotated[int, typer.Option(help="Seconds between a worker's heartbeats; a trial silent for 4 is "
+                                                "failed and re-queued for another worker.")] = 30,
     prune: Annotated[bool, typer.Option("--prune", help="Stop a trial whose epoch val accuracy falls more "
                                                         "than --max-acc-drop below the control's.")] = False,
     per_gpu: Annotated[int, typer.Option(help="Trials sharing one GPU (with --devices).")] = 1,
@@ -90,7 +94,7 @@ def sweep(
             mode=mode, delta=space.parse_values("delta", delta), mu=space.parse_values("mu", mu),
             lam=space.parse_values("lam", lam), mask_from=space.parse_values("mask_from", mask_from),
             trials=trials, methods=split_names([method]), objective=objective, max_acc_drop=max_acc_drop,
-            holdout=holdout, val_ood=val_ood, pseudo=split_names([pseudo]), storage=storage, prune=prune,
+            holdout=holdout, val_ood=val_ood, pseudo=split_names([pseudo]), storage=storage, heartbeat_s=heartbeat, prune=prune,
             ood=tuple(ood or ()), benchmark=benchmark)
         on_event = render_sweep.progress(quiet)
         fresh = not out.exists()

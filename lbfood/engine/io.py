@@ -62,18 +62,24 @@ def _create_temp(path: Path) -> tuple[int, Path]:
 LOCK_FILE = ".lock"  # the lock file of a folder lbfood writes (a run's, a sweep's)
 
 
+def folder_lock(folder: str | os.PathLike, *, busy: str | None = None):
+    """Hold an exclusive lock on FOLDER/.lock (the folder is created if missing); see `file_lock`."""
+    return file_lock(Path(folder) / LOCK_FILE, busy=busy)
+
+
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, *, busy: str | None = None) -> Iterator[None]:
-    """Hold an exclusive `flock` on FOLDER/.lock (the folder is created if missing) for the block.
+def file_lock(path: str | os.PathLike, *, busy: str | None = None) -> Iterator[None]:
+    """Hold an exclusive `flock` on the file `path` (created, with its folder, if missing) for the block.
 
     With `busy` (a message), a second holder fails at once with a RunError saying it; without, it waits its
     turn. The kernel releases the lock when the process dies, so a killed holder never leaves it held."""
     from lbfood.engine.errors import RunError
 
-    folder = Path(folder)
+    path = Path(path)
+    folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
     except (FileExistsError, NotADirectoryError):  # a file stands where the folder (or one above it) should be
         parent = next((p for p in (folder, *folder.parents) if p.exists()), folder)
         raise StorageError(f"cannot use {folder}: {parent} is a file, not a folder; pass another path",

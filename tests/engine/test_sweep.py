@@ -167,7 +167,7 @@ def _trials(out):
 
     import optuna
 
-    with open(Path(out) / ".lock", "a") as f:
+    with open(Path(out) / "study.db.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             study = optuna.load_study(study_name="lbfood-sweep", storage=f"sqlite:///{out}/study.db")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,12 +39,25 @@ class Row:
         return asdict(self)
 
 
-def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = None,
-                 notes: list[str] | None = None) -> list[Row]:
-    """Score each image file with `cfg.method`: predicted class, confidence, score and verdict (ID if
-    score ≥ γ, paper Eq. 3). γ is `cfg.threshold`, else the run's calibrated one (computed on the ID
-    test split and stored in run.json on first use). Unreadable files become error rows. `notes`
-    receives what the user should know (e.g. a read-only run: a fit or threshold not saved)."""
+@dataclass(frozen=True)
+class Scoring:
+    """A loaded run, its fitted scorer and threshold γ: what scoring a stream of images needs."""
+
+    cfg: ScoreConfig
+    model: Any
+    scorer: Any
+    threshold: float
+    rt: Any
+    size: int
+    mean: torch.Tensor
+    std: torch.Tensor
+    run_std: tuple[float, ...]
+    classes: list[str]
+
+
+def prepare(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = None,
+            notes: list[str] | None = None) -> Scoring:
+    """Load the run and fit (or load) the scorer and γ once, before any image is read."""
     cfg.check()
     cfg = resolve_score(cfg)  # --method auto: the run's validated scorer and threshold
     s = scorers.get(cfg.method, **cfg.params)  # unknown names and parameters raise before any work
@@ -56,46 +69,62 @@ def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = Non
     s, threshold = fitted_scorer_and_threshold(model, meta, rt, cfg.method, cfg.params, threshold=cfg.threshold,
                                                root=cfg.data_root, batch_size=cfg.batch_size, on_event=on_event,
                                                notes=notes)
-
-    entries = expand_paths(cfg.paths)
-    rows: dict[str, Row] = {}
-    good: list[tuple[str, np.ndarray]] = []
-    size = int(meta.input_size)
     run_std = tuple(float(v) for v in meta.std)
-    mean = torch.tensor([float(v) for v in meta.mean]).view(1, 3, 1, 1)
-    std = torch.tensor(run_std).view(1, 3, 1, 1)
-    classes = list(meta.classes)
+    return Scoring(cfg, model, s, threshold, rt, int(meta.input_size),
+                   torch.tensor([float(v) for v in meta.mean]).view(1, 3, 1, 1), torch.tensor(run_std).view(1, 3, 1, 1),
+                   run_std, list(meta.classes))
 
-    def flush() -> None:
-        if not good:
-            return
-        x = torch.from_numpy(np.stack([a for _, a in good])).permute(0, 3, 1, 2).float().div_(255)
-        x = ((x - mean) / std).to(rt.device)
-        if rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        batch = [(x, None)]
-        feats = fx.extract(model, batch, device=rt.device, precision=rt.precision, blocks=s.needs_blocks)
-        if s.needs_images:
-            sc = s.score_images(model, batch, device=rt.device, std=None if "std" in cfg.params else run_std)
-        else:
-            sc = s.score(feats)
-        probs = torch.softmax(feats.logits, dim=1)
-        conf, pred = probs.max(dim=1)
-        for (f, _), c, p, v in zip(good, conf.tolist(), pred.tolist(), sc.tolist(), strict=True):
-            rows[f] = Row(f, predicted=classes[p] if p < len(classes) else str(p), confidence=c, score=v,
-                          verdict="ID" if v >= threshold else "OOD", method=s.name, threshold=threshold)
-        good.clear()
+
+def iter_rows(sc: Scoring, entries: list[tuple[str, str | None]]) -> Iterator[list[Row]]:
+    """The rows of `entries` (from `expand_paths`), in their order, one list per forward pass: only one
+    batch of decoded images is held at a time, whatever the number of files."""
+    s, rt, threshold = sc.scorer, sc.rt, sc.threshold
+    rows: dict[str, Row] = {}
+    order: list[str] = []
+    good: list[tuple[str, np.ndarray]] = []
+
+    def flush() -> list[Row]:
+        if good:
+            x = torch.from_numpy(np.stack([a for _, a in good])).permute(0, 3, 1, 2).float().div_(255)
+            x = ((x - sc.mean) / sc.std).to(rt.device)
+            if rt.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            batch = [(x, None)]
+            feats = fx.extract(sc.model, batch, device=rt.device, precision=rt.precision, blocks=s.needs_blocks)
+            if s.needs_images:
+                v = s.score_images(sc.model, batch, device=rt.device, std=None if "std" in sc.cfg.params else sc.run_std)
+            else:
+                v = s.score(feats)
+            probs = torch.softmax(feats.logits, dim=1)
+            conf, pred = probs.max(dim=1)
+            for (f, _), c, p, val in zip(good, conf.tolist(), pred.tolist(), v.tolist(), strict=True):
+                rows[f] = Row(f, predicted=sc.classes[p] if p < len(sc.classes) else str(p), confidence=c, score=val,
+                              verdict="ID" if val >= threshold else "OOD", method=s.name, threshold=threshold)
+            good.clear()
+        out = [rows.pop(f) for f in order]
+        order.clear()
+        return out
 
     for f, err in entries:
+        order.append(f)
         if err is not None:
             rows[f] = Row(f, error=err, method=s.name, threshold=threshold)
             continue
         try:
-            good.append((f, eval_transform(decode(f), size)))
+            good.append((f, eval_transform(decode(f), sc.size)))
         except DataError as e:
-            msg = str(e)
-            rows[f] = Row(f, error=msg.removeprefix(f"{f}: "), method=s.name, threshold=threshold)
-        if len(good) >= cfg.batch_size:
-            flush()
-    flush()
-    return [rows[f] for f, _ in entries]
+            rows[f] = Row(f, error=str(e).removeprefix(f"{f}: "), method=s.name, threshold=threshold)
+        if len(good) >= sc.cfg.batch_size:
+            yield flush()
+    if order:
+        yield flush()
+
+
+def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = None,
+                 notes: list[str] | None = None) -> list[Row]:
+    """Score each image file with `cfg.method`: predicted class, confidence, score and verdict (ID if
+    score ≥ γ, paper Eq. 3). γ is `cfg.threshold`, else the run's calibrated one (computed on the ID
+    test split and stored in run.json on first use). Unreadable files become error rows. `notes`
+    receives what the user should know (e.g. a read-only run: a fit or threshold not saved)."""
+    sc = prepare(cfg, on_event, notes)
+    return [r for batch in iter_rows(sc, expand_paths(sc.cfg.paths)) for r in batch]

@@ -139,6 +139,8 @@ def planned_points(sc: SweepConfig) -> list[dict[str, str]]:
 def check(sc: SweepConfig) -> None:
     if sc.mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {sc.mode!r}")
+    if sc.heartbeat_s < 1:
+        raise ConfigError(f"--heartbeat must be >= 1 second, got {sc.heartbeat_s}")
     if sc.mode == "search" and sc.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {sc.trials}")
     if sc.objective not in ("auroc", "fpr95"):

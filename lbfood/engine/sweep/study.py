@@ -1,17 +1,24 @@
 """The sweep's Optuna study: a queue of trials in a shared storage, worked by one or more processes.
 
-Storage: `sqlite:///<sweep>/study.db` by default, or any Optuna URL (`--storage`), so that several
-processes or machines running the same command work on one study. Each worker loops: under a file lock
-(`<sweep>/.lock`, which serialises the workers of one machine; SQLite's own locking does not make
-Optuna's pop of a queued trial atomic) it reconciles the study with the plan and takes the next trial;
-then it trains, validates and reports the trial without the lock.
+Storage (`storage.py`): `sqlite:///<sweep>/study.db` by default, or `--storage URL` (SQLite, or PostgreSQL
+for workers on several machines). Each worker loops: under the queue lock it reconciles the study with the
+plan and takes the next trial; then it trains, validates and reports the trial without the lock. With
+nothing left to take while other workers still run trials, it waits: a trial whose worker dies is
+re-queued (below) and finished by whoever is waiting.
 
 Reconcile, the rule that makes the command resumable: every planned point (the control, then the grid
 or the paper's one-factor-at-a-time points) must have a trial that is COMPLETE, PRUNED, RUNNING or
 WAITING; a point without one (never queued, or its trial failed or was interrupted) is queued again.
 A RUNNING trial whose worker process is gone (same host, dead pid) is failed first; so is one whose
-Optuna heartbeat stopped (a worker on another machine). Finished trials are never repeated.
+Optuna heartbeat stopped for 4 beats (a worker on another machine), which Optuna's
+`RetryHeartbeatStaleTrialCallback` queues again. Finished trials are never repeated.
 `search` mode queues the control only; TPE samples the other `trials` points.
+
+Where trials write: `<sweep>/trials/<key>`, in the one sweep folder of the study (`--out`). With workers
+on several machines it must be on a file system they all mount; the study records the folder's id
+(`study.json` in it), and a worker whose `--out` does not hold that id is refused before it writes.
+A retried point whose earlier attempt may still be written (its worker on another host, or alive) is
+trained into `trials/<key>-t<number>`, so no folder is ever trained by two trials.
 
 Grid and paper points are queued (Optuna's `enqueue_trial`) rather than drawn by `GridSampler`, which
 may hand one grid point to two parallel workers; the queue gives each point to exactly one.
@@ -30,9 +37,8 @@ from typing import Any
 
 from lbfood.engine import runs
 from lbfood.engine.errors import ConfigError, LbfoodError, RunError
-from lbfood.engine.io import LOCK_FILE, folder_lock
 from lbfood.engine.killpoints import kill_point
-from lbfood.engine.sweep import space
+from lbfood.engine.sweep import identity, space, storage
 from lbfood.engine.sweep.space import FACTORS, SweepConfig
 
 STUDY_NAME = "lbfood-sweep"
@@ -56,58 +62,67 @@ class TrialEvent:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """Nothing left to take: this worker waits for `running` trials of other workers (or their re-queue)."""
+
+    running: int
+
+
+@dataclass(frozen=True)
 class TrialDone:
     number: int
     key: str
-    state: str  # complete | pruned | duplicate (a search point proposed again: not trained)
+    state: str  # complete | pruned | duplicate (a search point proposed again: not trained) | lost
     val_acc: float | None
     value: float | None  # the validation objective of the best scorer
     method: str | None
 
 
+def storage_of(sc: SweepConfig) -> storage.Storage:
+    return storage.resolve(sc.storage, Path(sc.out))
+
+
 def storage_url(sc: SweepConfig) -> str:
-    return sc.storage or f"sqlite:///{(Path(sc.out) / 'study.db').resolve()}"
-
-
-def signature(sc: SweepConfig) -> dict[str, Any]:
-    """What must not change when the same sweep is continued (device, workers and test sets may)."""
-    recipe = {k: v for k, v in sc.recipe.to_dict().items() if k not in ("device", "precision", "workers", "out")}
-    return {"recipe": recipe, "mode": sc.mode,
-            **{f: list(getattr(sc, f)) for f in FACTORS}, "trials": sc.trials, "methods": list(sc.methods),
-            "objective": sc.objective, "max_acc_drop": sc.max_acc_drop, "holdout": sc.holdout,
-            "val_ood": sc.val_ood, "pseudo": list(sc.pseudo)}
+    """The storage URL as sweep.json records it (password hidden)."""
+    return storage_of(sc).shown
 
 
 def open_study(sc: SweepConfig):
-    """Create or load the study; a continued sweep must have been started with the same options."""
+    """Create or load the study; a continued sweep must have been started with the same options and, on
+    a shared storage, this --out must be the study's sweep folder. Bad input creates nothing."""
     import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     space.check(sc)
+    st = storage_of(sc)
+    storage.reach(st)
     check_out(Path(sc.out))
-    Path(sc.out).mkdir(parents=True, exist_ok=True)
+    if st.dialect == "sqlite":
+        Path(st.database).parent.mkdir(parents=True, exist_ok=True)  # the default database is in --out
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = storage_url(sc)
-    kw: dict[str, Any] = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    kw: dict[str, Any] = {"connect_args": {"timeout": 120}} if st.dialect == "sqlite" else {"pool_pre_ping": True}
     sampler = optuna.samplers.TPESampler(seed=sc.recipe.seed, n_startup_trials=min(4, sc.trials))
     direction = "maximize" if sc.objective == "auroc" else "minimize"
-    with lock(sc), warnings.catch_warnings():
+    with storage.queue_lock(st), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=kw, heartbeat_interval=sc.heartbeat_s,
-                                             grace_period=4 * sc.heartbeat_s)  # creates the tables once
-        study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
+        rdb = optuna.storages.RDBStorage(st.url, engine_kwargs=kw, heartbeat_interval=sc.heartbeat_s,
+                                         grace_period=4 * sc.heartbeat_s,  # creates the tables once
+                                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+        study = optuna.create_study(study_name=STUDY_NAME, storage=rdb, sampler=sampler,
                                     direction=direction, load_if_exists=True)
-        want = signature(sc)
+        want = identity.signature(sc)
         have = study.user_attrs.get("signature")
+        if have is not None and have != want:
+            where = sc.out if sc.storage is None else st.shown
+            raise ConfigError(f"{where} holds a sweep started with other options: {'; '.join(identity.differences(have, want))}; "
+                              "rerun it with the same flags to continue, or use a new --out (or database)")
+        identity.bind_folder(study, sc, st)
         if have is None:
             study.set_user_attr("signature", want)
-        elif have != want:
-            diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-            raise ConfigError(f"{sc.out} holds a sweep started with other options ({', '.join(diff)}); rerun it "
-                              "with the same flags to continue, or pick a new --out")
     return study
 
 
-SWEEP_MARKS = ("study.db", LOCK_FILE, "trials", "sweep.json")  # what only a sweep folder holds
+SWEEP_MARKS = ("study.db", "study.db.lock", identity.FOLDER_ID, "trials", "sweep.json")  # what only a sweep folder holds
 
 
 def check_out(out: Path) -> None:
@@ -148,8 +163,8 @@ def _control_acc(study) -> float | None:
 
 
 def lock(sc: SweepConfig):
-    """An exclusive lock on `<sweep>/.lock` (the workers of one machine take turns at the queue)."""
-    return folder_lock(sc.out)
+    """The queue lock of the sweep's storage (one worker of any machine at a time takes a trial)."""
+    return storage.queue_lock(storage_of(sc))
 
 
 def _alive(pid: int) -> bool:
@@ -184,7 +199,8 @@ def reconcile(study, sc: SweepConfig) -> None:
 
 
 def _next_trial(study, sc: SweepConfig):
-    """Under the lock: reconcile, then the next queued trial, a new TPE trial (search), or None."""
+    """Under the lock: reconcile, then the next queued trial, a new TPE trial (search), the number of
+    trials other workers still run (nothing to take yet), or None (the plan is done)."""
     from optuna.trial import TrialState
 
     with lock(sc):
@@ -195,8 +211,8 @@ def _next_trial(study, sc: SweepConfig):
                        and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
         size = len([p for p in space.grid_points(sc) if p["lam"] != "0"])  # search: stop when every point was tried
         more = sc.mode == "search" and searched < min(sc.trials, size)
-        if not waiting and not more:
-            return None
+        if not waiting and not more:  # nothing to take: wait while other workers still run trials
+            return sum(1 for t in trials if t.state == TrialState.RUNNING) or None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # heartbeats with ask/tell: we run the thread ourselves
             trial = study.ask()
@@ -205,14 +221,33 @@ def _next_trial(study, sc: SweepConfig):
 
 
 def work(sc: SweepConfig, on_event: Callable[[Any], None] = lambda e: None) -> int:
-    """Run trials until the plan is done (by this and any other worker); returns how many this one ran."""
-    from optuna.exceptions import TrialPruned
+    """Run trials until the plan is done (by this and any other worker); returns how many this one ran.
+    While other workers run the last trials, wait: one whose worker dies is re-queued and taken here."""
+    import time
+
+    study = open_study(sc)
+    done, waited = 0, False
+    while (trial := _next_trial(study, sc)) is not None:
+        if isinstance(trial, int):
+            if not waited:
+                on_event(Waiting(trial))
+            waited = True
+            time.sleep(min(sc.heartbeat_s, 5))
+            continue
+        waited = False
+        _settle(study, trial, sc, on_event)
+        done += 1
+    return done
+
+
+def _settle(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) -> None:
+    """Run one trial and tell the study how it ended. A trial the study failed meanwhile (this worker was
+    silent for 4 heartbeats, so it was re-queued for another) is dropped with its folder."""
+    from optuna.exceptions import TrialPruned, UpdateFinishedTrialError
     from optuna.storages._heartbeat import get_heartbeat_thread
     from optuna.trial import TrialState
 
-    study = open_study(sc)
-    done = 0
-    while (trial := _next_trial(study, sc)) is not None:
+    try:
         try:
             with get_heartbeat_thread(trial._trial_id, study._storage):
                 value = run_trial(study, trial, sc, on_event)
@@ -221,15 +256,19 @@ def work(sc: SweepConfig, on_event: Callable[[Any], None] = lambda e: None) -> i
             state = "duplicate" if trial.user_attrs.get("duplicate") else "pruned"
             on_event(TrialDone(trial.number, trial.user_attrs["key"], state, trial.user_attrs.get("val_acc"),
                                None, None))
+        except UpdateFinishedTrialError:
+            raise
         except BaseException:  # Ctrl-C, a crash: the trial is failed and queued again by the next reconcile
-            study.tell(trial, state=TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
         else:
             study.tell(trial, value)
             a = trial.user_attrs
             on_event(TrialDone(trial.number, a["key"], "complete", a["val_acc"], value, a["method"]))
-        done += 1
-    return done
+    except UpdateFinishedTrialError:
+        if trial.user_attrs.get("run"):
+            shutil.rmtree(Path(sc.out) / trial.user_attrs["run"], ignore_errors=True)
+        on_event(TrialDone(trial.number, trial.user_attrs.get("key", "?"), "lost", None, None, None))
 
 
 def run_trial(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) -> float:
@@ -249,8 +288,11 @@ def run_trial(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) ->
             trial.set_user_attr("duplicate", True)
             raise TrialPruned
     key = space.key(point)
-    run_dir = Path(sc.out) / "trials" / (key if sc.mode != "search" or key == "control" else f"t{trial.number:03d}-{key}")
-    if run_dir.exists():  # a failed or interrupted earlier attempt at this point
+    name = key if sc.mode != "search" or key == "control" else f"t{trial.number:03d}-{key}"
+    run_dir = Path(sc.out) / "trials" / name
+    if not _writers_gone(study, key, trial.number):  # an earlier attempt's worker may still write its folder
+        run_dir = run_dir.with_name(f"{name}-t{trial.number:03d}")  # (another host, or alive): never share one
+    elif run_dir.exists():  # a failed or interrupted earlier attempt at this point, by a process that is gone
         shutil.rmtree(run_dir)
     session = prepare_finetune(space.trial_config(sc, point, str(run_dir)))
     trial.set_user_attr("run", os.path.relpath(run_dir, sc.out))
@@ -288,6 +330,19 @@ def run_trial(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) ->
     trial.set_user_attr("train_seconds", meta.seconds)
     trial.set_user_attr("validation_seconds", meta.validation_seconds)
     return float(auto["objective_value"])
+
+
+def _writers_gone(study, key: str, number: int) -> bool:
+    """Every earlier attempt at `key` ran on this host in a process that is gone."""
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING)):
+        w = t.user_attrs.get("worker") or {}
+        if t.number != number and t.user_attrs.get("key") == key and w and \
+                (w.get("host") != host or _alive(int(w.get("pid", 0)))):
+            return False
+    return True
 
 
 def _tried(study, exclude: int = -1) -> set[str]:

@@ -1,0 +1,77 @@
+"""What identifies a sweep's study: the options it was started with (a continued sweep must repeat them)
+and its one sweep folder, where every worker writes its trials and the selection reads them.
+
+A new study records `--out`'s id (a random hex string, also written to `<out>/study.json`) with the host
+and path that made it; a worker whose `--out` does not hold that id (another folder, or a machine that
+does not mount the shared one) is refused before it writes anything. The folder may be mounted at
+different paths on different machines: trial folders are recorded relative to it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+from lbfood.engine.errors import ConfigError
+from lbfood.engine.sweep.space import FACTORS, SweepConfig
+from lbfood.engine.sweep.storage import Storage
+
+
+def signature(sc: SweepConfig) -> dict[str, Any]:
+    """What must not change when the same sweep is continued (device, workers and test sets may)."""
+    from lbfood import __version__
+
+    recipe = {k: v for k, v in sc.recipe.to_dict().items() if k not in ("device", "precision", "workers", "out")}
+    return {"lbfood": __version__, "recipe": recipe, "mode": sc.mode,
+            **{f: list(getattr(sc, f)) for f in FACTORS}, "trials": sc.trials, "methods": list(sc.methods),
+            "objective": sc.objective, "max_acc_drop": sc.max_acc_drop, "holdout": sc.holdout,
+            "val_ood": sc.val_ood, "pseudo": list(sc.pseudo)}
+
+
+_FLAGS = {"lbfood": "lbfood version", "lam": "--lambda", "methods": "--method", "parent": "--from"}
+
+
+def _flag(name: str) -> str:
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def differences(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """"--flag (VALUE here, VALUE in the study)" for each differing option, the recipe's fields one by one."""
+    out = []
+    for k in sorted(set(have) | set(want)):
+        a, b = have.get(k), want.get(k)
+        if k == "recipe" and isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{_flag(f)} ({b.get(f)} here, {a.get(f)} in the study)" for f in sorted(set(a) | set(b))
+                    if a.get(f) != b.get(f)]
+        elif a != b:
+            out.append(f"{_flag(k)} ({b} here, {a} in the study)")
+    return out
+
+
+FOLDER_ID = "study.json"  # in the sweep folder: the id of the study whose trials it holds
+
+
+def bind_folder(study, sc: SweepConfig, st: Storage) -> None:
+    """The study's one sweep folder: a new study records --out's id; a continued one must find it in --out
+    (every worker writes its trials there, and the selection reads them)."""
+    out = Path(sc.out)
+    rec = study.user_attrs.get("folder")
+    if rec is None:
+        folder = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "path": str(out.resolve())}
+        out.mkdir(parents=True, exist_ok=True)
+        from lbfood.engine.io import atomic_write_json
+
+        atomic_write_json(out / FOLDER_ID, {"id": folder["id"], "storage": st.shown})
+        study.set_user_attr("folder", folder)
+        return
+    try:
+        mine = json.loads((out / FOLDER_ID).read_text()).get("id")
+    except (OSError, ValueError, AttributeError):
+        mine = None
+    if mine != rec["id"]:
+        raise ConfigError(f"--out {sc.out} is not the sweep folder of the study in {st.shown} (made at {rec['path']} on "
+                          f"{rec['host']}): every worker writes its trials there, so put it on a file system all "
+                          "machines mount and pass its path as --out")
