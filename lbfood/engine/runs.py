@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ import torch
 
 from lbfood import RUN_FORMAT, __version__
 from lbfood.engine import models
-from lbfood.engine.errors import RunError
+from lbfood.engine import run_schema as schema
+from lbfood.engine.errors import ConfigError, RunError
 from lbfood.engine.io import atomic_write_json, load_tensors, save_tensors
 
 RUNS_DIR = Path("runs")
@@ -39,7 +41,7 @@ SCHEMA = RUN_FORMAT  # the schema version of run.json ("format"); another versio
 class RunMeta:
     """What run.json records. `run_dir` is where it was read from (not stored)."""
 
-    kind: str  # pretrain | finetune
+    kind: schema.Kind  # pretrain | finetune
     arch: str
     width: float  # channel multiplier
     classes: list[str]
@@ -49,18 +51,18 @@ class RunMeta:
     data: str
     config: dict[str, Any]  # the resolved TrainConfig / FinetuneConfig
     preset: str | None = None
-    status: str = "running"  # running | interrupted | stopped | trained (not calibrated) | done
+    status: schema.Status = "running"  # running | interrupted | stopped | trained (not calibrated) | done
     created: float = field(default_factory=time.time)
     epochs_done: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float | None = None
-    threshold: dict[str, Any] | None = None  # the default scorer's calibrated γ (paper Eq. 3)
-    thresholds: dict[str, dict[str, Any]] = field(default_factory=dict)  # scorer key -> calibrated γ
+    threshold: schema.Threshold | None = None  # the default scorer's calibrated γ (paper Eq. 3)
+    thresholds: dict[str, schema.Threshold] = field(default_factory=dict)  # scorer key -> calibrated γ
     parent: str | None = None  # finetune: the run it started from
-    probe: dict[str, Any] | None = None  # finetune: the parent's background share and norm quantiles
+    probe: schema.Probe | None = None  # finetune: the parent's background share and norm quantiles
     mu_auto: bool | None = None  # finetune: μ was measured (`--mu auto`)
-    auto: dict[str, Any] | None = None  # --holdout runs: the scorer `--method auto` uses, and its γ
-    validation: dict[str, Any] | None = None  # --holdout runs: every candidate's held-out validation
+    auto: schema.Auto | None = None  # --holdout runs: the scorer `--method auto` uses, and its γ
+    validation: schema.Validation | None = None  # --holdout runs: every candidate's held-out validation
     validation_seconds: float | None = None
     run_dir: Path | None = field(default=None, compare=False)
 
@@ -93,16 +95,15 @@ class RunMeta:
             raise RunError(f"{where} lacks {', '.join(missing)}; the run is incomplete or from another tool: "
                            "re-run the training that made it")
 
-        def bad(key: str, want: str) -> RunError:
-            return RunError(f"{where}: {key} must be {want}, got {kw[key]!r}; the file was edited or damaged: "
-                            "re-run the training that made it")
+        def bad(key: str, want: str = "", problem: str = "") -> RunError:
+            problem = problem or f"must be {want}, got {schema.short(kw[key])}"
+            todo = ("remove it from run.json and `lbfood score` calibrates it again"
+                    if key.split(".")[0] in ("threshold", "thresholds") else "re-run the training that made it")
+            return RunError(f"{where}: {key} {problem}; the file was edited or damaged: {todo}")
 
         def number(x: Any) -> bool:
             return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
-        for key in ("kind", "arch", "data", "status"):
-            if key in kw and not isinstance(kw[key], str):
-                raise bad(key, "text")
         if not (number(kw["width"]) and kw["width"] > 0):
             raise bad("width", "a finite number > 0")
         if not (isinstance(kw["input_size"], int) and not isinstance(kw["input_size"], bool) and kw["input_size"] > 0):
@@ -116,9 +117,19 @@ class RunMeta:
                 raise bad(key, "three finite numbers (RGB)" + (" > 0" if key == "std" else ""))
         if not isinstance(kw["config"], dict):
             raise bad("config", "a JSON object")
-        for key in ("metrics", "thresholds"):
-            if key in kw and not isinstance(kw[key], dict):
-                raise bad(key, "a JSON object")
+        hints = typing.get_type_hints(cls, include_extras=True)
+        for key, value in kw.items():
+            if found := schema.first_mismatch(value, hints[key], key):
+                raise bad(found[0], problem=found[1])
+        if kw.get("epochs_done", 0) < 0:
+            raise bad("epochs_done", "a whole number >= 0")
+        if found := schema.config_mismatch(kw["kind"], kw["config"]):
+            raise bad(found[0], problem=found[1])
+        try:  # a model lbfood would refuse to build, or an input size it would refuse to resize to
+            models.check(kw["arch"], kw["width"])
+            models.check_input_size(kw["input_size"])
+        except ConfigError as e:
+            raise RunError(f"{where}: {e}; the file was edited or damaged: re-run the training that made it") from None
         return cls(**kw)
 
     def replace(self, **changes: Any) -> RunMeta:
@@ -269,6 +280,9 @@ def read(path: str | os.PathLike) -> RunMeta:
         raw = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RunError(f"{meta_path} is corrupt (not JSON); re-run the training that made it") from None
+    except RecursionError:  # `[[[[…` thousands deep: valid JSON perhaps, but no run description
+        raise RunError(f"{meta_path} is corrupt (nested too deep to be a run description); re-run the training "
+                       "that made it") from None
     except OSError as e:
         raise RunError(f"{meta_path} cannot be read ({e.strerror}); check its permissions") from None
     meta = RunMeta.from_dict(raw, meta_path)

@@ -20,9 +20,9 @@ def test_round_trip_and_the_one_writer(tmp_path):
     assert "parent" not in raw and "thresholds" not in raw  # unset optional keys are not written
     back = runs.read(tmp_path)
     assert back == meta and back.run_dir == tmp_path.resolve()
-    updated = runs.update(tmp_path, status="done", thresholds={"energy": {"value": 2.0}})
+    updated = runs.update(tmp_path, status="done", thresholds={"energy": {"method": "energy", "value": 2.0}})
     assert runs.read(tmp_path).status == "done" == updated.status
-    assert runs.read(tmp_path).thresholds == {"energy": {"value": 2.0}}
+    assert runs.read(tmp_path).thresholds == {"energy": {"method": "energy", "value": 2.0}}
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -87,3 +87,62 @@ def test_point_latest_is_a_relative_link(tmp_path):
     runs.point_latest(run, tmp_path / "runs")
     latest = tmp_path / "runs" / "latest"
     assert latest.is_symlink() and not latest.readlink().is_absolute() and latest.resolve() == run.resolve()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"threshold": {"method": "react", "value": "high"}},
+     "threshold.value must be a finite number, got 'high'; the file was edited or damaged: remove it from "
+     "run.json and `lbfood score` calibrates it again"),
+    ({"threshold": {"method": "react", "value": float("nan")}}, "threshold.value must be a finite number, got nan"),
+    ({"thresholds": {"energy": {"method": "energy", "value": float("inf")}}},
+     "thresholds.energy.value must be a finite number, got inf"),
+    ({"thresholds": {"energy": {"value": 1.0}}}, "thresholds.energy.method is missing"),
+    ({"epochs_done": -5}, "epochs_done must be a whole number >= 0, got -5"),
+    ({"epochs_done": 1.5}, "epochs_done must be a whole number, got 1.5"),
+    ({"kind": "bogus"}, "kind must be one of 'pretrain', 'finetune', got 'bogus'"),
+    ({"status": "weird"}, "status must be one of 'running', 'interrupted', 'stopped', 'trained', 'done', got 'weird'"),
+    ({"metrics": {"test_acc": "high"}}, "metrics.test_acc must be a number, got 'high'"),
+    ({"config": {"epochs": "ten"}}, "config.epochs must be a whole number, got 'ten'"),
+    ({"config": {"milestones": [1, "x"]}}, r"config.milestones\[1\] must be a whole number, got 'x'"),
+    ({"kind": "finetune", "config": {"mu": [1]}}, r"config.mu must be a number or text or null, got \[1\]"),
+    ({"probe": {"bg_quantiles": [0.1, None]}}, r"probe.bg_quantiles\[1\] must be a number, got None"),
+    ({"auto": {"method": "knn", "value": 1.0, "candidates": {"knn": {"auroc": "x"}}}},
+     "auto.candidates.knn.auroc must be a number, got 'x'"),
+    ({"validation": {"val_acc": 0.5}}, "validation.methods is missing"),
+    ({"parent": 3}, "parent must be text, got 3"),
+    ({"config": {"epochs": [[[[[[[[1]]]]]]]]}}, r"config.epochs must be a whole number, got \[\[\[...\]\]\]"),
+    ({"input_size": 100000}, "input size 100000 px is over the 1024 px lbfood resizes images to"),
+    ({"width": 1e9}, "width 1e\\+09 makes resnet18's widest layer 512,000,000,000 channels, over the 8,192"),
+    ({"arch": "wrn1000000_1"}, "WideResNet depth 1000000 is over the 1000 lbfood builds"),
+])
+def test_every_field_is_type_checked_on_load_in_one_line(tmp_path, change, message):
+    """Nested entries too (thresholds, auto, validation, probe, the config by its stage's types): one
+    RunError naming the key path, never a ValueError later in `score`."""
+    raw = {"format": runs.SCHEMA, **META, **change}
+    (tmp_path / "run.json").write_text(json.dumps(raw))
+    with pytest.raises(RunError, match=message) as e:
+        runs.read(tmp_path)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+def test_json_nested_too_deep_is_one_line(tmp_path):
+    (tmp_path / "run.json").write_text("[" * 100000)
+    with pytest.raises(RunError, match="is corrupt \\(nested too deep to be a run description\\)"):
+        runs.read(tmp_path)
+
+
+def test_the_entries_lbfood_writes_pass_the_check(tmp_path):
+    """What calibrate, --method auto, validation and finetune's probe write is what the check allows."""
+    entry = {"method": "react", "value": 1.5, "tpr": 0.95, "split": "test", "data": "backdrops",
+             "params": {"percentile": 90}, "limit": None, "features": "lbfood-features-2"}
+    summary = {"fpr95": 0.5, "auroc": 0.75, "aupr_in": 0.7, "aupr_out": 0.6}
+    validation = {"val_acc": 0.5, "num_held_out": 10, "val_ood": {"blur": 10},
+                  "methods": {"msp": {"sets": {"blur": summary}, "average": summary, "threshold": 0.3}}}
+    auto = {"method": "msp", "params": {}, "value": 0.3, "tpr": 0.95, "split": "holdout", "holdout": 0.1,
+            "objective": "auroc", "objective_value": 0.75, "val_acc": 0.5, "val_ood": {"blur": 10},
+            "candidates": {"msp": summary}}
+    meta = RunMeta(**{**META, "kind": "finetune", "config": {"mu": "auto", "milestones": [2, 3], "limit": None}},
+                   status="done", threshold=entry, thresholds={"react": entry}, auto=auto, validation=validation,
+                   probe={"bg_share": 0.5, "bg_quantiles": [1.0, 2.0, 3.0], "fg_quantiles": []}, mu_auto=True)
+    runs.write(tmp_path, meta)
+    assert runs.read(tmp_path) == meta
