@@ -335,4 +335,10 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> tup
     if missing or unexpected:
         raise RunError(f"{weights} does not match run.json ({meta.arch} width {meta.width:g}, "
                        f"{len(meta.classes)} classes); the folder mixes two runs: re-run the training that made it")
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in state.values() if t.is_floating_point())
+    if bad:  # every score would be NaN, every verdict OOD, and a fine-tuning would start from NaN
+        raise RunError(f"{weights} holds {bad} non-finite weight(s) (NaN or inf): the training that made it "
+                       f"diverged; train it again into a new folder with a smaller learning rate, e.g. "
+                       f"`lbfood {meta.kind} --lr {float(meta.config.get('lr') or 0.1) / 10:g} --out NEW` "
+                       "with the options it was trained with")
     return model.to(device).eval(), meta

@@ -278,3 +278,46 @@ def fakedata_classes():
     from lbfood.engine.data.backdrops import CLASSES
 
     return CLASSES
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def test_a_run_with_nan_weights_is_refused_by_every_command(run, tmp_path):
+    """Was: `score` printed a NaN score with verdict OOD and exit 0; `finetune --from` it said "try a
+    larger --delta". Now one line naming the cause, and nothing written."""
+    import torch
+
+    from lbfood.engine.io import save_tensors
+
+    weights = load_tensors(run / "model.safetensors")
+    weights["head.weight"] = weights["head.weight"].clone()
+    weights["head.weight"][0, 0] = float("nan")
+    save_tensors(run / "model.safetensors", weights)
+    img = tmp_path / "a.png"
+    fakedata.write_png(img, fakedata.pattern(0, 32, 32))
+    before = _snapshot(tmp_path)
+    for args in (("score", img, "--json"), ("report", "--ood", "backdrops-noise"), ("explain", img, "--out", "pics"),
+                 ("export", "--method", "energy", "--out", "d.onnx"), ("finetune", "--from", run, "--out", "ft")):
+        one_error_line(invoke(*args, "--device", "cpu"), "model.safetensors holds 1 non-finite weight(s) (NaN or inf): "
+                       "the training that made it diverged", "--out NEW")
+    assert _snapshot(tmp_path) == before
+    assert torch.isnan(load_tensors(run / "model.safetensors")["head.weight"]).any()
+
+
+def test_score_json_never_writes_nan(run, tmp_path):
+    """Finite weights whose logits overflow (a head scaled to 1e38): that image gets an error row, and
+    every line is valid JSON (no bare NaN or Infinity)."""
+    from lbfood.engine.io import save_tensors
+
+    weights = load_tensors(run / "model.safetensors")
+    weights["head.weight"] = weights["head.weight"] * 1e38
+    save_tensors(run / "model.safetensors", weights)
+    img = tmp_path / "a.png"
+    fakedata.write_png(img, fakedata.pattern(0, 32, 32))
+    r = invoke("score", img, "--method", "energy", "--threshold", "0", "--json", "--device", "cpu")
+    assert r.exit_code == 1, r.output
+    (row,) = [json.loads(ln, parse_constant=lambda c: pytest.fail(f"bare {c} in --json")) for ln in r.stdout.splitlines()]
+    assert row["score"] is None and row["verdict"] is None
+    assert row["error"].startswith("the energy score is ") and "(not a finite number), so there is no verdict" in row["error"]

@@ -146,3 +146,20 @@ def test_the_entries_lbfood_writes_pass_the_check(tmp_path):
                    probe={"bg_share": 0.5, "bg_quantiles": [1.0, 2.0, 3.0], "fg_quantiles": []}, mu_auto=True)
     runs.write(tmp_path, meta)
     assert runs.read(tmp_path) == meta
+
+
+def test_non_finite_weights_are_refused_where_a_run_is_loaded(tmp_path, make_run):
+    """Every command that loads a run (score, report, explain, export, finetune --from) goes through
+    `load_run`: a NaN weight is one line there, never a NaN score or a fine-tuning from NaN."""
+    import torch
+
+    from lbfood.engine.io import load_tensors, save_tensors
+
+    run = make_run(tmp_path)
+    weights = load_tensors(run / "model.safetensors")
+    weights["head.bias"] = weights["head.bias"].clone()
+    weights["head.bias"][[0, 3]] = torch.tensor([float("nan"), float("inf")])
+    save_tensors(run / "model.safetensors", weights)
+    with pytest.raises(RunError, match=r"model.safetensors holds 2 non-finite weight\(s\) \(NaN or inf\): the "
+                                       r"training that made it diverged; .* `lbfood pretrain --lr 0.01 --out NEW`"):
+        runs.load_run(run)

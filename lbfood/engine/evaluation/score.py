@@ -93,6 +93,10 @@ def score_images(cfg: ScoreConfig, on_event: Callable[[Step], None] | None = Non
         probs = torch.softmax(feats.logits, dim=1)
         conf, pred = probs.max(dim=1)
         for (f, _), c, p, v in zip(good, conf.tolist(), pred.tolist(), sc.tolist(), strict=True):
+            if not (math.isfinite(v) and math.isfinite(c)):  # no NaN row: it is no verdict (nor valid JSON)
+                rows[f] = Row(f, error=f"the {s.name} score is {v} (not a finite number), so there is no verdict",
+                              method=s.name, threshold=threshold)
+                continue
             rows[f] = Row(f, predicted=classes[p] if p < len(classes) else str(p), confidence=c, score=v,
                           verdict="ID" if v >= threshold else "OOD", method=s.name, threshold=threshold)
         good.clear()
