@@ -24,7 +24,7 @@ import torch
 
 from lbfood.engine import runs
 from lbfood.engine.errors import RunError
-from lbfood.engine.io import atomic_write_bytes, load_tensors, read_metadata, save_tensors
+from lbfood.engine.io import atomic_write_bytes, load_tensors, read_metadata, save_tensors, storage_error
 from lbfood.engine.killpoints import kill_point
 
 STATE, MODEL, LOCK = runs.STATE_FILE, "model.safetensors", ".lock"
@@ -128,8 +128,11 @@ def _repair_metrics(path: Path, epoch: int, metrics: dict[str, Any]) -> None:
 def lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on `run_dir` (created if missing) for the block; a second holder fails at once."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as e:  # a read-only disk, or a file where a folder of the path should be
+        raise storage_error(run_dir / LOCK, e) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

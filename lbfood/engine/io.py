@@ -36,6 +36,9 @@ def storage_error(path: str | os.PathLike, e: OSError, verb: str = "write") -> S
         reason, todo = "permission denied", f"make {folder} writable, or choose another folder"
     elif e.errno == errno.EROFS:
         reason, todo = "read-only file system", "choose a folder on a writable disk"
+    elif e.errno == errno.ENOTDIR:  # `--out notes.txt/run`
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), folder)
+        reason, todo = f"{blocker} is a file, not a folder", "pass another path"
     elif e.errno in _FULL:
         reason, todo = "no space left on the device (or over quota)", "free some space and run it again"
     else:

@@ -167,7 +167,7 @@ def resume_target(out: str | os.PathLike | None) -> Path:
     if out:
         p = Path(out)
         if not (p / "run.json").is_file():
-            raise RunError(f"--resume: {p} is not a run folder (no run.json); pass the run to resume with --out")
+            raise RunError(not_resumable_message(p))
     else:
         found = sorted(p for p in RUNS_DIR.glob("*") if (p / "run.json").is_file() and not p.is_symlink())
         if not found:
@@ -176,6 +176,21 @@ def resume_target(out: str | os.PathLike | None) -> Path:
     if not (p / STATE_FILE).is_file():
         raise RunError(no_epoch_message(p))
     return p
+
+
+def not_resumable_message(p: Path) -> str:
+    """Why `--resume --out p` finds no run.json, and what works instead."""
+    if under_a_file(p) or (p.exists() and not p.is_dir()):
+        return f"--resume: {p} is not a folder; pass the run folder to resume with --out"
+    if startable(p):  # missing, empty, or only a lock: killed before its first write
+        return (f"--resume: {p} holds no run (it was stopped before writing anything), so there is nothing to "
+                f"resume: run the same command without --resume, with --out {p}")
+    return f"--resume: {p} is not a run folder (no run.json); pass the run to resume with --out"
+
+
+def under_a_file(p: Path) -> bool:
+    """A file stands where one of `p`'s folders should be (`--out notes.txt/run`): nothing can be made there."""
+    return any(q.exists() and not q.is_dir() for q in p.parents)
 
 
 def no_epoch_message(run_dir: Path) -> str:
@@ -221,6 +236,9 @@ def output_dir(out: str | os.PathLike | None, *, resume: bool, data: str, arch: 
         return resume_target(out)
     if out:
         p = Path(out)
+        if under_a_file(p):
+            raise RunError(f"--out {p}: {next(q for q in p.parents if q.exists())} is a file, not a folder; "
+                           "pick a folder path")
         if not startable(p):
             raise RunError(not_startable_message(p))
         return p

@@ -163,3 +163,46 @@ def test_non_finite_weights_are_refused_where_a_run_is_loaded(tmp_path, make_run
     with pytest.raises(RunError, match=r"model.safetensors holds 2 non-finite weight\(s\) \(NaN or inf\): the "
                                        r"training that made it diverged; .* `lbfood pretrain --lr 0.01 --out NEW`"):
         runs.load_run(run)
+
+
+def test_out_under_a_file_is_one_line_before_anything_is_made(tmp_path, small_backdrops, monkeypatch):
+    """Was: NotADirectoryError from the run lock."""
+    from cli_checks import one_error_line
+    from typer.testing import CliRunner
+
+    from lbfood.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunError, match="--out notes.txt/run: notes.txt is a file, not a folder; pick a folder path"):
+        runs.output_dir("notes.txt/run", resume=False, data="d", arch="a")
+    r = CliRunner().invoke(app, ["pretrain", "--width", "0.125", "--epochs", "1", "--batch-size", "8", "--limit", "16",
+                                 "--device", "cpu", "-q", "--out", "notes.txt/run"])
+    one_error_line(r, "--out notes.txt/run: notes.txt is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
+    from lbfood.engine import checkpoint
+    from lbfood.engine.errors import StorageError
+
+    with pytest.raises(StorageError, match="notes.txt/run/.lock: .*notes.txt is a file, not a folder; pass another path"):
+        with checkpoint.lock(tmp_path / "notes.txt" / "run"):
+            pass
+
+
+def test_resume_of_a_run_that_wrote_nothing_says_to_start_it(tmp_path, monkeypatch):
+    """Killed before its folder (or its run.json) existed: the advice is the command that works."""
+    monkeypatch.chdir(tmp_path)
+    for made in ("never", "lock-only"):
+        if made == "lock-only":
+            (tmp_path / made).mkdir()
+            (tmp_path / made / ".lock").write_bytes(b"")
+        with pytest.raises(RunError, match=f"--resume: {made} holds no run \\(it was stopped before writing anything\\)"
+                                           f", so there is nothing to resume: run the same command without --resume, "
+                                           f"with --out {made}"):
+            runs.output_dir(made, resume=True, data="d", arch="a")
+        assert runs.output_dir(made, resume=False, data="d", arch="a") == tmp_path.joinpath(made).relative_to(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(RunError, match="--resume: mine is not a run folder \\(no run.json\\)"):
+        runs.output_dir("mine", resume=True, data="d", arch="a")
+    with pytest.raises(RunError, match="--resume: mine/notes.txt is not a folder"):
+        runs.output_dir("mine/notes.txt", resume=True, data="d", arch="a")
