@@ -27,7 +27,7 @@ from lbfood.engine.errors import RunError
 from lbfood.engine.io import atomic_write_bytes, load_tensors, read_metadata, save_tensors, storage_error
 from lbfood.engine.killpoints import kill_point
 
-STATE, MODEL, LOCK = runs.STATE_FILE, "model.safetensors", ".lock"
+STATE, MODEL, LOCK = runs.STATE_FILE, "model.safetensors", runs.LOCK_FILE
 _W = "model."  # key prefix of the weights inside the train state
 
 

@@ -1,4 +1,4 @@
-"""run.json's nested entries as types, and the check that a loaded value has them (only runs.py uses it).
+"""run.json's nested entries as types, and `fields_of`: RunMeta's fields checked on load (only runs.py uses it).
 
 `RunMeta`'s own annotations (runs.py) name these types, so the one description of run.json is its
 dataclass: `first_mismatch` walks a field's type hint and returns where the JSON value differs from it,
@@ -7,11 +7,15 @@ plain typing constructs (str, int, `Finite`, lists, dicts, unions, Literal, Type
 must be one line naming the key path (`threshold.value`), which is ten lines here.
 """
 
+import dataclasses
 import math
 import reprlib
 import types
 import typing
 from typing import Annotated, Any, Literal, NotRequired, Required, TypedDict, Union
+
+from lbfood.engine import models
+from lbfood.engine.errors import ConfigError, RunError
 
 FINITE = "finite"
 Finite = Annotated[float, FINITE]  # a number that is not NaN or ±inf (a threshold, a width, a mean)
@@ -155,3 +159,53 @@ def config_mismatch(kind: str, config: dict[str, Any]) -> tuple[str, str] | None
     hints = typing.get_type_hints(FinetuneConfig if kind == "finetune" else TrainConfig)
     return next((m for k, v in config.items() if k in hints
                  and (m := first_mismatch(v, hints[k], f"config.{k}"))), None)
+
+
+def fields_of(cls: type, d: dict[str, Any], where: Any) -> dict[str, Any]:
+    """The dataclass `cls`'s (RunMeta's) fields from run.json's object `d`, each checked against its type
+    hint (nested entries too) and range; any problem raises RunError naming the file and the key path."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"run_dir"}
+    kw = {k: v for k, v in d.items() if k in names}
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name in names and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and f.name not in kw]
+    if missing:
+        raise RunError(f"{where} lacks {', '.join(missing)}; the run is incomplete or from another tool: "
+                       "re-run the training that made it")
+
+    def bad(key: str, want: str = "", problem: str = "") -> RunError:
+        problem = problem or f"must be {want}, got {short(kw[key])}"
+        todo = ("remove it from run.json and `lbfood score` calibrates it again"
+                if key.split(".")[0] in ("threshold", "thresholds") else "re-run the training that made it")
+        return RunError(f"{where}: {key} {problem}; the file was edited or damaged: {todo}")
+
+    def number(x: Any) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not (number(kw["width"]) and kw["width"] > 0):
+        raise bad("width", "a finite number > 0")
+    if not (isinstance(kw["input_size"], int) and not isinstance(kw["input_size"], bool) and kw["input_size"] > 0):
+        raise bad("input_size", "a positive integer")
+    if not (isinstance(kw["classes"], list) and kw["classes"] and all(isinstance(c, str) for c in kw["classes"])):
+        raise bad("classes", "a non-empty list of class names")
+    for key in ("mean", "std"):
+        v = kw[key]
+        if not (isinstance(v, list) and len(v) == 3 and all(number(x) for x in v)) or \
+                (key == "std" and min(v) <= 0):
+            raise bad(key, "three finite numbers (RGB)" + (" > 0" if key == "std" else ""))
+    if not isinstance(kw["config"], dict):
+        raise bad("config", "a JSON object")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for key, value in kw.items():
+        if found := first_mismatch(value, hints[key], key):
+            raise bad(found[0], problem=found[1])
+    if kw.get("epochs_done", 0) < 0:
+        raise bad("epochs_done", "a whole number >= 0")
+    if found := config_mismatch(kw["kind"], kw["config"]):
+        raise bad(found[0], problem=found[1])
+    try:  # a model lbfood would refuse to build, or an input size it would refuse to resize to
+        models.check(kw["arch"], kw["width"])
+        models.check_input_size(kw["input_size"])
+    except ConfigError as e:
+        raise RunError(f"{where}: {e}; the file was edited or damaged: re-run the training that made it") from None
+    return kw

@@ -15,11 +15,10 @@ Loading never unpickles, and a run.json is validated (keys and types) before any
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
-import math
 import os
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,12 @@ import torch
 from lbfood import RUN_FORMAT, __version__
 from lbfood.engine import models
 from lbfood.engine import run_schema as schema
-from lbfood.engine.errors import ConfigError, RunError
+from lbfood.engine.errors import RunError
 from lbfood.engine.io import atomic_write_json, load_tensors, save_tensors
 
 RUNS_DIR = Path("runs")
 STATE_FILE = "train_state.safetensors"
+LOCK_FILE = ".lock"  # held (flock) by the command writing the run: checkpoint.lock
 SCHEMA = RUN_FORMAT  # the schema version of run.json ("format"); another version is refused on load
 
 
@@ -86,51 +86,7 @@ class RunMeta:
             raise RunError(f"{where} was written by lbfood {d.get('lbfood', '?')} (run format {d['format']}); "
                            f"this lbfood {__version__} reads format {SCHEMA}: re-run it with this version or "
                            "use the version that wrote it")
-        names = {f.name for f in dataclasses.fields(cls)} - {"run_dir"}
-        kw = {k: v for k, v in d.items() if k in names}
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if f.name in names and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING and f.name not in kw]
-        if missing:
-            raise RunError(f"{where} lacks {', '.join(missing)}; the run is incomplete or from another tool: "
-                           "re-run the training that made it")
-
-        def bad(key: str, want: str = "", problem: str = "") -> RunError:
-            problem = problem or f"must be {want}, got {schema.short(kw[key])}"
-            todo = ("remove it from run.json and `lbfood score` calibrates it again"
-                    if key.split(".")[0] in ("threshold", "thresholds") else "re-run the training that made it")
-            return RunError(f"{where}: {key} {problem}; the file was edited or damaged: {todo}")
-
-        def number(x: Any) -> bool:
-            return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-        if not (number(kw["width"]) and kw["width"] > 0):
-            raise bad("width", "a finite number > 0")
-        if not (isinstance(kw["input_size"], int) and not isinstance(kw["input_size"], bool) and kw["input_size"] > 0):
-            raise bad("input_size", "a positive integer")
-        if not (isinstance(kw["classes"], list) and kw["classes"] and all(isinstance(c, str) for c in kw["classes"])):
-            raise bad("classes", "a non-empty list of class names")
-        for key in ("mean", "std"):
-            v = kw[key]
-            if not (isinstance(v, list) and len(v) == 3 and all(number(x) for x in v)) or \
-                    (key == "std" and min(v) <= 0):
-                raise bad(key, "three finite numbers (RGB)" + (" > 0" if key == "std" else ""))
-        if not isinstance(kw["config"], dict):
-            raise bad("config", "a JSON object")
-        hints = typing.get_type_hints(cls, include_extras=True)
-        for key, value in kw.items():
-            if found := schema.first_mismatch(value, hints[key], key):
-                raise bad(found[0], problem=found[1])
-        if kw.get("epochs_done", 0) < 0:
-            raise bad("epochs_done", "a whole number >= 0")
-        if found := schema.config_mismatch(kw["kind"], kw["config"]):
-            raise bad(found[0], problem=found[1])
-        try:  # a model lbfood would refuse to build, or an input size it would refuse to resize to
-            models.check(kw["arch"], kw["width"])
-            models.check_input_size(kw["input_size"])
-        except ConfigError as e:
-            raise RunError(f"{where}: {e}; the file was edited or damaged: re-run the training that made it") from None
-        return cls(**kw)
+        return cls(**schema.fields_of(cls, d, where))
 
     def replace(self, **changes: Any) -> RunMeta:
         return dataclasses.replace(self, **changes)
@@ -251,13 +207,34 @@ def not_startable_message(p: Path) -> str:
     return f"--out {p} already exists and is not empty; pick a new folder"
 
 
-def unfinished(meta: RunMeta) -> str | None:
-    """A note for evaluating a run that is not done (killed, stopped or still training), else None."""
+def being_written(run_dir: Path) -> bool:
+    """Does a command hold the run's lock now (training it)? Tested with a shared lock, released at once;
+    nothing is created."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False  # no lock file: nobody ever wrote it, or it was removed
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the shared lock, if it was taken
+
+
+def unfinished(meta: RunMeta, uses: str = "these numbers are") -> str | None:
+    """A note for using a run that is not done (killed, stopped or still training), else None. `uses`
+    says what comes from its last saved epoch ("fine-tuning starts from")."""
     if meta.status == "done":
         return None
     total = meta.config.get("epochs", "?")
-    return (f"run {meta.run_dir} is unfinished (status {meta.status}, {meta.epochs_done} of {total} epochs): these "
-            f"numbers are its epoch-{meta.epochs_done} weights; finish it with `lbfood {meta.kind} --resume "
+    if meta.status == "running" and being_written(meta.run_dir):  # --resume would be refused by the lock
+        return (f"run {meta.run_dir} is still being trained by another lbfood command ({meta.epochs_done} of "
+                f"{total} epochs so far): {uses} its epoch-{meta.epochs_done} weights; run this again once "
+                "it is done for the final ones")
+    return (f"run {meta.run_dir} is unfinished (status {meta.status}, {meta.epochs_done} of {total} epochs): "
+            f"{uses} its epoch-{meta.epochs_done} weights; finish it with `lbfood {meta.kind} --resume "
             f"--out {meta.run_dir}`")
 
 

@@ -321,3 +321,19 @@ def test_score_json_never_writes_nan(run, tmp_path):
     (row,) = [json.loads(ln, parse_constant=lambda c: pytest.fail(f"bare {c} in --json")) for ln in r.stdout.splitlines()]
     assert row["score"] is None and row["verdict"] is None
     assert row["error"].startswith("the energy score is ") and "(not a finite number), so there is no verdict" in row["error"]
+
+
+def test_score_on_a_run_being_trained_does_not_advise_resume(run, tmp_path):
+    """Was: "finish it with --resume", which the training's lock refuses."""
+    from lbfood.engine import checkpoint
+
+    runs.update(run, status="running", config={**runs.read(run).config, "epochs": 4})
+    img = tmp_path / "a.png"
+    fakedata.write_png(img, fakedata.pattern(0, 32, 32))
+    with checkpoint.lock(run):  # a `pretrain` still training it
+        r = invoke("score", img, "--model", run, "--method", "energy", "--threshold", "0", "--json", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    note = "".join(r.stderr.split())
+    assert "".join(f"run {run} is still being trained by another lbfood command (1 of 4 epochs so far): these numbers "
+                   "are its epoch-1 weights; run this again once it is done for the final ones".split()) in note
+    assert "--resume" not in r.stderr

@@ -206,3 +206,22 @@ def test_resume_of_a_run_that_wrote_nothing_says_to_start_it(tmp_path, monkeypat
         runs.output_dir("mine", resume=True, data="d", arch="a")
     with pytest.raises(RunError, match="--resume: mine/notes.txt is not a folder"):
         runs.output_dir("mine/notes.txt", resume=True, data="d", arch="a")
+
+
+def test_a_run_being_trained_is_told_from_a_killed_one(tmp_path, make_run):
+    """`--resume` is the advice only when it would work: while another command holds the run's lock, it
+    would be refused, so the note says the run is still being trained."""
+    from lbfood.engine import checkpoint
+
+    run = make_run(tmp_path)
+    meta = runs.update(run, status="running", config={**runs.read(run).config, "epochs": 4})
+    assert not runs.being_written(run) and not (run / runs.LOCK_FILE).exists()  # asking creates nothing
+    killed = runs.unfinished(meta)
+    assert killed == (f"run {run} is unfinished (status running, 1 of 4 epochs): these numbers are its epoch-1 "
+                      f"weights; finish it with `lbfood pretrain --resume --out {run}`")
+    with checkpoint.lock(run):
+        assert runs.being_written(run)
+        assert runs.unfinished(meta, uses="fine-tuning starts from") == (
+            f"run {run} is still being trained by another lbfood command (1 of 4 epochs so far): fine-tuning starts "
+            "from its epoch-1 weights; run this again once it is done for the final ones")
+    assert not runs.being_written(run)
