@@ -21,6 +21,7 @@ import torch
 from lbfood.engine.errors import StorageError
 
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+FULL_DISK = "no space left on the device (or over quota)"  # a StorageError's `reason` for those
 # The errors that come from the user's folders and disks, not from lbfood.
 STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, *_FULL)
 
@@ -40,7 +41,7 @@ def storage_error(path: str | os.PathLike, e: OSError, verb: str = "write") -> S
         blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), folder)
         reason, todo = f"{blocker} is a file, not a folder", "pass another path"
     elif e.errno in _FULL:
-        reason, todo = "no space left on the device (or over quota)", "free some space and run it again"
+        reason, todo = FULL_DISK, "free some space and run it again"
     else:
         reason, todo = e.strerror or str(e), f"check {folder} and run it again"
     return StorageError(f"cannot {verb} {path}: {reason}; {todo}", path=str(path), reason=reason)

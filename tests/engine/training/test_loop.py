@@ -108,3 +108,32 @@ def test_finetune_from_an_unfinished_parent_says_so(tmp_path, make_run, small_ba
                                         workers=0, out=str(tmp_path / "ft")))
     assert not any("parent run" in n.message for n in s.notes)
     assert not (tmp_path / "ft").exists()  # preparing writes nothing
+
+
+def test_full_disk_after_an_epoch_advises_resume_and_resume_finishes(tmp_path, monkeypatch):
+    """Was: "free some space and run it again", and the same command again says "continue with --resume".
+    The disk fills while the second epoch is committed: the advice is --resume, which finishes the run."""
+    import errno
+    import os
+
+    from lbfood.engine.errors import StorageError
+
+    real_fsync, commits = os.fsync, []
+
+    def fsync(fd):
+        if "train_state" in os.readlink(f"/proc/self/fd/{fd}"):
+            commits.append(fd)
+            if len(commits) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    cfg = TrainConfig(**SMALL, epochs=2, out="r")
+    with pytest.raises(StorageError) as e:
+        _run(cfg)
+    assert str(e.value) == ("cannot write r/train_state.safetensors: no space left on the device (or over quota); "
+                            "free some space, then continue the run with `lbfood pretrain --resume --out r`")
+    assert runs.read("r").epochs_done == 1 and not list(tmp_path.joinpath("r").glob(".*.tmp"))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    s, events = _run(cfg, resume=True)
+    assert isinstance(events[-1], Finished) and runs.read("r").status == "done" and runs.read("r").epochs_done == 2
