@@ -132,7 +132,7 @@ def lock(run_dir: Path) -> Iterator[None]:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
     except OSError as e:  # a read-only disk, or a file where a folder of the path should be
-        raise storage_error(run_dir / LOCK, e) from None
+        raise storage_error(run_dir, e, verb="use") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -183,7 +183,7 @@ def test_out_under_a_file_is_one_line_before_anything_is_made(tmp_path, small_ba
     from lbfood.engine import checkpoint
     from lbfood.engine.errors import StorageError
 
-    with pytest.raises(StorageError, match="notes.txt/run/.lock: .*notes.txt is a file, not a folder; pass another path"):
+    with pytest.raises(StorageError, match="cannot use .*notes.txt/run: .*notes.txt is a file, not a folder; pass another path"):
         with checkpoint.lock(tmp_path / "notes.txt" / "run"):
             pass
 
