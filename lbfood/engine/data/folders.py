@@ -18,6 +18,7 @@ from lbfood.engine.data.base import (
     ImageSet,
     LoadOptions,
     missing,
+    root_problem,
 )
 from lbfood.engine.data.images import image_set, is_image_name, list_images
 from lbfood.engine.data.walk import Key, subfolders, walk_keyed
@@ -32,7 +33,9 @@ def check_split(name: str, split: str, allowed: Sequence[str] = SPLITS) -> None:
 
 
 def not_found(name: str, expected: Path, layout: str, obtain: str, root: Path | None = None) -> DataError:
-    """`missing()`, plus a hint when the data root itself does not exist."""
+    """`missing()`, plus a hint when the data root itself does not exist; the real cause when it is a file."""
+    if root is not None and (problem := root_problem(root)):
+        return DataError(f"{name}: {problem}")
     err = missing(name, expected, layout, obtain)
     if root is not None and not Path(root).is_dir():
         err = DataError(f"{err} (the data root {root} does not exist: set $LBFOOD_DATA or pass the data root)")

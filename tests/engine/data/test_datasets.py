@@ -470,3 +470,20 @@ def test_imagefolder_val_split_too_small(tmp_path):
     fd.write_image_folder(tmp_path / "one", ["a", "b"], 1)
     with pytest.raises(DataError, match="test split .* empty"):
         load(f"imagefolder:{tmp_path / 'one'}", tmp_path, "test", val_split=0.2)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "mnist", "svhn", "textures", "imagenet100"])
+@pytest.mark.parametrize("download", [False, True])
+def test_a_data_root_that_is_a_file_is_named_as_the_cause(tmp_path, monkeypatch, name, download):
+    """Was: "the data root … does not exist" (it does: as a file), or a FileExistsError from torchvision."""
+    (tmp_path / "datafile").write_text("not a folder")
+    monkeypatch.setenv("LBFOOD_DATA", str(tmp_path / "datafile"))
+    opts = LoadOptions(root=data.default_root(), download=download, image_size=32)
+    with pytest.raises(DataError) as e:
+        data.get(name).load(opts, "test")
+    assert str(e.value) == (f"{name}: the data root {tmp_path / 'datafile'} ($LBFOOD_DATA) is a file, not a folder: "
+                            "point $LBFOOD_DATA or --data-root at the folder that holds your datasets "
+                            "(e.g. --data-root ./data)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["datafile"]
+    with pytest.raises(DataError, match=f"the data root {tmp_path / 'datafile' / 'sub'} is under the file "):
+        data.get(name).load(LoadOptions(root=tmp_path / "datafile" / "sub", image_size=32), "test")
