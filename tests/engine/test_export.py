@@ -221,3 +221,16 @@ def test_deploy_example_classifies_a_folder(run, tmp_path, capsys):
     assert [ln[1] for ln in lines] == [backdrops.CLASSES[k] for k in logits.argmax(1)]
     assert [float(ln[2]) for ln in lines] == pytest.approx(score.tolist(), abs=1e-4)
     assert [ln[3] for ln in lines] == ["ID" if v else "OOD" for v in is_id]
+
+
+def test_knn_bank_over_the_limit_is_refused_before_the_fit_is_stored(run, tmp_path):
+    """Was: refused only after `scorers/knn*` was written into the run. The training features extracted for
+    the fit stay in the run's cache/ (any scorer reuses them); no fitted KNN is kept."""
+    one_error_line(runner.invoke(app, ["export", "--method", "knn", "--param", "k=5", "--max-bank-mb", "0.005",
+                                        "--device", "cpu"]), "feature bank is 0.00977 MiB (40 × 64 float32)")
+    assert not list(run.rglob("*knn*")) and not (run / "scorers").exists()
+    assert "threshold" not in runs.read(run).to_dict() and not runs.read(run).thresholds
+    r = runner.invoke(app, ["export", "--method", "knn", "--param", "k=5", "--max-bank-mb", "0.01", "--out", "k.onnx",
+                            "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert len(list((run / "scorers").glob("knn*"))) == 1

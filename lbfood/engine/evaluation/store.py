@@ -223,8 +223,10 @@ class RunEval:
 
     # -- scorers
 
-    def scorer(self, name: str, params: dict[str, Any] | None = None) -> Scorer:
-        """Scorer `name`, with its statistics loaded from `<run>/scorers/` or fitted now and stored."""
+    def scorer(self, name: str, params: dict[str, Any] | None = None,
+               vet: Callable[[Scorer], None] | None = None) -> Scorer:
+        """Scorer `name`, with its statistics loaded from `<run>/scorers/` or fitted now and stored. `vet`
+        sees a new fit before it is stored and may refuse it (export's bank limit): nothing is written."""
         s = scorers.get(name, **(params or {}))
         if not s.needs_fit or s.fitted:
             return s
@@ -248,6 +250,8 @@ class RunEval:
         train = self.train_features(jigsaw)
         self._event(f"fitting {s.name} on {len(train)} {self.id_data} training images")
         s.fit(train, self.model.head)
+        if vet is not None:
+            vet(s)
         self.fits += 1
         if self.dist.is_main:
             try:

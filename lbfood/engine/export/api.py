@@ -162,8 +162,9 @@ def build_detector(cfg: ExportConfig, on_event: Callable[[Any], None] | None = N
     model, meta = runs.load_run(cfg.model, rt.device)
     s, threshold = fitted_scorer_and_threshold(
         rt.prepare(model), meta, rt, cfg.method, cfg.params, threshold=cfg.threshold, root=cfg.data_root,
-        batch_size=cfg.batch_size, on_event=on_event)
-    check_bank(s, cfg.max_bank_mb)
+        batch_size=cfg.batch_size, on_event=on_event,
+        vet=lambda fitted: check_bank(fitted, cfg.max_bank_mb))  # before the fit is stored in the run
+    check_bank(s, cfg.max_bank_mb)  # a fit stored earlier (by `score` or `report`)
     model = model.to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()  # what is traced
     det = detector.build(model, s, size=int(meta.input_size), mean=meta.mean, std=meta.std, threshold=threshold,
                          layout=cfg.layout,
