@@ -337,3 +337,32 @@ def test_score_on_a_run_being_trained_does_not_advise_resume(run, tmp_path):
     assert "".join(f"run {run} is still being trained by another lbfood command (1 of 4 epochs so far): these numbers "
                    "are its epoch-1 weights; run this again once it is done for the final ones".split()) in note
     assert "--resume" not in r.stderr
+
+
+def test_report_counts_undecodable_files_and_refuses_a_mostly_unread_set(run, tmp_path):
+    """Was: metrics on the 2 readable files of 6, with no note. Now: a note (table footnote and JSON
+    `notes`) counting the skipped files, and a set of which fewer than half could be read is refused
+    unless --allow-skips; the same on a second report that reads the feature cache."""
+    odd = tmp_path / "odd"
+    fakedata.write_flat_folder(odd, n=2)
+    for i in range(4):
+        (odd / f"bad{i}.png").write_bytes(b"not a png")
+    args = ("report", "--ood", "folder:odd", "--method", "energy", *CPU)
+    refusal = ("folder:odd: only 2 of 6 image files could be decoded (fewer than half), so its metrics would "
+               "describe another set; fix or remove the unreadable files, or pass --allow-skips to report on the 2")
+    one_error_line(invoke(*args, "--output", "a.json"), refusal)
+    assert not (tmp_path / "a.json").exists()
+    note = "folder:odd: skipped 4 image file(s) that could not be decoded; its numbers are over 2 of 6"
+    r = invoke(*args, "--allow-skips", "--output", "b.json")
+    assert r.exit_code == 0, r.output
+    assert f"note: {note}" in r.output and json.loads((tmp_path / "b.json").read_text())["notes"] == [note]
+    one_error_line(invoke(*args), refusal)  # the features are cached now: counted all the same
+    (odd / "bad0.png").unlink()
+    (odd / "bad1.png").unlink()
+    fakedata.write_flat_folder(tmp_path / "more", n=2)
+    for i, f in enumerate(sorted((tmp_path / "more").iterdir())):
+        f.rename(odd / f"more{i}.png")
+    r = invoke(*args, "--output", "c.json")  # 4 of 6 read: more than half, reported with the note
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "c.json").read_text())["notes"] == [
+        "folder:odd: skipped 2 image file(s) that could not be decoded; its numbers are over 4 of 6"]

@@ -161,7 +161,7 @@ def report(cfg: ReportConfig, on_event: Callable[[Step], None] | None = None,
         model = rt.prepare(model)
         ev = RunEval(run_dir, model, meta, rt, id_data=id_data, data_root=root, batch_size=cfg.batch_size,
                       workers=cfg.workers, data=data, on_event=on_event, dist=dist, limit=cfg.limit,
-                      download=cfg.download)
+                      download=cfg.download, allow_skips=cfg.allow_skips)
         ev.jigsaw_train = any(p.name == "featurenorm" and p.needs_fit and not p.fitted for p in protos.values())
         try:
             test = ev.features(id_data, "test")
