@@ -234,3 +234,25 @@ def test_knn_bank_over_the_limit_is_refused_before_the_fit_is_stored(run, tmp_pa
                             "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert len(list((run / "scorers").glob("knn*"))) == 1
+
+
+def test_deploy_example_reads_every_image_file_score_reads(run, tmp_path, capsys):
+    """Was: .gif and .tif files, which `lbfood score` reads, were ignored. The extensions come from the
+    detector's metadata, written from the engine's one list (no lbfood needed beside the file)."""
+    from PIL import Image
+
+    from lbfood.engine.data.images import IMAGE_EXTENSIONS
+
+    folder, x = _images(tmp_path)
+    res = export(ExportConfig(model=str(run), method="energy", out=str(tmp_path / "d.onnx"), device="cpu"))
+    assert json.loads(res.metadata["image_extensions"]) == list(IMAGE_EXTENSIONS)
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for i, ext in enumerate(("gif", "tif", "TIFF", "ppm")):
+        Image.fromarray(x[i]).save(pics / f"{i}.{ext}", format={"tif": "tiff", "TIFF": "tiff"}.get(ext, ext))
+    (pics / ".hidden.png").write_bytes(b"not read")
+    assert _deploy().main(res.path, str(pics)) == 0
+    out, err = capsys.readouterr()
+    assert [ln.split("\t")[0] for ln in out.splitlines()] == [str(pics / n) for n in ("0.gif", "1.tif", "2.TIFF", "3.ppm")]
+    rows = evaluate.score_images(ScoreConfig(paths=(str(pics),), model=str(run), method="energy", device="cpu"))
+    assert [r.file for r in rows] == [ln.split("\t")[0] for ln in out.splitlines()] and err == ""

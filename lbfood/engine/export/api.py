@@ -121,6 +121,8 @@ def check_bank(s: Any, max_mb: float) -> None:
 
 def metadata(meta: RunMeta, s: Any, threshold: float, source: str, layout: str) -> dict[str, str]:
     """What the file records, as strings: classes, mean, std and params are JSON, the rest plain text."""
+    from lbfood.engine.data.images import IMAGE_EXTENSIONS
+
     size = int(meta.input_size)
     shape = f"(batch, 3, {size}, {size})" if layout == "NCHW" else f"(batch, {size}, {size}, 3)"
     return {
@@ -142,6 +144,7 @@ def metadata(meta: RunMeta, s: Any, threshold: float, source: str, layout: str) 
         "data": meta.data,
         "run": str(meta.run_dir),
         "parent_run": meta.parent or "",
+        "image_extensions": json.dumps(list(IMAGE_EXTENSIONS)),  # the files `lbfood score` reads in a folder
     }
 
 
