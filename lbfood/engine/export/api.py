@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from lbfood.engine.runs import RunMeta
 
 FORMAT = "lbfood-detector-1"
+# How far an ONNX file's score may be from `lbfood score`'s on the same image: |ONNX - score| <=
+# ABS + REL * |score|. Relative, because a float32 network is a few 1e-6 off in its features and large
+# scores (Mahalanobis' squared distances, ASH's rescaled energy) amplify that in proportion to their size.
+ONNX_AGREEMENT = (1e-4, 4e-6)  # (ABS, REL); tests/engine/test_export.py holds every method to it
 REFUSED = {"odin": "odin perturbs each input along its gradient, which an exported inference graph "
                    "cannot compute; export another method (e.g. react or energy)"}
 
