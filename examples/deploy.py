@@ -37,9 +37,13 @@ def main(model, folder, batch=64):
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map  # classes, threshold, input_size, layout, ...
     size, classes = int(meta["input_size"]), json.loads(meta["classes"])
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))
+    if "image_extensions" not in meta:
+        print(f"{model} predates the image_extensions metadata: export it again with `lbfood export`", file=sys.stderr)
+        return 1
+    exts = tuple(json.loads(meta["image_extensions"]))  # the files `lbfood score` reads: .gif and .tif too
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in exts and not p.name.startswith("."))
     if not files:
-        print(f"no images (.png, .jpg, .jpeg, .bmp, .webp) under {folder!r}", file=sys.stderr)
+        print(f"no images ({', '.join(exts)}) under {folder!r}", file=sys.stderr)
         return 1
     failed = 0
     for i in range(0, len(files), batch):

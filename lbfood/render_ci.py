@@ -42,5 +42,9 @@ def share_line(s: Any) -> str:
 
 
 def ood_share(s: Any) -> None:
+    if s.unread:
+        render.err_console.print(f"[bold red]OOD share not checked:[/] none of the {s.files} file(s) could be read "
+                                 "(see the errors above), so no image was scored", highlight=False, soft_wrap=True)
+        return
     style, head = ("bold red", "OOD share exceeded:") if s.exceeded else ("green", "OOD share:")
     render.err_console.print(f"[{style}]{head}[/] {escape(share_line(s))}", highlight=False, soft_wrap=True)

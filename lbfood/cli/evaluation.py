@@ -57,6 +57,9 @@ def report(
     param: Params = None,
     data_root: DataRoot = None,
     download: Download = False,
+    allow_skips: Annotated[bool, typer.Option("--allow-skips", help=(
+        "Report an OOD set even when fewer than half of its image files could be decoded (refused "
+        "otherwise; skipped files are counted in a note either way)."))] = False,
     limit: EvalLimit = None,
     device: Device = "auto",
     precision: EvalPrecision = "auto",
@@ -77,7 +80,7 @@ def report(
                            data_root=str(data_root) if data_root else None, fpr_convention=fpr_convention,
                            batch_size=batch_size, device=device, precision=precision,
                            params=parse_params(param, methods), workers=workers, gates=tuple(gate or ()),
-                           download=download, limit=limit)
+                           download=download, limit=limit, allow_skips=allow_skips)
         fmt = writers.check_output(output) if output else None  # refused before any work
         if plots is not None:
             from lbfood import plots as pictures

@@ -299,6 +299,7 @@ class ReportConfig(_EvalConfig):
     gates: tuple[str, ...] = ()  # CI gates, e.g. "react.auroc>=90" (evaluation/gates.py), checked on the `model` run
     limit: int | None = None  # use only the first N images of every split (smoke tests, `demo --quick`)
     download: bool = False  # fetch missing torchvision datasets (ID and OOD) into data_root
+    allow_skips: bool = False  # report an OOD set of which fewer than half the image files could be decoded
 
 
 @dataclass(frozen=True)

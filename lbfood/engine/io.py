@@ -24,6 +24,7 @@ import torch
 from lbfood.engine.errors import StorageError
 
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+FULL_DISK = "no space left on the device (or over quota)"  # a StorageError's `reason` for those
 # The errors that come from the user's folders and disks, not from lbfood.
 STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, *_FULL)
 
@@ -39,8 +40,11 @@ def storage_error(path: str | os.PathLike, e: OSError, verb: str = "write") -> S
         reason, todo = "permission denied", f"make {folder} writable, or choose another folder"
     elif e.errno == errno.EROFS:
         reason, todo = "read-only file system", "choose a folder on a writable disk"
+    elif e.errno == errno.ENOTDIR:  # `--out notes.txt/run`
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), folder)
+        reason, todo = f"{blocker} is a file, not a folder", "pass another path"
     elif e.errno in _FULL:
-        reason, todo = "no space left on the device (or over quota)", "free some space and run it again"
+        reason, todo = FULL_DISK, "free some space and run it again"
     else:
         reason, todo = e.strerror or str(e), f"check {folder} and run it again"
     return StorageError(f"cannot {verb} {path}: {reason}; {todo}", path=str(path), reason=reason)
@@ -95,6 +99,21 @@ def file_lock(path: str | os.PathLike, *, busy: str | None = None) -> Iterator[N
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def is_locked(path: str | os.PathLike) -> bool:
+    """Does a live process hold the lock on the file `path` (`file_lock`)? False if there is no such file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False  # no lock file: nobody ever wrote it, or it was removed
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the shared lock, if it was taken
 
 
 def check_target(path: str | os.PathLike) -> None:

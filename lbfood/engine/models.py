@@ -31,11 +31,33 @@ def input_size(name: str) -> int:
     return int(MODELS.entry(name).meta["input_size"])
 
 
+# Limits, so that a typo (`--width 1e9`, `wrn1000000_1`, an edited run.json) is one line, not an
+# allocator error, an hour of building or a 30 GB resize. Each is far beyond what the paper uses.
+MAX_CHANNELS = 8192  # the widest layer: one 3×3 convolution this wide holds 604 M parameters (2.4 GB)
+MAX_DEPTH = 1000  # WideResNet depth: ResNet-1001 is the deepest published; deeper takes minutes to build
+MAX_INPUT_SIZE = 1024  # pixels; the largest architecture takes 224 (one 1024-px batch of 256 is 3 GB)
+
+
 def check(name: str, width: float = 1.0) -> None:
     """Raise ConfigError for an unknown architecture or a bad width, without building anything."""
     if not (isinstance(width, int | float) and math.isfinite(width) and width > 0):
         raise ConfigError(f"--width must be a finite number > 0, got {width}")
     MODELS.load(name)  # unknown names and bad WideResNet depths raise here
+    entry = MODELS.entry(name)
+    if "channels" not in entry.meta:  # another library's backbone (torchvision:/timm:): built as published
+        return
+    base = entry.meta["channels"] * int(entry.args.get("widen", 1))
+    if _ch(base, width) > MAX_CHANNELS:
+        raise ConfigError(f"width {width:g} makes {name}'s widest layer {_ch(base, width):,} channels, over the "
+                          f"{MAX_CHANNELS:,} lbfood builds (one 3×3 convolution that wide holds 604 M parameters): "
+                          f"use a width of at most {MAX_CHANNELS / base:g}")
+
+
+def check_input_size(size: int) -> None:
+    """Raise ConfigError for an input size (pixels) over MAX_INPUT_SIZE: every image is resized to it."""
+    if size > MAX_INPUT_SIZE:
+        raise ConfigError(f"input size {size} px is over the {MAX_INPUT_SIZE} px lbfood resizes images to "
+                          f"(the largest architecture takes 224 px)")
 
 
 def build(name: str, *, num_classes: int, width: float = 1.0) -> FeatureModel:
@@ -293,6 +315,9 @@ def resnet50_imagenet(*, num_classes: int, width: float = 1.0) -> FeatureModel:
 def wide_resnet(*, depth: str, widen: str):
     """The builder of `wrnD_K` (depth D = 6n+4, widening factor K), for the `wrnD_K` registry family."""
     d, k = int(depth), int(widen)
+    if d > MAX_DEPTH:
+        raise ConfigError(f"WideResNet depth {d} is over the {MAX_DEPTH} lbfood builds (the deepest published "
+                          f"ResNets are about this deep); use wrn28_{k} or another depth 6n+4 up to {MAX_DEPTH}")
     if (d - 4) % 6 or d < 10:
         raise ConfigError(f"WideResNet depth must be 6n+4 (10, 16, 22, 28, 40, ...), got {d}")
     if k < 1:

@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 
 from lbfood.engine import checkpoint, runs
-from lbfood.engine.errors import RunError
+from lbfood.engine.errors import RunError, StorageError
 from lbfood.engine.evaluation.auto import calibrate_auto
 from lbfood.engine.evaluation.calibrate import calibrate
 from lbfood.engine.events import Event, Finished, Interrupted, Note, Step
+from lbfood.engine.io import FULL_DISK
 from lbfood.engine.killpoints import kill_point
 from lbfood.engine.runtime import Runtime, make_runtime
 from lbfood.engine.training.loop import fit
@@ -35,6 +36,22 @@ def train(session: Session) -> Iterator[Event]:
     if not session.dist.is_main:
         yield from _train(session)
         return
+    try:
+        yield from _locked(session)
+    except StorageError as e:
+        raise _after_full_disk(session, e) from None
+
+
+def _after_full_disk(session: Session, e: StorageError) -> StorageError:
+    """A full disk once an epoch is committed: the rerun must be `--resume` (the same command again is
+    refused, its folder holding finished epochs), so that is the advice. Other failures keep theirs."""
+    if e.reason != FULL_DISK or not (session.run_dir / checkpoint.STATE).is_file():
+        return e
+    return StorageError(f"cannot write {e.path}: {e.reason}; free some space, then continue the run with "
+                        f"`lbfood {session.kind} --resume --out {session.run_dir}`", path=e.path, reason=e.reason)
+
+
+def _locked(session: Session) -> Iterator[Event]:
     with checkpoint.lock(session.run_dir):
         if not session.resume:
             if not runs.startable(session.run_dir):  # another command finished a run here meanwhile

@@ -11,12 +11,13 @@ from lbfood.engine.registry import Registry
 
 _M = "lbfood.engine.models"
 MODELS = Registry("architecture", ConfigError)
-MODELS.add("resnet18", f"{_M}:resnet18", input_size=32)
-MODELS.add("resnet34", f"{_M}:resnet34", input_size=32)
-MODELS.add("resnet50", f"{_M}:resnet50", input_size=32)
-MODELS.add("wrn28_10", f"{_M}:wrn28_10", input_size=32)
-MODELS.add("resnet50_imagenet", f"{_M}:resnet50_imagenet", input_size=224)
-MODELS.add_family(r"wrn(?P<depth>\d+)_(?P<widen>\d+)", f"{_M}:wide_resnet", "wrnD_K", input_size=32)
+# channels: the widest layer at width 1 (for wrnD_K, per unit of K), so a width is bounded before building
+MODELS.add("resnet18", f"{_M}:resnet18", input_size=32, channels=512)
+MODELS.add("resnet34", f"{_M}:resnet34", input_size=32, channels=512)
+MODELS.add("resnet50", f"{_M}:resnet50", input_size=32, channels=2048)
+MODELS.add("wrn28_10", f"{_M}:wrn28_10", input_size=32, channels=640)
+MODELS.add("resnet50_imagenet", f"{_M}:resnet50_imagenet", input_size=224, channels=2048)
+MODELS.add_family(r"wrn(?P<depth>\d+)_(?P<widen>\d+)", f"{_M}:wide_resnet", "wrnD_K", input_size=32, channels=64)
 # Other libraries' CNNs (engine/backbones.py): `lbfood import` records the weights' own input size.
 MODELS.add_family(r"torchvision:(?P<name>[A-Za-z0-9_]+)", "lbfood.engine.backbones:torchvision_family",
                   "torchvision:NAME", input_size=224)

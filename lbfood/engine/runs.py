@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import torch
 
 from lbfood import RUN_FORMAT, __version__
 from lbfood.engine import io, models
+from lbfood.engine import run_schema as schema
 from lbfood.engine.errors import RunError
 from lbfood.engine.io import atomic_write_json, load_tensors, save_tensors
 
@@ -46,7 +46,7 @@ SCHEMA = RUN_FORMAT  # the schema version of run.json ("format"); another versio
 class RunMeta:
     """What run.json records. `run_dir` is where it was read from (not stored)."""
 
-    kind: str  # pretrain | finetune | imported
+    kind: schema.Kind  # pretrain | finetune | imported
     arch: str
     width: float  # channel multiplier
     classes: list[str]
@@ -56,18 +56,18 @@ class RunMeta:
     data: str
     config: dict[str, Any]  # the resolved TrainConfig / FinetuneConfig
     preset: str | None = None
-    status: str = "running"  # running | interrupted | stopped | trained (not calibrated) | done
+    status: schema.Status = "running"  # running | interrupted | stopped | trained (not calibrated) | done
     created: float = field(default_factory=time.time)
     epochs_done: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float | None = None
-    threshold: dict[str, Any] | None = None  # the default scorer's calibrated γ (paper Eq. 3)
-    thresholds: dict[str, dict[str, Any]] = field(default_factory=dict)  # scorer key -> calibrated γ
+    threshold: schema.Threshold | None = None  # the default scorer's calibrated γ (paper Eq. 3)
+    thresholds: dict[str, schema.Threshold] = field(default_factory=dict)  # scorer key -> calibrated γ
     parent: str | None = None  # finetune: the run it started from
-    probe: dict[str, Any] | None = None  # finetune: the parent's background share and norm quantiles
+    probe: schema.Probe | None = None  # finetune: the parent's background share and norm quantiles
     mu_auto: bool | None = None  # finetune: μ was measured (`--mu auto`)
-    auto: dict[str, Any] | None = None  # --holdout runs: the scorer `--method auto` uses, and its γ
-    validation: dict[str, Any] | None = None  # --holdout runs: every candidate's held-out validation
+    auto: schema.Auto | None = None  # --holdout runs: the scorer `--method auto` uses, and its γ
+    validation: schema.Validation | None = None  # --holdout runs: every candidate's held-out validation
     validation_seconds: float | None = None
     source: dict[str, Any] | None = None  # imported: the library model, its weights file and sha256, --new-head
     run_dir: Path | None = field(default=None, compare=False)
@@ -93,42 +93,7 @@ class RunMeta:
             raise RunError(f"{where} was written by lbfood {d.get('lbfood', '?')} (run format {d['format']}); "
                            f"this lbfood {__version__} reads format {SCHEMA}: re-run it with this version or "
                            "use the version that wrote it")
-        names = {f.name for f in dataclasses.fields(cls)} - {"run_dir"}
-        kw = {k: v for k, v in d.items() if k in names}
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if f.name in names and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING and f.name not in kw]
-        if missing:
-            raise RunError(f"{where} lacks {', '.join(missing)}; the run is incomplete or from another tool: "
-                           "re-run the training that made it")
-
-        def bad(key: str, want: str) -> RunError:
-            return RunError(f"{where}: {key} must be {want}, got {kw[key]!r}; the file was edited or damaged: "
-                            "re-run the training that made it")
-
-        def number(x: Any) -> bool:
-            return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-        for key in ("kind", "arch", "data", "status"):
-            if key in kw and not isinstance(kw[key], str):
-                raise bad(key, "text")
-        if not (number(kw["width"]) and kw["width"] > 0):
-            raise bad("width", "a finite number > 0")
-        if not (isinstance(kw["input_size"], int) and not isinstance(kw["input_size"], bool) and kw["input_size"] > 0):
-            raise bad("input_size", "a positive integer")
-        if not (isinstance(kw["classes"], list) and kw["classes"] and all(isinstance(c, str) for c in kw["classes"])):
-            raise bad("classes", "a non-empty list of class names")
-        for key in ("mean", "std"):
-            v = kw[key]
-            if not (isinstance(v, list) and len(v) == 3 and all(number(x) for x in v)) or \
-                    (key == "std" and min(v) <= 0):
-                raise bad(key, "three finite numbers (RGB)" + (" > 0" if key == "std" else ""))
-        if not isinstance(kw["config"], dict):
-            raise bad("config", "a JSON object")
-        for key in ("metrics", "thresholds") + (("source",) if kw.get("source") is not None else ()):
-            if key in kw and not isinstance(kw[key], dict):
-                raise bad(key, "a JSON object")
-        return cls(**kw)
+        return cls(**schema.fields_of(cls, d, where))
 
     def replace(self, **changes: Any) -> RunMeta:
         return dataclasses.replace(self, **changes)
@@ -188,7 +153,7 @@ def resume_target(out: str | os.PathLike | None) -> Path:
     if out:
         p = Path(out)
         if not is_run(p):
-            raise RunError(f"--resume: {p} is not a run folder (no run.json); pass the run to resume with --out")
+            raise RunError(not_resumable_message(p))
     else:
         found = sorted(p for p in RUNS_DIR.glob("*") if is_run(p) and not p.is_symlink())
         if not found:
@@ -197,6 +162,21 @@ def resume_target(out: str | os.PathLike | None) -> Path:
     if not (p / STATE_FILE).is_file():
         raise RunError(no_epoch_message(p))
     return p
+
+
+def not_resumable_message(p: Path) -> str:
+    """Why `--resume --out p` finds no run.json, and what works instead."""
+    if under_a_file(p) or (p.exists() and not p.is_dir()):
+        return f"--resume: {p} is not a folder; pass the run folder to resume with --out"
+    if startable(p):  # missing, empty, or only a lock: killed before its first write
+        return (f"--resume: {p} holds no run (it was stopped before writing anything), so there is nothing to "
+                f"resume: run the same command without --resume, with --out {p}")
+    return f"--resume: {p} is not a run folder (no run.json); pass the run to resume with --out"
+
+
+def under_a_file(p: Path) -> bool:
+    """A file stands where one of `p`'s folders should be (`--out notes.txt/run`): nothing can be made there."""
+    return any(q.exists() and not q.is_dir() for q in p.parents)
 
 
 def no_epoch_message(run_dir: Path) -> str:
@@ -242,6 +222,9 @@ def output_dir(out: str | os.PathLike | None, *, resume: bool, data: str, arch: 
         return resume_target(out)
     if out:
         p = Path(out)
+        if under_a_file(p):
+            raise RunError(f"--out {p}: {next(q for q in p.parents if q.exists())} is a file, not a folder; "
+                           "pick a folder path")
         if not startable(p):
             raise RunError(not_startable_message(p))
         return p
@@ -254,16 +237,27 @@ def not_startable_message(p: Path) -> str:
     return f"--out {p} already exists and is not empty; pick a new folder"
 
 
-def unfinished(meta: RunMeta) -> str | None:
-    """A note for evaluating a run that is not done (killed, stopped or still training), else None."""
+def being_written(run_dir: Path) -> bool:
+    """Does a command hold the run's lock now (training it)? Tested with a shared lock, released at once;
+    nothing is created."""
+    return io.is_locked(Path(run_dir) / LOCK_FILE)
+
+
+def unfinished(meta: RunMeta, uses: str = "these numbers are") -> str | None:
+    """A note for using a run that is not done (killed, stopped or still training), else None. `uses`
+    says what comes from its last saved epoch ("fine-tuning starts from")."""
     if meta.status == "done":
         return None
     if meta.kind == "imported":
         return (f"run {meta.run_dir} is an import that was not calibrated (status {meta.status}); run the same "
                 "`lbfood import` again with a new --out")
     total = meta.config.get("epochs", "?")
-    return (f"run {meta.run_dir} is unfinished (status {meta.status}, {meta.epochs_done} of {total} epochs): these "
-            f"numbers are its epoch-{meta.epochs_done} weights; finish it with `lbfood {meta.kind} --resume "
+    if meta.status == "running" and being_written(meta.run_dir):  # --resume would be refused by the lock
+        return (f"run {meta.run_dir} is still being trained by another lbfood command ({meta.epochs_done} of "
+                f"{total} epochs so far): {uses} its epoch-{meta.epochs_done} weights; run this again once "
+                "it is done for the final ones")
+    return (f"run {meta.run_dir} is unfinished (status {meta.status}, {meta.epochs_done} of {total} epochs): "
+            f"{uses} its epoch-{meta.epochs_done} weights; finish it with `lbfood {meta.kind} --resume "
             f"--out {meta.run_dir}`")
 
 
@@ -304,6 +298,9 @@ def read(path: str | os.PathLike) -> RunMeta:
         raw = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RunError(f"{meta_path} is corrupt (not JSON); re-run the training that made it") from None
+    except RecursionError:  # `[[[[…` thousands deep: valid JSON perhaps, but no run description
+        raise RunError(f"{meta_path} is corrupt (nested too deep to be a run description); re-run the training "
+                       "that made it") from None
     except OSError as e:
         raise RunError(f"{meta_path} cannot be read ({e.strerror}); check its permissions") from None
     meta = RunMeta.from_dict(raw, meta_path)
@@ -373,4 +370,10 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> tup
     if missing or unexpected:
         raise RunError(f"{weights} does not match run.json ({meta.arch} width {meta.width:g}, "
                        f"{len(meta.classes)} classes); the folder mixes two runs: re-run the training that made it")
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in state.values() if t.is_floating_point())
+    if bad:  # every score would be NaN, every verdict OOD, and a fine-tuning would start from NaN
+        raise RunError(f"{weights} holds {bad} non-finite weight(s) (NaN or inf): the training that made it "
+                       f"diverged; train it again into a new folder with a smaller learning rate, e.g. "
+                       f"`lbfood {meta.kind} --lr {float(meta.config.get('lr') or 0.1) / 10:g} --out NEW` "
+                       "with the options it was trained with")
     return model.to(device).eval(), meta

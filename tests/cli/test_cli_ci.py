@@ -209,3 +209,16 @@ def test_quick_threads_uses_one_thread_unless_the_user_chose(monkeypatch):
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_score_max_ood_share_with_no_readable_image_says_so(run, tmp_path):
+    """Was: "0 of 0 scored image(s) called OOD = 0.00 % <= max", as if the check had passed."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (folder / name).write_bytes(b"not an image")
+    r = invoke("score", folder, "--method", "energy", "--threshold", "0", "--max-ood-share", "0.5", "--device", "cpu")
+    assert r.exit_code == 1, r.output
+    assert lines(r, "OOD share") == ["OOD share not checked: none of the 2 file(s) could be read (see the errors "
+                                     "above), so no image was scored"]
+    assert "within" not in r.output and "<= max" not in r.output

@@ -278,3 +278,91 @@ def fakedata_classes():
     from lbfood.engine.data.backdrops import CLASSES
 
     return CLASSES
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def test_a_run_with_nan_weights_is_refused_by_every_command(run, tmp_path):
+    """Was: `score` printed a NaN score with verdict OOD and exit 0; `finetune --from` it said "try a
+    larger --delta". Now one line naming the cause, and nothing written."""
+    import torch
+
+    from lbfood.engine.io import save_tensors
+
+    weights = load_tensors(run / "model.safetensors")
+    weights["head.weight"] = weights["head.weight"].clone()
+    weights["head.weight"][0, 0] = float("nan")
+    save_tensors(run / "model.safetensors", weights)
+    img = tmp_path / "a.png"
+    fakedata.write_png(img, fakedata.pattern(0, 32, 32))
+    before = _snapshot(tmp_path)
+    for args in (("score", img, "--json"), ("report", "--ood", "backdrops-noise"), ("explain", img, "--out", "pics"),
+                 ("export", "--method", "energy", "--out", "d.onnx"), ("finetune", "--from", run, "--out", "ft")):
+        one_error_line(invoke(*args, "--device", "cpu"), "model.safetensors holds 1 non-finite weight(s) (NaN or inf): "
+                       "the training that made it diverged", "--out NEW")
+    assert _snapshot(tmp_path) == before
+    assert torch.isnan(load_tensors(run / "model.safetensors")["head.weight"]).any()
+
+
+def test_score_json_never_writes_nan(run, tmp_path):
+    """Finite weights whose logits overflow (a head scaled to 1e38): that image gets an error row, and
+    every line is valid JSON (no bare NaN or Infinity)."""
+    from lbfood.engine.io import save_tensors
+
+    weights = load_tensors(run / "model.safetensors")
+    weights["head.weight"] = weights["head.weight"] * 1e38
+    save_tensors(run / "model.safetensors", weights)
+    img = tmp_path / "a.png"
+    fakedata.write_png(img, fakedata.pattern(0, 32, 32))
+    r = invoke("score", img, "--method", "energy", "--threshold", "0", "--json", "--device", "cpu")
+    assert r.exit_code == 1, r.output
+    (row,) = [json.loads(ln, parse_constant=lambda c: pytest.fail(f"bare {c} in --json")) for ln in r.stdout.splitlines()]
+    assert row["score"] is None and row["verdict"] is None
+    assert row["error"].startswith("the energy score is ") and "(not a finite number), so there is no verdict" in row["error"]
+
+
+def test_score_on_a_run_being_trained_does_not_advise_resume(run, tmp_path):
+    """Was: "finish it with --resume", which the training's lock refuses."""
+    from lbfood.engine import checkpoint
+
+    runs.update(run, status="running", config={**runs.read(run).config, "epochs": 4})
+    img = tmp_path / "a.png"
+    fakedata.write_png(img, fakedata.pattern(0, 32, 32))
+    with checkpoint.lock(run):  # a `pretrain` still training it
+        r = invoke("score", img, "--model", run, "--method", "energy", "--threshold", "0", "--json", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    note = "".join(r.stderr.split())
+    assert "".join(f"run {run} is still being trained by another lbfood command (1 of 4 epochs so far): these numbers "
+                   "are its epoch-1 weights; run this again once it is done for the final ones".split()) in note
+    assert "--resume" not in r.stderr
+
+
+def test_report_counts_undecodable_files_and_refuses_a_mostly_unread_set(run, tmp_path):
+    """Was: metrics on the 2 readable files of 6, with no note. Now: a note (table footnote and JSON
+    `notes`) counting the skipped files, and a set of which fewer than half could be read is refused
+    unless --allow-skips; the same on a second report that reads the feature cache."""
+    odd = tmp_path / "odd"
+    fakedata.write_flat_folder(odd, n=2)
+    for i in range(4):
+        (odd / f"bad{i}.png").write_bytes(b"not a png")
+    args = ("report", "--ood", "folder:odd", "--method", "energy", *CPU)
+    refusal = ("folder:odd: only 2 of 6 image files could be decoded (fewer than half), so its metrics would "
+               "describe another set; fix or remove the unreadable files, or pass --allow-skips to report on the 2")
+    one_error_line(invoke(*args, "--output", "a.json"), refusal)
+    assert not (tmp_path / "a.json").exists()
+    note = "folder:odd: skipped 4 image file(s) that could not be decoded; its numbers are over 2 of 6"
+    r = invoke(*args, "--allow-skips", "--output", "b.json")
+    assert r.exit_code == 0, r.output
+    assert f"note: {note}" in r.output and json.loads((tmp_path / "b.json").read_text())["notes"] == [note]
+    one_error_line(invoke(*args), refusal)  # the features are cached now: counted all the same
+    (odd / "bad0.png").unlink()
+    (odd / "bad1.png").unlink()
+    fakedata.write_flat_folder(tmp_path / "more", n=2)
+    for i, f in enumerate(sorted((tmp_path / "more").iterdir())):
+        f.rename(odd / f"more{i}.png")
+    r = invoke(*args, "--output", "c.json")  # 4 of 6 read: more than half, reported with the note
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "c.json").read_text())["notes"] == [
+        "folder:odd: skipped 2 image file(s) that could not be decoded; its numbers are over 4 of 6"]

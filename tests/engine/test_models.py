@@ -82,3 +82,38 @@ def test_resnet50_imagenet_init(tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="not a readable state dict"):
         m.load_torchvision(tmp_path / "bad.pth")
+
+
+@pytest.mark.parametrize("name", [*models.names(), "wrn16_2"])
+def test_declared_widest_layer_is_the_widest_conv(name):
+    """The registry's `channels` (what the width limit is computed from) is the widest layer built."""
+    from lbfood.engine.registries import MODELS
+
+    e = MODELS.entry(name)
+    m = models.build(name, num_classes=3, width=0.125)
+    widest = max(c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d))
+    assert widest == models._ch(e.meta["channels"] * int(e.args.get("widen", 1)), 0.125)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--width", "1e9"), "width 1e+09 makes resnet18's widest layer 512,000,000,000 channels, over the 8,192 lbfood "
+                         "builds (one 3×3 convolution that wide holds 604 M parameters): use a width of at most 16"),
+    (("--width", "17"), "use a width of at most 16"),
+    (("--arch", "wrn28_200"), "wrn28_200's widest layer 12,800 channels"),
+    (("--arch", "wrn1000000_1"), "WideResNet depth 1000000 is over the 1000 lbfood builds"),
+])
+def test_width_and_depth_are_bounded_in_one_line(tmp_path, monkeypatch, args, message):
+    """Refused before any data is read or anything is built or written (was: an allocator error, a hang)."""
+    from cli_checks import one_error_line
+    from typer.testing import CliRunner
+
+    from lbfood.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["pretrain", "--epochs", "1", "--device", "cpu", "--out", "r", *args])
+    one_error_line(r, message)
+    assert list(tmp_path.iterdir()) == []
+    models.check("resnet18", 16)  # the limit itself builds
+    models.check("wrn994_1")
+    with pytest.raises(ConfigError, match="input size 1025 px is over the 1024 px"):
+        models.check_input_size(1025)

@@ -20,9 +20,9 @@ def test_round_trip_and_the_one_writer(tmp_path):
     assert "parent" not in raw and "thresholds" not in raw  # unset optional keys are not written
     back = runs.read(tmp_path)
     assert back == meta and back.run_dir == tmp_path.resolve()
-    updated = runs.update(tmp_path, status="done", thresholds={"energy": {"value": 2.0}})
+    updated = runs.update(tmp_path, status="done", thresholds={"energy": {"method": "energy", "value": 2.0}})
     assert runs.read(tmp_path).status == "done" == updated.status
-    assert runs.read(tmp_path).thresholds == {"energy": {"value": 2.0}}
+    assert runs.read(tmp_path).thresholds == {"energy": {"method": "energy", "value": 2.0}}
 
 
 def test_an_imported_run_records_its_source_and_old_runs_load_without_one(tmp_path):
@@ -96,3 +96,141 @@ def test_point_latest_is_a_relative_link(tmp_path):
     runs.point_latest(run, tmp_path / "runs")
     latest = tmp_path / "runs" / "latest"
     assert latest.is_symlink() and not latest.readlink().is_absolute() and latest.resolve() == run.resolve()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"threshold": {"method": "react", "value": "high"}},
+     "threshold.value must be a finite number, got 'high'; the file was edited or damaged: remove it from "
+     "run.json and `lbfood score` calibrates it again"),
+    ({"threshold": {"method": "react", "value": float("nan")}}, "threshold.value must be a finite number, got nan"),
+    ({"thresholds": {"energy": {"method": "energy", "value": float("inf")}}},
+     "thresholds.energy.value must be a finite number, got inf"),
+    ({"thresholds": {"energy": {"value": 1.0}}}, "thresholds.energy.method is missing"),
+    ({"epochs_done": -5}, "epochs_done must be a whole number >= 0, got -5"),
+    ({"epochs_done": 1.5}, "epochs_done must be a whole number, got 1.5"),
+    ({"kind": "bogus"}, "kind must be one of 'pretrain', 'finetune', 'imported', got 'bogus'"),
+    ({"status": "weird"}, "status must be one of 'running', 'interrupted', 'stopped', 'trained', 'done', got 'weird'"),
+    ({"metrics": {"test_acc": "high"}}, "metrics.test_acc must be a number, got 'high'"),
+    ({"config": {"epochs": "ten"}}, "config.epochs must be a whole number, got 'ten'"),
+    ({"config": {"milestones": [1, "x"]}}, r"config.milestones\[1\] must be a whole number, got 'x'"),
+    ({"kind": "finetune", "config": {"mu": [1]}}, r"config.mu must be a number or text or null, got \[1\]"),
+    ({"probe": {"bg_quantiles": [0.1, None]}}, r"probe.bg_quantiles\[1\] must be a number, got None"),
+    ({"auto": {"method": "knn", "value": 1.0, "candidates": {"knn": {"auroc": "x"}}}},
+     "auto.candidates.knn.auroc must be a number, got 'x'"),
+    ({"validation": {"val_acc": 0.5}}, "validation.methods is missing"),
+    ({"parent": 3}, "parent must be text, got 3"),
+    ({"config": {"epochs": [[[[[[[[1]]]]]]]]}}, r"config.epochs must be a whole number, got \[\[\[...\]\]\]"),
+    ({"input_size": 100000}, "input size 100000 px is over the 1024 px lbfood resizes images to"),
+    ({"width": 1e9}, "width 1e\\+09 makes resnet18's widest layer 512,000,000,000 channels, over the 8,192"),
+    ({"arch": "wrn1000000_1"}, "WideResNet depth 1000000 is over the 1000 lbfood builds"),
+])
+def test_every_field_is_type_checked_on_load_in_one_line(tmp_path, change, message):
+    """Nested entries too (thresholds, auto, validation, probe, the config by its stage's types): one
+    RunError naming the key path, never a ValueError later in `score`."""
+    raw = {"format": runs.SCHEMA, **META, **change}
+    (tmp_path / "run.json").write_text(json.dumps(raw))
+    with pytest.raises(RunError, match=message) as e:
+        runs.read(tmp_path)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+def test_json_nested_too_deep_is_one_line(tmp_path):
+    (tmp_path / "run.json").write_text("[" * 100000)
+    with pytest.raises(RunError, match="is corrupt \\(nested too deep to be a run description\\)"):
+        runs.read(tmp_path)
+
+
+def test_the_entries_lbfood_writes_pass_the_check(tmp_path):
+    """What calibrate, --method auto, validation and finetune's probe write is what the check allows."""
+    entry = {"method": "react", "value": 1.5, "tpr": 0.95, "split": "test", "data": "backdrops",
+             "params": {"percentile": 90}, "limit": None, "features": "lbfood-features-2"}
+    summary = {"fpr95": 0.5, "auroc": 0.75, "aupr_in": 0.7, "aupr_out": 0.6}
+    validation = {"val_acc": 0.5, "num_held_out": 10, "val_ood": {"blur": 10},
+                  "methods": {"msp": {"sets": {"blur": summary}, "average": summary, "threshold": 0.3}}}
+    auto = {"method": "msp", "params": {}, "value": 0.3, "tpr": 0.95, "split": "holdout", "holdout": 0.1,
+            "objective": "auroc", "objective_value": 0.75, "val_acc": 0.5, "val_ood": {"blur": 10},
+            "candidates": {"msp": summary}}
+    meta = RunMeta(**{**META, "kind": "finetune", "config": {"mu": "auto", "milestones": [2, 3], "limit": None}},
+                   status="done", threshold=entry, thresholds={"react": entry}, auto=auto, validation=validation,
+                   probe={"bg_share": 0.5, "bg_quantiles": [1.0, 2.0, 3.0], "fg_quantiles": []}, mu_auto=True)
+    runs.write(tmp_path, meta)
+    assert runs.read(tmp_path) == meta
+
+
+def test_non_finite_weights_are_refused_where_a_run_is_loaded(tmp_path, make_run):
+    """Every command that loads a run (score, report, explain, export, finetune --from) goes through
+    `load_run`: a NaN weight is one line there, never a NaN score or a fine-tuning from NaN."""
+    import torch
+
+    from lbfood.engine.io import load_tensors, save_tensors
+
+    run = make_run(tmp_path)
+    weights = load_tensors(run / "model.safetensors")
+    weights["head.bias"] = weights["head.bias"].clone()
+    weights["head.bias"][[0, 3]] = torch.tensor([float("nan"), float("inf")])
+    save_tensors(run / "model.safetensors", weights)
+    with pytest.raises(RunError, match=r"model.safetensors holds 2 non-finite weight\(s\) \(NaN or inf\): the "
+                                       r"training that made it diverged; .* `lbfood pretrain --lr 0.01 --out NEW`"):
+        runs.load_run(run)
+
+
+def test_out_under_a_file_is_one_line_before_anything_is_made(tmp_path, small_backdrops, monkeypatch):
+    """Was: NotADirectoryError from the run lock."""
+    from cli_checks import one_error_line
+    from typer.testing import CliRunner
+
+    from lbfood.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunError, match="--out notes.txt/run: notes.txt is a file, not a folder; pick a folder path"):
+        runs.output_dir("notes.txt/run", resume=False, data="d", arch="a")
+    r = CliRunner().invoke(app, ["pretrain", "--width", "0.125", "--epochs", "1", "--batch-size", "8", "--limit", "16",
+                                 "--device", "cpu", "-q", "--out", "notes.txt/run"])
+    one_error_line(r, "--out notes.txt/run: notes.txt is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
+    from lbfood.engine import checkpoint
+    from lbfood.engine.errors import StorageError
+
+    with pytest.raises(StorageError, match="cannot use .*notes.txt/run: .*notes.txt is a file, not a folder; pass another path"):
+        with checkpoint.lock(tmp_path / "notes.txt" / "run"):
+            pass
+
+
+def test_resume_of_a_run_that_wrote_nothing_says_to_start_it(tmp_path, monkeypatch):
+    """Killed before its folder (or its run.json) existed: the advice is the command that works."""
+    monkeypatch.chdir(tmp_path)
+    for made in ("never", "lock-only"):
+        if made == "lock-only":
+            (tmp_path / made).mkdir()
+            (tmp_path / made / ".lock").write_bytes(b"")
+        with pytest.raises(RunError, match=f"--resume: {made} holds no run \\(it was stopped before writing anything\\)"
+                                           f", so there is nothing to resume: run the same command without --resume, "
+                                           f"with --out {made}"):
+            runs.output_dir(made, resume=True, data="d", arch="a")
+        assert runs.output_dir(made, resume=False, data="d", arch="a") == tmp_path.joinpath(made).relative_to(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(RunError, match="--resume: mine is not a run folder \\(no run.json\\)"):
+        runs.output_dir("mine", resume=True, data="d", arch="a")
+    with pytest.raises(RunError, match="--resume: mine/notes.txt is not a folder"):
+        runs.output_dir("mine/notes.txt", resume=True, data="d", arch="a")
+
+
+def test_a_run_being_trained_is_told_from_a_killed_one(tmp_path, make_run):
+    """`--resume` is the advice only when it would work: while another command holds the run's lock, it
+    would be refused, so the note says the run is still being trained."""
+    from lbfood.engine import checkpoint
+
+    run = make_run(tmp_path)
+    meta = runs.update(run, status="running", config={**runs.read(run).config, "epochs": 4})
+    assert not runs.being_written(run) and not (run / runs.LOCK_FILE).exists()  # asking creates nothing
+    killed = runs.unfinished(meta)
+    assert killed == (f"run {run} is unfinished (status running, 1 of 4 epochs): these numbers are its epoch-1 "
+                      f"weights; finish it with `lbfood pretrain --resume --out {run}`")
+    with checkpoint.lock(run):
+        assert runs.being_written(run)
+        assert runs.unfinished(meta, uses="fine-tuning starts from") == (
+            f"run {run} is still being trained by another lbfood command (1 of 4 epochs so far): fine-tuning starts "
+            "from its epoch-1 weights; run this again once it is done for the final ones")
+    assert not runs.being_written(run)

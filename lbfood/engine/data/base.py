@@ -109,6 +109,24 @@ def default_root() -> Path:
     return Path(os.environ.get("LBFOOD_DATA", "data"))
 
 
+def root_problem(root: Path) -> str | None:
+    """Why `root` cannot be a data root (a file stands at it or above it), else None."""
+    root = Path(root)
+    blocker = next((p for p in (root, *root.parents) if p.exists()), None)
+    if blocker is None or blocker.is_dir():
+        return None
+    source = " ($LBFOOD_DATA)" if os.environ.get("LBFOOD_DATA") == str(root) else ""
+    where = "a file" if blocker == root else f"under the file {blocker}"
+    return (f"the data root {root}{source} is {where}, not a folder: point $LBFOOD_DATA or --data-root at the "
+            "folder that holds your datasets (e.g. --data-root ./data)")
+
+
+def check_root(name: str, root: Path) -> None:
+    """Before a download into `root`: a file there is the cause to name (torchvision says FileExistsError)."""
+    if problem := root_problem(root):
+        raise DataError(f"{name}: {problem}")
+
+
 def missing(spec_name: str, expected: Path, layout: str, obtain: str) -> DataError:
     return DataError(f"{spec_name}: data not found at {expected} (expected {layout}); {obtain}")
 

@@ -17,6 +17,7 @@ from lbfood.engine.data.base import (
     DatasetSpec,
     ImageSet,
     LoadOptions,
+    check_root,
     tidy_failed_download,
 )
 from lbfood.engine.data.folders import check_split, not_found
@@ -109,6 +110,7 @@ def _cifar_spec(name: str, folder: str, train_files: tuple[str, ...], test_file:
         import torchvision.datasets as tvd
 
         cls = tvd.CIFAR10 if name_ == "cifar10" else tvd.CIFAR100
+        check_root(name_, root)
         try:
             with tidy_failed_download(root):
                 cls(str(root), train=True, download=True)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from lbfood.engine.data import register
-from lbfood.engine.data.base import DatasetSpec, ImageSet, LoadOptions, tidy_failed_download
+from lbfood.engine.data.base import DatasetSpec, ImageSet, LoadOptions, check_root, tidy_failed_download
 from lbfood.engine.data.folders import check_split, not_found
 from lbfood.engine.data.images import resize_in_memory
 from lbfood.engine.errors import DataError
@@ -92,6 +92,7 @@ def _digits_spec(name: str, folder: str, classes: tuple[str, ...], mean: float, 
     def _download(root: Path) -> None:
         import torchvision.datasets as tvd
 
+        check_root(name, root)
         try:
             with tidy_failed_download(root):
                 for train in (True, False):

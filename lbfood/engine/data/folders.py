@@ -18,9 +18,10 @@ from lbfood.engine.data.base import (
     ImageSet,
     LoadOptions,
     missing,
+    root_problem,
 )
 from lbfood.engine.data.images import image_set, is_image_name, list_images
-from lbfood.engine.data.walk import Key, subfolders, walk_keyed
+from lbfood.engine.data.walk import Key, aliased_subfolders, subfolders, walk_keyed
 from lbfood.engine.errors import DataError
 
 SPLITS = ("train", "test")
@@ -32,7 +33,9 @@ def check_split(name: str, split: str, allowed: Sequence[str] = SPLITS) -> None:
 
 
 def not_found(name: str, expected: Path, layout: str, obtain: str, root: Path | None = None) -> DataError:
-    """`missing()`, plus a hint when the data root itself does not exist."""
+    """`missing()`, plus a hint when the data root itself does not exist; the real cause when it is a file."""
+    if root is not None and (problem := root_problem(root)):
+        return DataError(f"{name}: {problem}")
     err = missing(name, expected, layout, obtain)
     if root is not None and not Path(root).is_dir():
         err = DataError(f"{err} (the data root {root} does not exist: set $LBFOOD_DATA or pass the data root)")
@@ -130,8 +133,14 @@ def _folder_family(arg: str) -> DatasetSpec:
 _IF_LAYOUT = "PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg (or val/), or PATH/<class>/*.jpg with --val-split"
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return subfolders(folder)  # a link back up the tree (a cycle) is not a class
+def _class_dirs(folder: Path, name: str) -> list[Path]:
+    """The class folders; a link back up the tree (a cycle) is not a class, a link to another class is
+    refused (it would be silently one class, or the same images under two labels)."""
+    if aliases := aliased_subfolders(folder):
+        link, target = aliases[0]
+        raise DataError(f"{name}: the class folder {link} is a link to the class folder {target}: one folder "
+                        "cannot be two classes; remove the link, or copy the images if it is a class of its own")
+    return subfolders(folder)
 
 
 def _no_classes(folder: Path, name: str) -> DataError:
@@ -154,7 +163,7 @@ def _visible(folder: Path):
 def _scan_keyed(folder: Path, name: str) -> dict[str, dict[Key, Path]]:
     """class name -> {file identity: image file}; no classes, an empty class, or one file in two
     classes (through a link) raises."""
-    dirs = _class_dirs(folder)
+    dirs = _class_dirs(folder, name)
     if not dirs:
         raise _no_classes(folder, name)
     found = {d.name: walk_keyed(d, keep=is_image_name) for d in dirs}
@@ -246,7 +255,7 @@ def _imagefolder_family(arg: str) -> DatasetSpec:
         # A single pool of class folders (PATH/<class>/ or only PATH/train/): split it.
         pool_dir = train_dir or root
         if not 0.0 < opts.val_split < 1.0:
-            if train_dir is None and not _class_dirs(root):
+            if train_dir is None and not _class_dirs(root, name):
                 raise _no_classes(root, name)
             where = (f"{root} has train/ but no test/ or val/" if train_dir is not None
                      else f"{root} has class folders but no train/ and test/")

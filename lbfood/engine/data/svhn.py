@@ -13,6 +13,7 @@ from lbfood.engine.data.base import (
     DatasetSpec,
     ImageSet,
     LoadOptions,
+    check_root,
     tidy_failed_download,
 )
 from lbfood.engine.data.folders import check_split, not_found
@@ -66,6 +67,7 @@ def _load(opts: LoadOptions, split: str = "test") -> ImageSet:
 def _download(root: Path) -> None:
     import torchvision.datasets as tvd
 
+    check_root(NAME, root)
     try:
         with tidy_failed_download(root / "svhn"):
             tvd.SVHN(str(root / "svhn"), split="test", download=True)

@@ -129,20 +129,34 @@ def walk_files(folder: str | os.PathLike, *, recursive: bool = True,
 def subfolders(folder: str | os.PathLike) -> list[Path]:
     """`folder`'s non-hidden subfolders (links followed), sorted by name; each real folder once, and
     never one that is `folder` itself or contains it (a link back up the tree is a cycle, not a child)."""
+    return sorted(_subfolders(folder)[0], key=lambda p: p.name)
+
+
+def aliased_subfolders(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """(link, the subfolder it reaches) for each subfolder of `folder` that `subfolders` leaves out
+    because another entry already is that folder (`train/kitty -> cat`); up-tree links are not listed."""
+    return _subfolders(folder)[1]
+
+
+def _subfolders(folder: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, Path]]]:
     folder = Path(folder)
     try:
         up = {identity(folder), *_above(folder)}
     except OSError:
-        return []
+        return [], []
     # direct subfolders claim their identity before links to them
     dirs = sorted((is_link, path, identity(path, st)) for path, is_link, st in _entries(folder)
                   if stat.S_ISDIR(st.st_mode))
-    out, seen = [], set(up)
+    out, aliases, owner = [], [], {}
     for _, path, key in dirs:
-        if key not in seen:
-            seen.add(key)
-            out.append(path)
-    return sorted(out, key=lambda p: p.name)
+        if key in up:
+            continue
+        if key in owner:
+            aliases.append((path, owner[key]))
+            continue
+        owner[key] = path
+        out.append(path)
+    return out, aliases
 
 
 def _match(parts: Sequence[str], names: Sequence[str]) -> bool:

@@ -82,18 +82,19 @@ def fitted_scorer_and_threshold(model: torch.nn.Module, meta: RunMeta, rt: Runti
                                 params: dict[str, Any] | None = None, *, threshold: float | None = None,
                                 root: str | os.PathLike | None = None, batch_size: int = 64,
                                 on_event: Callable[[Step], None] | None = None,
-                                notes: list[str] | None = None) -> tuple[Scorer, float]:
+                                notes: list[str] | None = None,
+                                vet: Callable[[Scorer], None] | None = None) -> tuple[Scorer, float]:
     """The run's scorer `method`, fitted (or loaded from `<run>/scorers/`), and its threshold γ (paper
     Eq. 3): `threshold` if given, else the run's stored one, else calibrated now on the ID test split
     and stored in run.json. What `score` and `export` both use, so an exported detector decides as
     `lbfood score` does. `notes` receives what the user should know (e.g. a read-only run: a fit or
-    threshold not saved)."""
+    threshold not saved). `vet` may refuse a new fit before it is stored (`RunEval.scorer`)."""
     run_dir = meta.run_dir
     ev = RunEval(run_dir, model, meta, rt, id_data=meta.data, data_root=data_root(meta, root),
                  batch_size=batch_size, workers=0, on_event=on_event,
                  limit=meta.config.get("limit"))  # fitted as calibrate fits it
     try:
-        s = ev.scorer(method, params)
+        s = ev.scorer(method, params, vet=vet)
     except DataError as e:
         raise DataError(f"{method} must be fitted on the run's training data first: {e}") from None
     if threshold is None:

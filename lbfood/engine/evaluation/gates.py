@@ -181,6 +181,12 @@ class OodShare:
     scored: int
     ood: int
     threshold: float
+    files: int = 0  # every file given, readable or not
+
+    @property
+    def unread(self) -> bool:
+        """No file could be read: there is no share to check (a failure, not a pass)."""
+        return self.scored == 0
 
     @property
     def share(self) -> float:
@@ -201,4 +207,4 @@ def ood_share(verdicts: Sequence[str | None], max_share: float) -> OodShare:
     """Count the "OOD" verdicts among the scored images (None = a file that could not be scored)."""
     check_share(max_share)
     scored = [v for v in verdicts if v is not None]
-    return OodShare(len(scored), sum(v == "OOD" for v in scored), max_share)
+    return OodShare(len(scored), sum(v == "OOD" for v in scored), max_share, len(verdicts))

@@ -186,7 +186,7 @@ def measure(plan: _Plan, cfg: ReportConfig, rt, root: Path, on_event, dist: Dist
         model, meta = runs.load_run(run.run_dir, rt.device)
         ev = RunEval(run.run_dir, rt.prepare(model), meta, rt, id_data=plan.id_data, data_root=root,
                      batch_size=cfg.batch_size, workers=cfg.workers, data=data, on_event=on_event, dist=dist,
-                     limit=cfg.limit, download=cfg.download)
+                     limit=cfg.limit, download=cfg.download, allow_skips=cfg.allow_skips)
         try:
             results.append(_measure_run(plan, cfg, ev, num_images))
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -98,6 +99,10 @@ def iter_rows(sc: Scoring, entries: list[tuple[str, str | None]]) -> Iterator[li
             probs = torch.softmax(feats.logits, dim=1)
             conf, pred = probs.max(dim=1)
             for (f, _), c, p, val in zip(good, conf.tolist(), pred.tolist(), v.tolist(), strict=True):
+                if not (math.isfinite(val) and math.isfinite(c)):  # no NaN row: it is no verdict (nor valid JSON)
+                    rows[f] = Row(f, error=f"the {s.name} score is {val} (not a finite number), so there is no "
+                                           "verdict", method=s.name, threshold=threshold)
+                    continue
                 rows[f] = Row(f, predicted=sc.classes[p] if p < len(sc.classes) else str(p), confidence=c, score=val,
                               verdict="ID" if val >= threshold else "OOD", method=s.name, threshold=threshold)
             good.clear()

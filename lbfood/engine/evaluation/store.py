@@ -92,7 +92,8 @@ class RunEval:
     def __init__(self, run_dir: Path, model: torch.nn.Module, meta: RunMeta, rt: Runtime, *,
                  id_data: str, data_root: Path, batch_size: int = 256, workers: int = 4,
                  data: dict | None = None, on_event: Callable[[Step], None] | None = None,
-                 limit: int | None = None, dist: DistInfo | None = None, download: bool = False) -> None:
+                 limit: int | None = None, dist: DistInfo | None = None, download: bool = False,
+                 allow_skips: bool = False) -> None:
         self.run_dir, self.model, self.meta, self.rt = Path(run_dir), model, meta, rt
         self.id_data, self.data_root = id_data, Path(data_root)
         self.batch_size, self.workers = batch_size, max(0, min(workers, os.cpu_count() or 1))
@@ -108,6 +109,7 @@ class RunEval:
         # every rank then computes the same numbers, and only rank 0 writes files.
         self.dist = dist or DistInfo()
         self.notes: list[str] = []
+        self.allow_skips = allow_skips  # report an OOD set of which fewer than half the files could be read
         self.memo: dict[str, Features] = {}
         self.extractions = self.odin_passes = self.fits = 0
         cfg = meta.config
@@ -138,6 +140,7 @@ class RunEval:
             self._event(f"loading {name} ({split})")
             with main_first(self.dist, when=self.opts.download):  # one download, not one per rank
                 images = spec.load(self.opts, split)
+            self._skipped(spec, images.skipped, images.skipped + len(images))  # before --limit narrows it
             if self.limit is not None:
                 images = images.subset(torch.arange(min(self.limit, len(images))))
             holdout = float(self.meta.config.get("holdout") or 0.0)
@@ -145,8 +148,6 @@ class RunEval:
                 images = split_holdout(images, holdout)[0]  # fit on the images the run trained on
             if len(images) == 0:
                 raise DataError(f"{name} {split}: no images to evaluate")
-            if images.skipped:
-                self.notes.append(f"{name}: skipped {images.skipped} image(s) that could not be decoded")
             if name == self.id_data and images.classes and list(images.classes) != list(self.meta.classes):
                 raise ConfigError(f"{name} has classes {_short(images.classes)} but run {self.run_dir.name} "
                                   f"was trained on {_short(self.meta.classes)}; pass the run's --id dataset")
@@ -194,8 +195,24 @@ class RunEval:
                                       jigsaw=jigsaw, dist=self.dist, on_write_error=self.unsaved)
         except _Miss:
             return None
+        if spec.role == "ood" and self.limit is None and not spec.generated and (count := spec.count(self.opts)):
+            self._skipped(spec, count - len(feats), count)  # also on a cache hit, and for file lists
         self.memo[key] = feats
         return feats
+
+    def _skipped(self, spec: DatasetSpec, skipped: int, total: int) -> None:
+        """Note image files of a set that could not be decoded (once); refuse an OOD set of which fewer than
+        half could be read, unless `allow_skips`: its metrics would describe another set."""
+        if skipped <= 0:
+            return
+        read = f"{total - skipped} of {total}"
+        if spec.role == "ood" and 2 * (total - skipped) < total and not self.allow_skips:
+            raise DataError(f"{spec.name}: only {total - skipped} of {total} image files could be decoded (fewer "
+                            "than half), so its metrics would describe another set; fix or remove the unreadable "
+                            f"files, or pass --allow-skips to report on the {total - skipped}")
+        note = f"{spec.name}: skipped {skipped} image file(s) that could not be decoded; its numbers are over {read}"
+        if not any(n.startswith(f"{spec.name}: skipped ") for n in self.notes):
+            self.notes.append(note)
 
     def _shard(self, images: ImageSet) -> ImageSet:
         """This rank's contiguous share of a split (all of it for one process)."""
@@ -215,8 +232,10 @@ class RunEval:
 
     # -- scorers
 
-    def scorer(self, name: str, params: dict[str, Any] | None = None) -> Scorer:
-        """Scorer `name`, with its statistics loaded from `<run>/scorers/` or fitted now and stored."""
+    def scorer(self, name: str, params: dict[str, Any] | None = None,
+               vet: Callable[[Scorer], None] | None = None) -> Scorer:
+        """Scorer `name`, with its statistics loaded from `<run>/scorers/` or fitted now and stored. `vet`
+        sees a new fit before it is stored and may refuse it (export's bank limit): nothing is written."""
         s = scorers.get(name, **(params or {}))
         if not s.needs_fit or s.fitted:
             return s
@@ -239,6 +258,8 @@ class RunEval:
         train = self.train_features()  # with the jigsaw norms FeatureNorm's NormRatio compares against
         self._event(f"fitting {s.name} on {len(train)} {self.id_data} training images")
         s.fit(train, self.model.head)
+        if vet is not None:
+            vet(s)
         self.fits += 1
         if self.dist.is_main:
             try:

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from lbfood.engine.runs import RunMeta
 
 FORMAT = "lbfood-detector-1"
+# How far an ONNX file's score may be from `lbfood score`'s on the same image: |ONNX - score| <=
+# ABS + REL * |score|. Relative, because a float32 network is a few 1e-6 off in its features and large
+# scores (Mahalanobis' squared distances, ASH's rescaled energy) amplify that in proportion to their size.
+ONNX_AGREEMENT = (1e-4, 4e-6)  # (ABS, REL); tests/engine/test_export.py holds every method to it
 REFUSED = {"odin": "odin perturbs each input along its gradient, which an exported inference graph "
                    "cannot compute; export another method (e.g. react or energy)"}
 
@@ -97,6 +101,8 @@ def check_bank(s: Any, max_mb: float) -> None:
 
 def metadata(meta: RunMeta, s: Any, threshold: float, source: str, layout: str) -> dict[str, str]:
     """What the file records, as strings: classes, mean, std and params are JSON, the rest plain text."""
+    from lbfood.engine.data.images import IMAGE_EXTENSIONS
+
     size = int(meta.input_size)
     shape = f"(batch, 3, {size}, {size})" if layout == "NCHW" else f"(batch, {size}, {size}, 3)"
     return {
@@ -118,6 +124,7 @@ def metadata(meta: RunMeta, s: Any, threshold: float, source: str, layout: str) 
         "data": meta.data,
         "run": str(meta.run_dir),
         "parent_run": meta.parent or "",
+        "image_extensions": json.dumps(list(IMAGE_EXTENSIONS)),  # the files `lbfood score` reads in a folder
     }
 
 
@@ -138,8 +145,9 @@ def build_detector(cfg: ExportConfig, on_event: Callable[[Any], None] | None = N
     model, meta = runs.load_run(cfg.model, rt.device)
     s, threshold = fitted_scorer_and_threshold(
         rt.prepare(model), meta, rt, cfg.method, cfg.params, threshold=cfg.threshold, root=cfg.data_root,
-        batch_size=cfg.batch_size, on_event=on_event)
-    check_bank(s, cfg.max_bank_mb)
+        batch_size=cfg.batch_size, on_event=on_event,
+        vet=lambda fitted: check_bank(fitted, cfg.max_bank_mb))  # before the fit is stored in the run
+    check_bank(s, cfg.max_bank_mb)  # a fit stored earlier (by `score` or `report`)
     model = model.to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()  # what is traced
     det = detector.build(model, s, size=int(meta.input_size), mean=meta.mean, std=meta.std, threshold=threshold,
                          layout=cfg.layout,

@@ -125,6 +125,7 @@ def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInf
     parent_model, parent = runs.load_run(cfg.parent)
     if cfg.init and not resume:  # the parent gives architecture, classes and data; --init the weights
         weights.init_model(parent_model, weights.for_init(cfg.init), f"--init {cfg.init}")
+    parent_note = runs.unfinished(parent, uses="fine-tuning starts from")  # killed, stopped or still training
     if not hasattr(parent_model, "forward_features") or not isinstance(parent_model.head, torch.nn.Linear):
         raise RunError(f"{parent.run_dir}: architecture {parent.arch} has no feature map and linear head")
     size = int(parent.input_size)
@@ -166,6 +167,8 @@ def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInf
     fmt = lambda q: "/".join(f"{v:.2f}" for v in q) if q else "n/a"  # noqa: E731
     mu_text = ("μ unused (λ = 0)" if isinstance(cfg.mu, str) else f"μ = {cfg.mu:g}"
                + (f" (auto: the {cfg.mu_quantile:g} quantile of background norms)" if mu_auto else ""))
+    if parent_note:  # a note, not a refusal: an early epoch is a fair start, and the child records its parent
+        notes = [*notes, Note(f"parent {parent_note}", "warning")]
     notes = notes + [Note(
         f"parent at δ = {cfg.delta:g}: {stats['bg_share']:.1%} of {stats['locations']} locations are background; "
         f"‖z_j‖ 10/50/90 %: background {fmt(bgq)}, foreground {fmt(fgq)}; " + mu_text,

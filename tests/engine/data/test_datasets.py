@@ -470,3 +470,46 @@ def test_imagefolder_val_split_too_small(tmp_path):
     fd.write_image_folder(tmp_path / "one", ["a", "b"], 1)
     with pytest.raises(DataError, match="test split .* empty"):
         load(f"imagefolder:{tmp_path / 'one'}", tmp_path, "test", val_split=0.2)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "mnist", "svhn", "textures", "imagenet100"])
+@pytest.mark.parametrize("download", [False, True])
+def test_a_data_root_that_is_a_file_is_named_as_the_cause(tmp_path, monkeypatch, name, download):
+    """Was: "the data root … does not exist" (it does: as a file), or a FileExistsError from torchvision."""
+    (tmp_path / "datafile").write_text("not a folder")
+    monkeypatch.setenv("LBFOOD_DATA", str(tmp_path / "datafile"))
+    opts = LoadOptions(root=data.default_root(), download=download, image_size=32)
+    with pytest.raises(DataError) as e:
+        data.get(name).load(opts, "test")
+    assert str(e.value) == (f"{name}: the data root {tmp_path / 'datafile'} ($LBFOOD_DATA) is a file, not a folder: "
+                            "point $LBFOOD_DATA or --data-root at the folder that holds your datasets "
+                            "(e.g. --data-root ./data)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["datafile"]
+    with pytest.raises(DataError, match=f"the data root {tmp_path / 'datafile' / 'sub'} is under the file "):
+        data.get(name).load(LoadOptions(root=tmp_path / "datafile" / "sub", image_size=32), "test")
+
+
+@pytest.mark.parametrize("layout", ["split", "pool"])
+def test_a_class_folder_linked_to_another_class_is_refused_naming_both(tmp_path, layout):
+    """`train/kitty -> cat` was silently dropped (one class fewer, no word); now refused, as the README says.
+    A link back up the tree is still not a class, and a link to a folder outside is an ordinary class."""
+    import os
+
+    root = tmp_path / "pets"
+    pool = root / "train" if layout == "split" else root
+    for split in (("train", "test") if layout == "split" else (".",)):
+        fd.write_image_folder(root / split, ["cat", "dog"], n_per_class=3)
+    os.symlink("cat", pool / "kitty")
+    opts = dict(image_size=32, val_split=0.0 if layout == "split" else 0.5)
+    with pytest.raises(DataError) as e:
+        load(f"imagefolder:{root}", tmp_path, "train", **opts)
+    assert str(e.value) == (f"imagefolder:{root}: the class folder {pool / 'kitty'} is a link to the class folder "
+                            f"{pool / 'cat'}: one folder cannot be two classes; remove the link, or copy the images "
+                            "if it is a class of its own")
+    (pool / "kitty").unlink()
+    fd.write_image_folder(tmp_path / "elsewhere", ["bird"], n_per_class=3)
+    os.symlink(tmp_path / "elsewhere" / "bird", pool / "bird")
+    os.symlink(".", pool / "loop")
+    if layout == "split":
+        fd.write_image_folder(root / "test", ["bird"], n_per_class=3)
+    assert load(f"imagefolder:{root}", tmp_path, "train", **opts).classes == ("bird", "cat", "dog")

@@ -113,3 +113,9 @@ def test_ood_share_counts_scored_images_only():
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ConfigError, match="--max-ood-share is a fraction from 0 to 1"):
             gates.check_share(bad)
+
+
+def test_ood_share_with_nothing_read_is_unread_not_within():
+    s = gates.ood_share([None, None], 0.5)
+    assert (s.files, s.scored, s.unread, s.exceeded) == (2, 0, True, False)
+    assert not gates.ood_share(["ID", None], 0.5).unread

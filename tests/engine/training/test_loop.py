@@ -88,3 +88,52 @@ def test_lr_schedules():
     assert train.lr_at(cfg, 1, 0, 10) == pytest.approx(0.05)
     cfg = TrainConfig(epochs=4, lr=0.1, warmup_epochs=1)
     assert train.lr_at(cfg, 0, 4, 10) == pytest.approx(0.05)
+
+
+def test_finetune_from_an_unfinished_parent_says_so(tmp_path, make_run, small_backdrops):
+    """A crashed parent (status running) is a note, not a refusal: its last saved epoch is a fair start,
+    and the child records which run it came from. Was: no word at all."""
+    from lbfood.engine.config import FinetuneConfig
+    from lbfood.engine.training.finetune import prepare_finetune
+
+    parent = make_run(tmp_path)
+    runs.update(parent, status="running", config={**runs.read(parent).config, "epochs": 4})
+    s = prepare_finetune(FinetuneConfig(parent=str(parent), epochs=1, batch_size=16, limit=32, mu=1.0, device="cpu",
+                                        workers=0, out=str(tmp_path / "ft")))
+    warnings = [n.message for n in s.notes if n.level == "warning"]
+    assert (f"parent run {parent} is unfinished (status running, 1 of 4 epochs): fine-tuning starts from its "
+            f"epoch-1 weights; finish it with `lbfood pretrain --resume --out {parent}`") in warnings
+    runs.update(parent, status="done")
+    s = prepare_finetune(FinetuneConfig(parent=str(parent), epochs=1, batch_size=16, limit=32, mu=1.0, device="cpu",
+                                        workers=0, out=str(tmp_path / "ft")))
+    assert not any("parent run" in n.message for n in s.notes)
+    assert not (tmp_path / "ft").exists()  # preparing writes nothing
+
+
+def test_full_disk_after_an_epoch_advises_resume_and_resume_finishes(tmp_path, monkeypatch):
+    """Was: "free some space and run it again", and the same command again says "continue with --resume".
+    The disk fills while the second epoch is committed: the advice is --resume, which finishes the run."""
+    import errno
+    import os
+
+    from lbfood.engine.errors import StorageError
+
+    real_fsync, commits = os.fsync, []
+
+    def fsync(fd):
+        if "train_state" in os.readlink(f"/proc/self/fd/{fd}"):
+            commits.append(fd)
+            if len(commits) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    cfg = TrainConfig(**SMALL, epochs=2, out="r")
+    with pytest.raises(StorageError) as e:
+        _run(cfg)
+    assert str(e.value) == ("cannot write r/train_state.safetensors: no space left on the device (or over quota); "
+                            "free some space, then continue the run with `lbfood pretrain --resume --out r`")
+    assert runs.read("r").epochs_done == 1 and not list(tmp_path.joinpath("r").glob(".*.tmp"))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    s, events = _run(cfg, resume=True)
+    assert isinstance(events[-1], Finished) and runs.read("r").status == "done" and runs.read("r").epochs_done == 2
