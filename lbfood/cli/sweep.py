@@ -80,6 +80,7 @@ def sweep(
             trials=trials, methods=split_names([method]), objective=objective, max_acc_drop=max_acc_drop,
             holdout=holdout, val_ood=val_ood, pseudo=split_names([pseudo]), storage=storage, prune=prune,
             ood=tuple(ood or ()), benchmark=benchmark)
+        parallel.check(devices, per_gpu)
         on_event = render_sweep.progress(quiet)
         fresh = not out.exists()
         try:
@@ -92,10 +93,24 @@ def sweep(
             if fresh:  # refused before any trial finished: leave nothing half-made
                 study.discard_unstarted(sc)
             raise
+        except KeyboardInterrupt:
+            raise typer.Exit(_interrupted(out)) from None
         if worker:
             render.console.print(f"worker done: no trial of {out} left to take")
             return
-        doc = results.finalize(sc, on_event)
+        try:
+            doc = results.finalize(sc, on_event)
+        except KeyboardInterrupt:
+            raise typer.Exit(_interrupted(out)) from None
         sweep_files.write(doc, out)
         render_sweep.table(doc)
         render.console.print(f"→ {out}/sweep.json, sweep.md, sensitivity.png; {out}/best is the selected run")
+
+
+def _interrupted(out: Path) -> int:
+    """Ctrl-C: say that the same command continues the sweep (finished trials are kept); exit code 130."""
+    from lbfood import render
+
+    render.error(f"interrupted; run the same command again to continue the sweep in {out} (finished trials are "
+                 "kept, the interrupted one starts over)")
+    return 130

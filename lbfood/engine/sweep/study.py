@@ -33,10 +33,9 @@ from typing import Any
 from lbfood.engine import runs
 from lbfood.engine.errors import ConfigError, LbfoodError, RunError
 from lbfood.engine.killpoints import kill_point
-from lbfood.engine.sweep import space
+from lbfood.engine.sweep import folder, preflight, space
+from lbfood.engine.sweep.folder import STUDY_NAME
 from lbfood.engine.sweep.space import FACTORS, SweepConfig
-
-STUDY_NAME = "lbfood-sweep"
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ class TrialDone:
 
 
 def storage_url(sc: SweepConfig) -> str:
-    return sc.storage or f"sqlite:///{(Path(sc.out) / 'study.db').resolve()}"
+    return sc.storage or folder.default_storage(sc.out)
 
 
 def signature(sc: SweepConfig) -> dict[str, Any]:
@@ -80,12 +79,14 @@ def signature(sc: SweepConfig) -> dict[str, Any]:
 
 
 def open_study(sc: SweepConfig):
-    """Create or load the study; a continued sweep must have been started with the same options."""
+    """Create or load the study; a continued sweep must have been started with the same options (and
+    storage). A new sweep is checked before anything is written (`preflight`), then records its study."""
     import optuna
 
     space.check(sc)
-    check_out(Path(sc.out))
-    Path(sc.out).mkdir(parents=True, exist_ok=True)
+    if folder.check(Path(sc.out), sc.storage):
+        preflight.run(sc)
+    folder.record(Path(sc.out), sc.storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(sc)
     kw: dict[str, Any] = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
@@ -108,19 +109,6 @@ def open_study(sc: SweepConfig):
     return study
 
 
-SWEEP_MARKS = ("study.db", ".lock", "trials", "sweep.json")  # what only a sweep folder holds
-
-
-def check_out(out: Path) -> None:
-    """Refuse an --out that is a file, or a folder holding other things than a sweep (a run, your files)."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; pass a folder for the sweep (a new one, or a sweep's to continue it)")
-    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in SWEEP_MARKS):
-        what = "a run folder" if (out / "run.json").exists() else "not a sweep folder"
-        raise ConfigError(f"--out {out} already holds files and is {what}; pass a new or empty folder, or a "
-                          "sweep's folder to continue it")
-
-
 def discard_unstarted(sc: SweepConfig) -> bool:
     """After a failed first attempt: remove a sweep folder that this command created and in which no trial
     finished (a refused option, missing data), so that nothing half-made is left. True if removed."""
@@ -133,7 +121,7 @@ def discard_unstarted(sc: SweepConfig) -> bool:
             return False
 
     trials = out / "trials"
-    if sc.storage or not out.is_dir() or (trials.is_dir() and any(done(p) for p in trials.iterdir())):
+    if not out.is_dir() or (trials.is_dir() and any(done(p) for p in trials.iterdir())):
         return False
     shutil.rmtree(out, ignore_errors=True)
     return True
