@@ -271,9 +271,15 @@ def run_trial(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) ->
             break
     # The trial is trained: validate it on held-out ID images (no test image) and mark it done. Its
     # test-split threshold is calibrated only when `score` first needs one, after the selection.
-    meta = runs.update(run_dir, status="done", **_validate(sc, session))
+    validation = _validate(sc, session)
+    boot = validation["validation"].pop("bootstrap")  # the trial's, not the run's: kept in the study
+    meta = runs.update(run_dir, status="done", **validation)
     val, auto = meta.validation, meta.auto
     trial.set_user_attr("val_acc", val["val_acc"])
+    trial.set_user_attr("bootstrap", {k: boot[k] for k in ("method", "resamples", "level", "seed", "sizes")})
+    trial.set_user_attr("val_acc_ci", boot["interval"]["val_acc"])
+    trial.set_user_attr("value_ci", boot["interval"]["objective"])
+    trial.set_user_attr("replicates", boot["replicates"])
     control = _control_acc(study) if key != "control" else val["val_acc"]
     # TPE's constraint (<= 0 feasible): at most max_acc_drop points below the control (feasible until it is known)
     trial.set_constraint("accuracy", 0.0 if control is None else control - sc.max_acc_drop / 100 - val["val_acc"])
@@ -307,15 +313,17 @@ def _control_curve(study) -> dict[int, float]:
 
 def _validate(sc: SweepConfig, s) -> dict[str, Any]:
     """A trained trial's validation on held-out ID images against the validation OOD (no test image):
-    run.json's "auto", "validation" and "validation_seconds"."""
+    run.json's "auto", "validation" and "validation_seconds", with the bootstrap of its objective and
+    accuracy over the held-out images in "validation" (seeded by the sweep's seed: every trial the same)."""
     from lbfood.engine.evaluation.auto import calibrate_auto
+    from lbfood.engine.evaluation.bootstrap import RESAMPLES
     from lbfood.engine.runtime import make_runtime
 
     rt = make_runtime(str(s.rt.device), s.cfg.precision, training=False)
     return calibrate_auto(runs.unwrap(s.model).eval(), train=s.train_set, held=s.test_set, mean=s.spec.mean,
                           std=s.spec.std, size=int(s.meta.input_size), rt=rt, batch_size=max(s.cfg.batch_size, 256),
                           seed=s.cfg.seed, holdout=sc.holdout, methods=sc.methods, objective=sc.objective,
-                          val_ood=load_val_ood(sc, s) if sc.val_ood else None, pseudo=sc.pseudo)
+                          val_ood=load_val_ood(sc, s) if sc.val_ood else None, pseudo=sc.pseudo, resamples=RESAMPLES)
 
 
 def load_val_ood(sc: SweepConfig, s) -> dict:
