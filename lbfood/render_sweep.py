@@ -7,7 +7,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from lbfood import render
+from lbfood import render, sweep_files
 
 
 def _pct(v: float | None) -> str:
@@ -45,6 +45,8 @@ def progress(quiet: bool = False):
         elif isinstance(ev, Selected):
             c.print(f"[green]selected[/] trial {ev.number} ({ev.key}) with {ev.method}: validation "
                     f"{_pct(ev.value)}, val acc {_pct(ev.val_acc)} % (floor {_pct(ev.floor)} %); now the test sets")
+            if ev.verdict:
+                c.print(f"  {escape(ev.verdict)}")
         elif isinstance(ev, Testing) and not quiet:
             c.print(f"  testing {ev.key}")
 
@@ -61,7 +63,8 @@ def table(doc: dict[str, Any]) -> None:
     obj = "AUROC" if doc["objective"] == "auroc" else "FPR95"
     t = Table(title=f"sweep: selected trial {sel['number']} ({sel['key']}) with {method}; test columns: {method}, "
                     f"average over {', '.join(doc['test']['ood']) or 'no test set'}")
-    for col in ("#", "trial", "δ", "μ", "λ", "mask", "val acc", f"val {obj}", "test acc", "FPR95↓", "Δ", "AUROC↑", "Δ"):
+    for col in ("#", "trial", "δ", "μ", "λ", "mask", "val acc", f"val {obj}", "Δ val", "test acc", "FPR95↓", "Δ",
+                "AUROC↑", "Δ"):
         t.add_column(col, justify="left" if col in ("trial", "mask") else "right")
     c_fpr, c_auc = test_cell(control, method, "fpr95"), test_cell(control, method, "auroc")
     for r in doc["trials"]:
@@ -71,12 +74,17 @@ def table(doc: dict[str, Any]) -> None:
         style = "bold" if r["role"] == "control" else ("green" if r["number"] == sel["number"] else None)
         t.add_row(str(r["number"]), name, f"{r['delta']:.4g}" if r["delta"] is not None else p["delta"],
                   f"{r['mu']:.4g}" if isinstance(r["mu"], float) else p["mu"], p["lam"], p["mask_from"],
-                  _pct(r["val_acc"]), f"{_pct(r['value'])} ({r['method']})" if r["value"] is not None else "—",
-                  _pct((r.get("test") or {}).get("id_accuracy")), _pct(fpr),
+                  sweep_files.val_acc(r, "—"),
+                  f"{sweep_files.with_ci(r['value'], r.get('value_ci'))} ({r['method']})" if r["value"] is not None
+                  else "—", sweep_files.gain(r, "—"), _pct((r.get("test") or {}).get("id_accuracy")), _pct(fpr),
                   _pct(fpr - c_fpr) if None not in (fpr, c_fpr) else "—", _pct(auc),
                   _pct(auc - c_auc) if None not in (auc, c_auc) else "—", style=style)
     from lbfood.render_eval import _console
 
     _console().print(t)  # wide when piped, so the table is not squeezed
+    render.console.print("validation: ± half the width of the 95 % bootstrap interval over the held-out images; Δ val: "
+                         f"gain over the control (paired); ✗: below the accuracy floor ({_pct(doc['accuracy_floor'])} %)")
+    if doc.get("verdict"):
+        render.console.print(f"[bold]verdict:[/] {escape(doc['verdict'])}")
     if doc["test"].get("note"):
         render.warn(doc["test"]["note"])

@@ -25,6 +25,24 @@ def _pct(v: float | None) -> str:
     return "" if v is None else f"{100 * v:.2f}"
 
 
+def with_ci(v: float | None, ci: list[float] | None, none: str = "") -> str:
+    """A validation value in % with half the width of its 95 % bootstrap interval: "86.31 ±1.20"."""
+    if v is None:
+        return none
+    return f"{100 * v:.2f}" + (f" ±{50 * (ci[1] - ci[0]):.2f}" if ci else "")
+
+
+def gain(row: dict[str, Any], none: str = "") -> str:
+    """A trial's validation gain over the control in points, ± half its paired 95 % interval."""
+    g = row.get("gain")
+    return none if not g else f"{100 * g['value']:+.2f} ±{50 * (g['high'] - g['low']):.2f}"
+
+
+def val_acc(row: dict[str, Any], none: str = "") -> str:
+    """The ID validation accuracy with its interval, ✗ when below the accuracy floor."""
+    return with_ci(row["val_acc"], row.get("val_acc_ci"), none) + (" ✗" if row.get("below_floor") else "")
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """sweep.md: one row per trial; test columns under the selected scorer, Δ against the control."""
     sel, method = doc["selected"], doc["selected"]["method"]
@@ -36,9 +54,12 @@ def markdown(doc: dict[str, Any]) -> str:
              f"ID validation accuracy at least {_pct(doc['accuracy_floor'])} % (control − {doc['max_acc_drop']:g} "
              f"points); {doc['holdout']:.0%} of the training split held out (split seed {doc['holdout_seed']}).",
              f"Test OOD sets (evaluated after the selection, shown only): {', '.join(doc['test']['ood']) or 'none'}. "
-             "All values are percentages.", "",
-             f"| # | trial | δ | μ | λ | mask | val acc | val {obj} (scorer) | test acc | test FPR95 | Δ FPR95 | "
-             f"test AUROC | Δ AUROC |", "|" + "---|" * 6 + "---:|" * 7]
+             "All values are percentages.", "", f"**Verdict:** {doc['verdict']}." if doc.get("verdict") else "",
+             "", "Validation values ± half the width of their 95 % bootstrap interval over the held-out images; "
+             "Δ val: the trial's gain over the control (paired bootstrap; positive is better); "
+             "✗: below the accuracy floor.", "",
+             f"| # | trial | δ | μ | λ | mask | val acc | val {obj} (scorer) | Δ val | test acc | test FPR95 | Δ FPR95 | "
+             f"test AUROC | Δ AUROC |", "|" + "---|" * 6 + "---:|" * 8]
     c_fpr, c_auc = test_cell(control, method, "fpr95"), test_cell(control, method, "auroc")
     for r in doc["trials"]:
         fpr, auc = test_cell(r, method, "fpr95"), test_cell(r, method, "auroc")
@@ -48,8 +69,9 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([
             str(r["number"]), r["key"] + mark, f"{r['delta']:.4g}" if r["delta"] is not None else p["delta"],
             f"{r['mu']:.4g}" if isinstance(r["mu"], float) else p["mu"], p["lam"], p["mask_from"],
-            _pct(r["val_acc"]), f"{_pct(r['value'])} ({r['method']})" if r["value"] is not None else "",
-            _pct(t.get("id_accuracy")), _pct(fpr), _pct(fpr - c_fpr) if None not in (fpr, c_fpr) else "",
+            val_acc(r),
+            f"{with_ci(r['value'], r.get('value_ci'))} ({r['method']})" if r["value"] is not None else "",
+            gain(r), _pct(t.get("id_accuracy")), _pct(fpr), _pct(fpr - c_fpr) if None not in (fpr, c_fpr) else "",
             _pct(auc), _pct(auc - c_auc) if None not in (auc, c_auc) else ""]) + " |")
     if doc["test"].get("note"):
         lines += ["", doc["test"]["note"]]

@@ -41,6 +41,10 @@ def sweep(
     objective: Annotated[str, typer.Option(help="Validation OOD objective: auroc or fpr95.")] = "auroc",
     max_acc_drop: Annotated[float, typer.Option(help="ID validation accuracy points a trial may lose "
                                                      "against the control.")] = 1.0,
+    min_gain: Annotated[float, typer.Option(help="Objective points by which a trial must beat the control to be "
+                                                 "selected: the lower end of the 95 % paired-bootstrap interval "
+                                                 "of its gain (over the held-out images) must exceed it; 0: any "
+                                                 "gain beyond noise.")] = 0.0,
     holdout: Annotated[float, typer.Option(help="Share of the training split held out for validation.")] = 0.1,
     val_ood: Annotated[str | None, typer.Option(help="Validation OOD set (DATASET or folder:PATH), never a test set.",
                                                 show_default="pseudo-OOD from the held-out ID images")] = None,
@@ -94,8 +98,10 @@ def sweep(
             mode=mode, delta=space.parse_values("delta", delta), mu=space.parse_values("mu", mu),
             lam=space.parse_values("lam", lam), mask_from=space.parse_values("mask_from", mask_from),
             trials=trials, methods=split_names([method]), objective=objective, max_acc_drop=max_acc_drop,
+            min_gain=min_gain,
             holdout=holdout, val_ood=val_ood, pseudo=split_names([pseudo]), storage=storage, heartbeat_s=heartbeat, prune=prune,
             ood=tuple(ood or ()), benchmark=benchmark)
+        parallel.check(devices, per_gpu)
         on_event = render_sweep.progress(quiet)
         fresh = not out.exists()
         try:
@@ -108,10 +114,24 @@ def sweep(
             if fresh:  # refused before any trial finished: leave nothing half-made
                 study.discard_unstarted(sc)
             raise
+        except KeyboardInterrupt:
+            raise typer.Exit(_interrupted(out)) from None
         if worker:
             render.console.print(f"worker done: no trial of {out} left to take")
             return
-        doc = results.finalize(sc, on_event)
+        try:
+            doc = results.finalize(sc, on_event)
+        except KeyboardInterrupt:
+            raise typer.Exit(_interrupted(out)) from None
         sweep_files.write(doc, out)
         render_sweep.table(doc)
         render.console.print(f"→ {out}/sweep.json, sweep.md, sensitivity.png; {out}/best is the selected run")
+
+
+def _interrupted(out: Path) -> int:
+    """Ctrl-C: say that the same command continues the sweep (finished trials are kept); exit code 130."""
+    from lbfood import render
+
+    render.error(f"interrupted; run the same command again to continue the sweep in {out} (finished trials are "
+                 "kept, the interrupted one starts over)")
+    return 130

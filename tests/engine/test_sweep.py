@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lbfood.engine.config import FinetuneConfig
@@ -62,9 +63,17 @@ def test_trial_config_sets_the_point_and_leaves_the_rest_to_the_preset():
 # ---- selection ------------------------------------------------------------------------------------
 
 
-def _row(n, acc, value, state="complete"):
+BOOT = {"resamples": 1001, "level": 0.95, "seed": 0, "sizes": [20, 80]}
+SPREAD = np.linspace(-0.01, 0.01, 1001)  # every row's replicates: its value + SPREAD (+ its own `noise`)
+
+
+def _row(n, acc, value, state="complete", noise=None):
+    """A row of `trial_rows` with bootstrap replicates: with no `noise` the paired difference to another
+    row is exactly the difference of their values (the interval has zero width)."""
+    reps = value + SPREAD + (0 if noise is None else noise)
     return {"number": n, "key": "control" if n == 0 else f"t{n}", "role": "control" if n == 0 else "trial",
-            "state": state, "val_acc": acc, "value": value}
+            "state": state, "val_acc": acc, "value": value, "method": "react", "bootstrap": {**BOOT, "method": "react"},
+            "replicates": {"objective": list(reps), "val_acc": [acc] * 1001}}
 
 
 def test_selection_is_the_best_validation_objective_within_the_accuracy_floor():
@@ -78,6 +87,44 @@ def test_selection_is_the_best_validation_objective_within_the_accuracy_floor():
     assert best["number"] == 0  # lower FPR95 is better; a tie goes to the control
     with pytest.raises(RunError, match="control"):
         select([_row(1, 0.8, 0.4)], "auroc", 1.0)
+
+
+def test_a_trial_is_selected_only_beyond_noise_and_the_verdict_says_by_how_much():
+    """The gain's interval is the percentile interval of the paired replicate differences: here the trial's
+    replicates are the control's plus linspace(0.03, 0.07, 1001) − 0.05 around a +5-point gain, so the
+    95 % interval is 5 ± 1.9 points (quantiles 0.025 and 0.975 of that linspace: +3.10 and +6.90)."""
+    from lbfood.engine.sweep.results import select, verdict
+
+    d = np.linspace(0.03, 0.07, 1001) - 0.05
+    rows = [_row(0, 0.80, 0.70), _row(1, 0.80, 0.75, noise=d), _row(2, 0.80, 0.76, noise=10 * d),
+            _row(3, 0.70, 0.99), _row(4, 0.80, 0.99, "pruned")]
+    best, floor = select(rows, "auroc", 1.0)
+    assert best["number"] == 1  # 2 is better on its value but within noise (−13 to +25 points); 3 is below the floor
+    assert rows[1]["gain"] == pytest.approx({"value": 0.05, "low": 0.031, "high": 0.069})
+    assert rows[2]["gain"]["low"] < 0 and rows[3]["below_floor"] and not rows[2]["below_floor"]
+    assert rows[4]["gain"] is None and rows[0]["gain"] is None
+    assert verdict(rows, best, "auroc") == ("trial 1 (t1, react) beat the control by 5.00 ± 1.90 validation AUROC "
+                                            "points (95 % paired bootstrap interval +3.10 to +6.90)")
+    best, _ = select(rows, "auroc", 1.0, min_gain=3.5)  # the lower end, 3.1 points, is not above 3.5
+    assert best["number"] == 0
+    assert verdict(rows, best, "auroc", 3.5) == (
+        "no setting beat the control beyond noise on validation data (by more than --min-gain 3.5 points); the "
+        "closest, trial 2 (t2), differed by +6.00 ± 19.00 validation AUROC points (95 % paired bootstrap interval "
+        "-13.00 to +25.00); the control is selected")
+    # FPR95: lower is better, so the gain is control − trial
+    rows = [_row(0, 0.8, 0.40), _row(1, 0.8, 0.30, noise=-d), _row(2, 0.8, 0.45)]
+    best, _ = select(rows, "fpr95", 1.0)
+    assert best["number"] == 1 and rows[2]["gain"]["value"] == pytest.approx(-0.05)
+    assert verdict(rows, best, "fpr95").startswith("trial 1 (t1, react) beat the control by 10.00 ± 1.90 validation "
+                                                   "FPR95 points")
+    # trials validated on other images (other sizes) or without replicates are never "beyond noise"
+    rows = [_row(0, 0.8, 0.7), _row(1, 0.8, 0.9), _row(2, 0.8, 0.9)]
+    rows[1]["bootstrap"] = {**BOOT, "sizes": [21, 80], "method": "react"}
+    rows[2]["replicates"] = None
+    best, _ = select(rows, "auroc", 1.0)
+    assert best["number"] == 0 and rows[1]["gain"] is None and rows[2]["gain"] is None
+    assert verdict(rows, best, "auroc") == "no setting beat the control beyond noise on validation data; the control " \
+                                           "is selected"
 
 
 # ---- end to end -----------------------------------------------------------------------------------
@@ -121,10 +168,19 @@ def test_sweep_selects_on_validation_before_reading_any_test_image(tmp_path, mon
     rows = doc["trials"]
     assert [r["key"] for r in rows] == ["control", "dpreset-muauto-l0.5-current", "dpreset-muauto-l1-current"]
     assert rows[0]["number"] == 0 and rows[0]["point"]["lam"] == "0" and doc["control"] == 0
-    best, floor = results.select(rows, "auroc", 1.0)
-    assert doc["selected"]["number"] == best["number"] and doc["accuracy_floor"] == floor
-    ok = [r for r in rows if r["val_acc"] >= floor - 1e-12]
-    assert best["value"] == max(r["value"] for r in ok)
+    floor = doc["accuracy_floor"]
+    assert floor == pytest.approx(rows[0]["val_acc"] - 0.01)
+    # selected: the best value among trials above the floor whose paired gain is beyond noise, else the control
+    ok = [r for r in rows if not r["below_floor"] and r["gain"] and r["gain"]["low"] > 0]
+    assert [r["below_floor"] for r in rows] == [r["val_acc"] < floor - 1e-12 for r in rows]
+    assert doc["selected"]["number"] == (max(ok, key=lambda r: r["value"])["number"] if ok else 0)
+    assert doc["verdict"].startswith(f"trial {doc['selected']['number']} " if ok else "no setting beat the control")
+    for r in rows:  # 95 % intervals over the 20 held-out images (and 80 pseudo-OOD per generator), not kept replicates
+        assert "replicates" not in r and r["bootstrap"] == {"method": r["method"], "resamples": 1000, "level": 0.95,
+                                                            "seed": 0, "sizes": [20, 20, 20, 20, 20]}
+        assert r["val_acc_ci"][0] <= r["val_acc"] <= r["val_acc_ci"][1] and r["val_acc_ci"][1] - r["val_acc_ci"][0] > 0
+        assert r["value_ci"][0] <= r["value"] <= r["value_ci"][1]
+        assert (r["gain"] is None) == (r["role"] == "control")
     for r in rows:  # each value is the best scorer's average validation AUROC, from the run's own run.json
         meta = json.loads((Path(sc.out) / r["run"] / "run.json").read_text())
         assert meta["status"] == "done" and meta["config"]["holdout"] == 0.1 and meta["config"]["lam"] == float(r["point"]["lam"])
@@ -141,6 +197,7 @@ def test_sweep_selects_on_validation_before_reading_any_test_image(tmp_path, mon
     assert tuple(plots.FACTOR_NAMES) == FACTORS
     md, png = sweep_files.write(doc, sc.out)
     assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"**Verdict:** {doc['verdict']}." in md.read_text()
     selected = [ln for ln in md.read_text().splitlines() if "**selected**" in ln]
     assert len(selected) == 1 and selected[0].startswith(f"| {doc['selected']['number']} | {doc['selected']['key']}")
     # The same command again runs nothing and selects the same trial; other options are refused.

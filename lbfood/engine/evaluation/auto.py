@@ -34,17 +34,19 @@ def entry_from(result: dict[str, Any], objective: str = "auroc", holdout: float 
 
 def calibrate_auto(model, *, train, held, mean, std, size: int, rt, batch_size: int, seed: int, holdout: float,
                    methods: tuple[str, ...] = AUTO_CANDIDATES, objective: str = "auroc",
-                   val_ood: dict | None = None, pseudo: tuple[str, ...] = PSEUDO) -> dict[str, Any]:
+                   val_ood: dict | None = None, pseudo: tuple[str, ...] = PSEUDO, resamples: int = 0) -> dict[str, Any]:
     """run.json's {"auto", "validation", "validation_seconds"} for a run trained with `--holdout`: `train`
     is what it trained on, `held` its held-out ID images; the validation OOD is `val_ood` (a real OOD set,
-    never a test set) or pseudo-OOD made from `held` by the `pseudo` generators. No test image is read."""
+    never a test set) or pseudo-OOD made from `held` by the `pseudo` generators. No test image is read.
+    With `resamples`, "validation" also holds the bootstrap of the best scorer (`validation.validate`)."""
     t0 = time.time()
     if val_ood is None:
         val_ood = pseudo_ood.make(held, pseudo, seed=seed)
     # A candidate that cannot be fitted on this few training images (KNN's k) is not a candidate.
     methods = tuple(m for m in methods if scorers.get(m).can_fit(len(train)))
     result = validate(model, train=train, held=held, val_ood=val_ood, methods=methods, mean=mean, std=std,
-                      size=size, rt=rt, batch_size=batch_size, workers=0)
+                      size=size, rt=rt, batch_size=batch_size, workers=0, objective=objective,
+                      resamples=resamples, seed=seed)
     return {"auto": entry_from(result, objective, holdout), "validation": result,
             "validation_seconds": round(time.time() - t0, 3)}
 

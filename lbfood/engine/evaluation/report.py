@@ -81,7 +81,8 @@ class ReportResult:
         return (self.paper_ours if run.lff else self.paper).get(method, {})
 
 
-def _default_ood(id_data: str) -> tuple[str, ...]:
+def default_ood(id_data: str) -> tuple[str, ...]:
+    """The test OOD sets of the built-in benchmark whose ID set is `id_data` (what `--ood` defaults to)."""
     for name in BUILTIN:
         bench = load_benchmark(name)
         if bench.id == id_data:
@@ -154,7 +155,7 @@ def validate(cfg: ReportConfig) -> _Plan:
         raise ConfigError(f"--id {id_data} is an OOD set (no class labels); pass the ID dataset the run "
                           f"was trained on ({first.data})")
     ood_names, ood_given = split_labels(cfg.ood)  # NAME=DATASET labels a set in the printed tables
-    ood = _dedupe(ood_names) if ood_names else (bench.ood if bench else _default_ood(id_data))
+    ood = _dedupe(ood_names) if ood_names else (bench.ood if bench else default_ood(id_data))
     for name in ood:
         spec = get_dataset(name)  # unknown names raise with the valid ones
         if name == id_data:

@@ -16,8 +16,8 @@ import torch
 from lbfood.engine.data import ImageSet
 from lbfood.engine.data.loaders import make_loader
 from lbfood.engine.errors import ConfigError
+from lbfood.engine.evaluation import bootstrap, metrics, scorers
 from lbfood.engine.evaluation import features as fx
-from lbfood.engine.evaluation import metrics, scorers
 from lbfood.engine.runtime import Runtime
 
 # `--method auto` chooses among these: every post-hoc scorer that reads one forward pass (ODIN runs its own
@@ -29,9 +29,11 @@ TPR = 0.95  # the threshold keeps this share of held-out ID images (as `calibrat
 
 def validate(model: torch.nn.Module, *, train: ImageSet, held: ImageSet, val_ood: dict[str, ImageSet],
              methods: tuple[str, ...], mean, std, size: int, rt: Runtime, batch_size: int = 256,
-             workers: int = 0) -> dict[str, Any]:
+             workers: int = 0, objective: str = "auroc", resamples: int = 0, seed: int = 0) -> dict[str, Any]:
     """{"val_acc", "num_held_out", "val_ood": {name: n}, "methods": {m: {"sets": {name: summary},
-    "average": summary, "threshold": γ keeping TPR of held-out ID}}}; summaries as `metrics.summarize`."""
+    "average": summary, "threshold": γ keeping TPR of held-out ID}}}; summaries as `metrics.summarize`.
+    With `resamples`, also "bootstrap": the best scorer's objective and the accuracy, `resamples`
+    seeded bootstrap replicates over the held-out images and their 95 % intervals (`bootstrap.py`)."""
 
     if not val_ood:
         raise ConfigError("validation needs at least one OOD set (a pseudo-OOD generator or --val-ood)")
@@ -54,6 +56,7 @@ def validate(model: torch.nn.Module, *, train: ImageSet, held: ImageSet, val_ood
     out: dict[str, Any] = {"val_acc": metrics.accuracy(id_feats.logits, id_feats.labels),
                            "num_held_out": len(held), "val_ood": {k: len(v) for k, v in val_ood.items()},
                            "methods": {}}
+    kept = {}
     for s in protos:
         if s.needs_fit:
             s.fit(train_feats, model.head)
@@ -66,7 +69,25 @@ def validate(model: torch.nn.Module, *, train: ImageSet, held: ImageSet, val_ood
         sets = {k: metrics.summarize(id_scores, o) for k, o in ood_scores.items()}
         average = {k: float(np.mean([v[k] for v in sets.values()])) for k in metrics.SUMMARY_KEYS}
         out["methods"][s.name] = {"sets": sets, "average": average, "threshold": metrics.keep_threshold(id_scores, TPR)}
+        kept[s.name] = (id_scores, ood_scores)
+    if resamples:
+        method, _ = best_method(out, objective)
+        correct = id_feats.logits.argmax(1).cpu() == id_feats.labels.cpu()
+        out["bootstrap"] = _interval(*kept[method], correct, objective, resamples, seed) | {"method": method}
     return out
+
+
+def _interval(id_scores, ood_scores: dict, correct, objective: str, resamples: int, seed: int) -> dict[str, Any]:
+    """The bootstrap entry of `validate`: settings, set sizes (what pairs two models), intervals, replicates."""
+    def arr(x) -> np.ndarray:
+        return x.detach().cpu().double().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float64)
+
+    reps = bootstrap.replicates(arr(id_scores), {k: arr(v) for k, v in ood_scores.items()}, arr(correct), objective,
+                                resamples=resamples, seed=seed)
+    return {"objective": objective, "resamples": resamples, "level": bootstrap.LEVEL, "seed": seed,
+            "sizes": [len(arr(id_scores)), *(len(arr(v)) for v in ood_scores.values())],
+            "interval": {k: bootstrap.interval(v) for k, v in reps.items()},
+            "replicates": {k: [round(float(x), 7) for x in v] for k, v in reps.items()}}
 
 
 def better(a: float, b: float, objective: str) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lbfood.engine.errors import ConfigError
+from lbfood.engine.sweep.folder import RECORD
 from lbfood.engine.sweep.space import FACTORS, SweepConfig
 from lbfood.engine.sweep.storage import Storage
 
@@ -51,7 +52,7 @@ def differences(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
     return out
 
 
-FOLDER_ID = "study.json"  # in the sweep folder: the id of the study whose trials it holds
+FOLDER_ID = RECORD  # the sweep folder's record of its study (sweep/folder.py) also holds the folder's id
 
 
 def bind_folder(study, sc: SweepConfig, st: Storage) -> None:
@@ -64,7 +65,12 @@ def bind_folder(study, sc: SweepConfig, st: Storage) -> None:
         out.mkdir(parents=True, exist_ok=True)
         from lbfood.engine.io import atomic_write_json
 
-        atomic_write_json(out / FOLDER_ID, {"id": folder["id"], "storage": st.shown})
+        try:  # the record `sweep/folder.py` wrote first: it gains the folder's id
+            doc = json.loads((out / FOLDER_ID).read_text())
+        except (OSError, ValueError):
+            doc = {}
+        record = doc if isinstance(doc, dict) else {}
+        atomic_write_json(out / FOLDER_ID, {**record, "id": folder["id"]})
         study.set_user_attr("folder", folder)
         return
     try:

@@ -32,10 +32,15 @@ def worker_args(argv: Sequence[str]) -> list[str]:
     return [*out, "--worker"]
 
 
-def spawn(argv: Sequence[str], devices: int, per_gpu: int, device: str) -> None:
-    """Run devices·per_gpu workers, worker w on GPU w mod devices; raises RunError if any fails."""
+def check(devices: int, per_gpu: int) -> None:
+    """`--devices` and `--per-gpu` count processes: at least one each (checked before anything is made)."""
     if devices < 1 or per_gpu < 1:
         raise ConfigError(f"--devices and --per-gpu must be >= 1, got {devices} and {per_gpu}")
+
+
+def spawn(argv: Sequence[str], devices: int, per_gpu: int, device: str) -> None:
+    """Run devices·per_gpu workers, worker w on GPU w mod devices; raises RunError if any fails."""
+    check(devices, per_gpu)
     if device == "cpu" or device == "mps":
         raise ConfigError("--devices/--per-gpu run one worker per CUDA GPU; on the CPU trials run one after "
                           "another (drop them)")

@@ -19,6 +19,7 @@ from typing import Any
 
 from lbfood.engine.data.holdout import HOLDOUT_SEED
 from lbfood.engine.errors import ConfigError, RunError
+from lbfood.engine.evaluation.bootstrap import LEVEL, RESAMPLES, paired
 from lbfood.engine.evaluation.validation import better
 from lbfood.engine.io import atomic_write_json
 from lbfood.engine.sweep.space import SweepConfig
@@ -35,6 +36,7 @@ class Selected:
     value: float
     val_acc: float
     floor: float
+    verdict: str = ""  # `verdict`: one sentence, with the gain's uncertainty
 
 
 @dataclass(frozen=True)
@@ -58,23 +60,71 @@ def trial_rows(study) -> list[dict[str, Any]]:
                      "delta": a.get("delta"), "mu": a.get("mu"), "val_acc": a.get("val_acc"),
                      # Optuna gives a pruned trial its last reported value (an accuracy): not the objective.
                      "value": t.value if complete else None, "method": a.get("method"), "methods": a.get("methods", {}),
+                     "val_acc_ci": a.get("val_acc_ci"), "value_ci": a.get("value_ci"),
+                     "bootstrap": a.get("bootstrap"), "replicates": a.get("replicates"),  # (not in sweep.json)
                      "run": a.get("run"), "train_seconds": a.get("train_seconds")}
     return sorted(rows.values(), key=lambda r: r["number"])
 
 
-def select(rows: list[dict[str, Any]], objective: str, max_acc_drop: float) -> tuple[dict[str, Any], float]:
-    """(selected row, accuracy floor): the best validation objective among complete trials whose ID
-    validation accuracy is at least the control's minus `max_acc_drop` points; a tie goes to the control,
-    then to the earlier trial."""
+def compare(rows: list[dict[str, Any]], objective: str, max_acc_drop: float) -> tuple[dict[str, Any], float]:
+    """(the control's row, the accuracy floor); marks each complete row `below_floor` (ID validation
+    accuracy more than `max_acc_drop` points under the control's) and gives each complete trial its
+    `gain` over the control: the objective's improvement (AUROC up, FPR95 down) with the 95 % interval of
+    a paired bootstrap on the same resampled held-out images (`evaluation/bootstrap.py`); None when the
+    two were not validated on the same images (or before bootstraps were recorded)."""
     control = next((r for r in rows if r["role"] == "control" and r["state"] == "complete"), None)
     if control is None:
         raise RunError("the control (λ = 0) has not finished; rerun the same command to complete the sweep")
     floor = control["val_acc"] - max_acc_drop / 100
+    sign = 1.0 if objective == "auroc" else -1.0
+    for r in rows:
+        r["below_floor"] = r["state"] == "complete" and r["val_acc"] < floor - 1e-12
+        same = all(x.get("replicates") and x.get("bootstrap") for x in (r, control)) and \
+            {k: v for k, v in r["bootstrap"].items() if k != "method"} == \
+            {k: v for k, v in control["bootstrap"].items() if k != "method"}
+        r["gain"] = (paired(r["replicates"]["objective"], control["replicates"]["objective"], r["value"],
+                            control["value"], sign)
+                     if r is not control and r["state"] == "complete" and same else None)
+    return control, floor
+
+
+def select(rows: list[dict[str, Any]], objective: str, max_acc_drop: float,
+           min_gain: float = 0.0) -> tuple[dict[str, Any], float]:
+    """(selected row, accuracy floor): among complete trials at or above the accuracy floor whose gain
+    over the control is beyond noise — the lower end of its 95 % paired-bootstrap interval above
+    `min_gain` points of the objective — the one with the best validation objective (a tie goes to the
+    earlier trial); the control when there is none."""
+    control, floor = compare(rows, objective, max_acc_drop)
     best = control
     for r in rows:
-        if r["state"] == "complete" and r["val_acc"] >= floor - 1e-12 and better(r["value"], best["value"], objective):
+        if r["gain"] is not None and not r["below_floor"] and r["gain"]["low"] > min_gain / 100 and \
+                (best is control or better(r["value"], best["value"], objective)):
             best = r
     return best, floor
+
+
+def verdict(rows: list[dict[str, Any]], selected: dict[str, Any], objective: str, min_gain: float = 0.0) -> str:
+    """The selection in one plain sentence, with the gain's 95 % paired-bootstrap interval."""
+    name = f"validation {'AUROC' if objective == 'auroc' else 'FPR95'} points"
+
+    def by(r: dict[str, Any], sign: str = "+") -> str:
+        g = r["gain"]
+        return (f"{100 * g['value']:{sign}.2f} ± {50 * (g['high'] - g['low']):.2f} {name} (95 % paired bootstrap "
+                f"interval {100 * g['low']:+.2f} to {100 * g['high']:+.2f})")
+
+    if selected["role"] != "control":
+        return (f"trial {selected['number']} ({selected['key']}, {selected['method']}) beat the control by "
+                + by(selected, ""))
+    near = [r for r in rows if r.get("gain") is not None and not r["below_floor"]]
+    text = "no setting beat the control beyond noise on validation data"
+    if min_gain:
+        text += f" (by more than --min-gain {min_gain:g} points)"
+    if near:
+        r = max(near, key=lambda r: r["gain"]["value"])
+        text += f"; the closest, trial {r['number']} ({r['key']}), differed by {by(r)}"
+    elif not any(r["role"] == "trial" and r["state"] == "complete" for r in rows):
+        text += " (no other trial finished)"
+    return text + "; the control is selected"
 
 
 def finalize(sc: SweepConfig, on_event: Callable[[Any], None] = lambda e: None) -> dict[str, Any]:
@@ -90,20 +140,26 @@ def finalize(sc: SweepConfig, on_event: Callable[[Any], None] = lambda e: None) 
         raise RunError(f"{len(pending)} trial(s) of {sc.out} are queued or running; wait for the other workers, "
                        "or rerun the same command to work on them")
     rows = trial_rows(study)
-    best, floor = select(rows, sc.objective, sc.max_acc_drop)
+    best, floor = select(rows, sc.objective, sc.max_acc_drop, sc.min_gain)
+    said = verdict(rows, best, sc.objective, sc.min_gain)
     control = next(r for r in rows if r["role"] == "control")
+    for r in rows:
+        r.pop("replicates")
     doc: dict[str, Any] = {
-        "status": "selected", "objective": sc.objective, "max_acc_drop": sc.max_acc_drop, "accuracy_floor": floor,
+        "status": "selected", "verdict": said, "objective": sc.objective, "min_gain": sc.min_gain,
+        "bootstrap": {"resamples": RESAMPLES, "level": LEVEL, "seed": sc.recipe.seed, "over": "held-out images",
+                      "beyond_noise": "paired interval of trial − control above min_gain"},
+        "max_acc_drop": sc.max_acc_drop, "accuracy_floor": floor,
         "holdout": sc.holdout, "holdout_seed": HOLDOUT_SEED, "val_ood": sc.val_ood or
         [f"pseudo-{p}" for p in sc.pseudo], "methods": list(sc.methods), "mode": sc.mode, "storage": storage_url(sc),
         "control": control["number"], "selected": {"number": best["number"], "key": best["key"],
                                                    "method": best["method"], "value": best["value"],
-                                                   "run": best["run"]},
+                                                   "run": best["run"], "gain": best["gain"]},
         "trials": rows}
     out = Path(sc.out)
     atomic_write_json(out / "sweep.json", doc)
     _point_best(out, best["run"])
-    on_event(Selected(best["number"], best["key"], best["method"], best["value"], best["val_acc"], floor))
+    on_event(Selected(best["number"], best["key"], best["method"], best["value"], best["val_acc"], floor, said))
 
     doc["test"] = _test(sc, rows, on_event)
     doc.update(status="done", seconds=round(time.time() - t0, 2))

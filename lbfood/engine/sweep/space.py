@@ -46,6 +46,7 @@ class SweepConfig:
     methods: tuple[str, ...] = ("react",)  # scorers validated per trial; the best counts (part of the search)
     objective: str = "auroc"  # auroc (higher is better) | fpr95 (lower)
     max_acc_drop: float = 1.0  # points of ID validation accuracy a trial may lose against the control
+    min_gain: float = 0.0  # objective points a trial's paired-bootstrap lower bound must beat the control by
     holdout: float = 0.1  # share of the training split held out (stratified, split seed 0)
     val_ood: str | None = None  # a real validation OOD set; None: pseudo-OOD from the held-out images
     pseudo: tuple[str, ...] = ("jigsaw", "uniform", "gaussian", "blur")
@@ -147,6 +148,8 @@ def check(sc: SweepConfig) -> None:
         raise ConfigError(f"--objective must be auroc or fpr95, got {sc.objective!r}")
     if not (math.isfinite(sc.max_acc_drop) and sc.max_acc_drop >= 0):
         raise ConfigError(f"--max-acc-drop must be a number of points >= 0, got {sc.max_acc_drop}")
+    if not (math.isfinite(sc.min_gain) and 0 <= sc.min_gain < 100):
+        raise ConfigError(f"--min-gain must be a number of points in [0, 100), got {sc.min_gain}")
     if not 0 < sc.holdout < 1:
         raise ConfigError(f"--holdout must be in (0, 1), got {sc.holdout}")
     if not sc.methods:

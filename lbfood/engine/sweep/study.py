@@ -38,10 +38,9 @@ from typing import Any
 from lbfood.engine import runs
 from lbfood.engine.errors import ConfigError, LbfoodError, RunError
 from lbfood.engine.killpoints import kill_point
-from lbfood.engine.sweep import identity, space, storage
+from lbfood.engine.sweep import folder, identity, preflight, space, storage
+from lbfood.engine.sweep.folder import STUDY_NAME
 from lbfood.engine.sweep.space import FACTORS, SweepConfig
-
-STUDY_NAME = "lbfood-sweep"
 
 
 @dataclass(frozen=True)
@@ -88,15 +87,20 @@ def storage_url(sc: SweepConfig) -> str:
 
 
 def open_study(sc: SweepConfig):
-    """Create or load the study; a continued sweep must have been started with the same options and, on
-    a shared storage, this --out must be the study's sweep folder. Bad input creates nothing."""
+    """Create or load the study; a continued sweep must have been started with the same options and
+    storage and, on a shared storage, this --out must be the study's sweep folder. A new sweep is checked
+    before anything is written (`preflight`), then records its study. Bad input creates nothing."""
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     space.check(sc)
     st = storage_of(sc)
+    given = st.shown if sc.storage else None  # what study.json records (password hidden)
+    new = folder.check(Path(sc.out), given)  # a sweep folder, recognised by its study; the same storage
     storage.reach(st)
-    check_out(Path(sc.out))
+    if new:
+        preflight.run(sc)  # every trial's options and data checked before the folder is made
+    folder.record(Path(sc.out), given)
     if st.dialect == "sqlite":
         Path(st.database).parent.mkdir(parents=True, exist_ok=True)  # the default database is in --out
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -122,19 +126,6 @@ def open_study(sc: SweepConfig):
     return study
 
 
-SWEEP_MARKS = ("study.db", "study.db.lock", identity.FOLDER_ID, "trials", "sweep.json")  # what only a sweep folder holds
-
-
-def check_out(out: Path) -> None:
-    """Refuse an --out that is a file, or a folder holding other things than a sweep (a run, your files)."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; pass a folder for the sweep (a new one, or a sweep's to continue it)")
-    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in SWEEP_MARKS):
-        what = "a run folder" if runs.is_run(out) else "not a sweep folder"
-        raise ConfigError(f"--out {out} already holds files and is {what}; pass a new or empty folder, or a "
-                          "sweep's folder to continue it")
-
-
 def discard_unstarted(sc: SweepConfig) -> bool:
     """After a failed first attempt: remove a sweep folder that this command created and in which no trial
     finished (a refused option, missing data), so that nothing half-made is left. True if removed."""
@@ -147,7 +138,7 @@ def discard_unstarted(sc: SweepConfig) -> bool:
             return False
 
     trials = out / "trials"
-    if sc.storage or not out.is_dir() or (trials.is_dir() and any(done(p) for p in trials.iterdir())):
+    if not out.is_dir() or (trials.is_dir() and any(done(p) for p in trials.iterdir())):
         return False
     shutil.rmtree(out, ignore_errors=True)
     return True
@@ -317,9 +308,15 @@ def run_trial(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) ->
             break
     # The trial is trained: validate it on held-out ID images (no test image) and mark it done. Its
     # test-split threshold is calibrated only when `score` first needs one, after the selection.
-    meta = runs.update(run_dir, status="done", **_validate(sc, session))
+    validation = _validate(sc, session)
+    boot = validation["validation"].pop("bootstrap")  # the trial's, not the run's: kept in the study
+    meta = runs.update(run_dir, status="done", **validation)
     val, auto = meta.validation, meta.auto
     trial.set_user_attr("val_acc", val["val_acc"])
+    trial.set_user_attr("bootstrap", {k: boot[k] for k in ("method", "resamples", "level", "seed", "sizes")})
+    trial.set_user_attr("val_acc_ci", boot["interval"]["val_acc"])
+    trial.set_user_attr("value_ci", boot["interval"]["objective"])
+    trial.set_user_attr("replicates", boot["replicates"])
     control = _control_acc(study) if key != "control" else val["val_acc"]
     # TPE's constraint (<= 0 feasible): at most max_acc_drop points below the control (feasible until it is known)
     trial.set_constraint("accuracy", 0.0 if control is None else control - sc.max_acc_drop / 100 - val["val_acc"])
@@ -366,15 +363,17 @@ def _control_curve(study) -> dict[int, float]:
 
 def _validate(sc: SweepConfig, s) -> dict[str, Any]:
     """A trained trial's validation on held-out ID images against the validation OOD (no test image):
-    run.json's "auto", "validation" and "validation_seconds"."""
+    run.json's "auto", "validation" and "validation_seconds", with the bootstrap of its objective and
+    accuracy over the held-out images in "validation" (seeded by the sweep's seed: every trial the same)."""
     from lbfood.engine.evaluation.auto import calibrate_auto
+    from lbfood.engine.evaluation.bootstrap import RESAMPLES
     from lbfood.engine.runtime import make_runtime
 
     rt = make_runtime(str(s.rt.device), s.cfg.precision, training=False)
     return calibrate_auto(runs.unwrap(s.model).eval(), train=s.train_set, held=s.test_set, mean=s.spec.mean,
                           std=s.spec.std, size=int(s.meta.input_size), rt=rt, batch_size=max(s.cfg.batch_size, 256),
                           seed=s.cfg.seed, holdout=sc.holdout, methods=sc.methods, objective=sc.objective,
-                          val_ood=load_val_ood(sc, s) if sc.val_ood else None, pseudo=sc.pseudo)
+                          val_ood=load_val_ood(sc, s) if sc.val_ood else None, pseudo=sc.pseudo, resamples=RESAMPLES)
 
 
 def load_val_ood(sc: SweepConfig, s) -> dict:
