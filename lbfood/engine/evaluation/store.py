@@ -224,11 +224,17 @@ class RunEval:
         start, stop = distributed.shard(len(images), self.dist)
         return images.subset(torch.arange(start, stop))
 
-    def train_features(self) -> Features:
-        """ID training features for fitting every scorer. The training split is always extracted with
-        FeatureNorm's jigsaw norms as well (they hold the plain features too): one pass serves every scorer,
-        and the extraction that ends training (calibration) serves every later report from the cache."""
-        return self.features(self.id_data, "train", jigsaw=True)
+    def train_features(self, jigsaw: bool = False) -> Features:
+        """ID training features for fitting (`jigsaw`: with FeatureNorm's jigsaw norms). One process always
+        extracts the training split with the jigsaw norms too (they hold the plain features as well): one
+        pass serves every scorer, and the extraction that ends training (calibration) serves every later
+        report from the cache. Under data parallelism the jigsaw puzzles depend on how the split is sharded,
+        so only FeatureNorm asks for them there. A cached jigsaw extraction serves plain requests."""
+        if not jigsaw:
+            hit = self.features(self.id_data, "train", jigsaw=True, peek=True)
+            if hit is not None:
+                return hit
+        return self.features(self.id_data, "train", jigsaw=jigsaw or not self.dist.enabled)
 
     # -- scorers
 
@@ -255,7 +261,7 @@ class RunEval:
         # All ranks load or all fit: fitting may extract, and extraction is a collective.
         if distributed.agree(loaded is not None, self.dist, self.rt.device):
             return loaded
-        train = self.train_features()  # with the jigsaw norms FeatureNorm's NormRatio compares against
+        train = self.train_features(jigsaw=s.name == "featurenorm")  # NormRatio compares with jigsaw puzzles
         self._event(f"fitting {s.name} on {len(train)} {self.id_data} training images")
         s.fit(train, self.model.head)
         if vet is not None:
