@@ -9,7 +9,18 @@ from typing import Annotated
 import typer
 
 from lbfood.cli import app
-from lbfood.cli.common import SCORER_NAMES, Device, Limit, Precision, Quiet, Seed, Workers, guard, split_names
+from lbfood.cli.common import (
+    OBJECTIVE_HELP,
+    SCORER_NAMES,
+    Device,
+    Limit,
+    Precision,
+    Quiet,
+    Seed,
+    Workers,
+    guard,
+    split_names,
+)
 from lbfood.cli.common import milestones as parse_milestones
 
 
@@ -20,14 +31,16 @@ def sweep(
                                            "sensitivity.png, best.")] = Path("sweeps/sweep"),
     mode: Annotated[str, typer.Option(help="paper (one factor at a time around the first values, Fig. 6), grid "
                                            "(every combination) or search (Optuna TPE, --trials).")] = "grid",
+    objective: Annotated[str, typer.Option(help=f"Fine-tuning objectives, comma-separated: {OBJECTIVE_HELP}.")] = "lff",
     delta: Annotated[str, typer.Option(help="δ values (Eq. 5), comma-separated; 'preset' = the dataset's.")] = "preset",
     mu: Annotated[str, typer.Option(help="μ values (Eq. 6): numbers, auto, or qX (the X quantile of the parent's "
-                                         "background norms).")] = "auto",
+                                         "background norms); relX for lff-rel.")] = "auto",
     lam: Annotated[str, typer.Option("--lambda", help="λ values (Eq. 7); the λ = 0 control is always added.")] = "1",
     mask_from: Annotated[str, typer.Option(help="current and/or pretrained.")] = "current",
     trials: Annotated[int, typer.Option(help="--mode search: trials besides the control.")] = 8,
     method: Annotated[str, typer.Option(help=f"Scorers validated per trial (the best counts): {SCORER_NAMES}.")] = "react",
-    objective: Annotated[str, typer.Option(help="Validation OOD objective: auroc or fpr95.")] = "auroc",
+    select_by: Annotated[str, typer.Option(help="Validation OOD metric the selection maximises: auroc or fpr95 "
+                                                "(lower is better).")] = "auroc",
     max_acc_drop: Annotated[float, typer.Option(help="ID validation accuracy points a trial may lose "
                                                      "against the control.")] = 1.0,
     holdout: Annotated[float, typer.Option(help="Share of the training split held out for validation.")] = 0.1,
@@ -58,8 +71,8 @@ def sweep(
     workers: Workers = 4,
     quiet: Quiet = False,
 ) -> None:
-    """Does LFF help on this data? Fine-tune over δ, μ, λ (and the λ = 0 control), select on held-out
-    validation data only, then show every trial on the test OOD sets."""
+    """Does LFF (or another background objective) help on this data? Fine-tune over the objectives, δ, μ, λ (and
+    the λ = 0 control), select on held-out validation data only, then show every trial on the test OOD sets."""
     with guard():
         import sys
 
@@ -75,9 +88,9 @@ def sweep(
                                 **given)  # None: the dataset's preset, filled by resolve()
         sc = space.SweepConfig(
             recipe=recipe, out=str(out),
-            mode=mode, delta=space.parse_values("delta", delta), mu=space.parse_values("mu", mu),
+            mode=mode, objectives=space.parse_values("objective", objective), delta=space.parse_values("delta", delta), mu=space.parse_values("mu", mu),
             lam=space.parse_values("lam", lam), mask_from=space.parse_values("mask_from", mask_from),
-            trials=trials, methods=split_names([method]), objective=objective, max_acc_drop=max_acc_drop,
+            trials=trials, methods=split_names([method]), objective=select_by, max_acc_drop=max_acc_drop,
             holdout=holdout, val_ood=val_ood, pseudo=split_names([pseudo]), storage=storage, prune=prune,
             ood=tuple(ood or ()), benchmark=benchmark)
         on_event = render_sweep.progress(quiet)

@@ -18,6 +18,7 @@ from lbfood.engine.data.loaders import make_loader
 from lbfood.engine.errors import ConfigError
 from lbfood.engine.evaluation import features as fx
 from lbfood.engine.evaluation import metrics, scorers
+from lbfood.engine.evaluation.scorers.base import head_of
 from lbfood.engine.runtime import Runtime
 
 # `--method auto` chooses among these: every post-hoc scorer that reads one forward pass (ODIN runs its own
@@ -56,7 +57,7 @@ def validate(model: torch.nn.Module, *, train: ImageSet, held: ImageSet, val_ood
                            "methods": {}}
     for s in protos:
         if s.needs_fit:
-            s.fit(train_feats, model.head)
+            s.fit(train_feats, head_of(s, model))
         if s.needs_images:
             id_scores = s.score_images(model, loader(held), device=rt.device, std=std)
             ood_scores = {k: s.score_images(model, loader(v), device=rt.device, std=std) for k, v in val_ood.items()}

@@ -74,7 +74,7 @@ def signature(sc: SweepConfig) -> dict[str, Any]:
     """What must not change when the same sweep is continued (device, workers and test sets may)."""
     recipe = {k: v for k, v in sc.recipe.to_dict().items() if k not in ("device", "precision", "workers", "out")}
     return {"recipe": recipe, "mode": sc.mode,
-            **{f: list(getattr(sc, f)) for f in FACTORS}, "trials": sc.trials, "methods": list(sc.methods),
+            **{space.FIELDS[f]: list(space.values(sc, f)) for f in FACTORS}, "trials": sc.trials, "methods": list(sc.methods),
             "objective": sc.objective, "max_acc_drop": sc.max_acc_drop, "holdout": sc.holdout,
             "val_ood": sc.val_ood, "pseudo": list(sc.pseudo)}
 
@@ -250,7 +250,7 @@ def run_trial(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) ->
 
     point = trial.user_attrs.get("point")
     if point is None:  # a search trial: TPE picks the point
-        point = {f: trial.suggest_categorical(f, list(getattr(sc, f))) for f in FACTORS}
+        point = space.normalise(sc, {f: trial.suggest_categorical(f, list(space.values(sc, f))) for f in FACTORS})
         trial.set_user_attr("point", point)
         trial.set_user_attr("key", space.key(point))
         if space.key(point) in _tried(study, exclude=trial.number):  # TPE may propose a point again

@@ -124,7 +124,8 @@ def fit(s: Session) -> Iterator[Event]:
                 runs.write(s.run_dir, s.meta)
                 kill_point("meta")
             yield EpochEnd(epoch, metrics)
-            if s.kind == "pretrain" and (msg := guards.at_chance(metrics["test_acc"], len(s.meta.classes), cfg,
+            acc = metrics["val_acc" if cfg.holdout else "test_acc"]  # --holdout: the held-out images, not the test split
+            if s.kind == "pretrain" and (msg := guards.at_chance(acc, len(s.meta.classes), cfg,
                                                                  epoch + 1, s.meta.input_size)):
                 if getattr(cfg, "stop_at_chance", True):
                     raise RunError(f"{msg} (--no-stop-at-chance trains on)")
