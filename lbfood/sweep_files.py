@@ -37,8 +37,8 @@ def markdown(doc: dict[str, Any]) -> str:
              f"points); {doc['holdout']:.0%} of the training split held out (split seed {doc['holdout_seed']}).",
              f"Test OOD sets (evaluated after the selection, shown only): {', '.join(doc['test']['ood']) or 'none'}. "
              "All values are percentages.", "",
-             f"| # | trial | δ | μ | λ | mask | val acc | val {obj} (scorer) | test acc | test FPR95 | Δ FPR95 | "
-             f"test AUROC | Δ AUROC |", "|" + "---|" * 6 + "---:|" * 7]
+             f"| # | trial | objective | δ | μ | λ | mask | val acc | val {obj} (scorer) | test acc | test FPR95 | Δ FPR95 | "
+             f"test AUROC | Δ AUROC |", "|" + "---|" * 7 + "---:|" * 7]
     c_fpr, c_auc = test_cell(control, method, "fpr95"), test_cell(control, method, "auroc")
     for r in doc["trials"]:
         fpr, auc = test_cell(r, method, "fpr95"), test_cell(r, method, "auroc")
@@ -46,11 +46,15 @@ def markdown(doc: dict[str, Any]) -> str:
         p = r["point"]
         t = r.get("test") or {}
         lines.append("| " + " | ".join([
-            str(r["number"]), r["key"] + mark, f"{r['delta']:.4g}" if r["delta"] is not None else p["delta"],
+            str(r["number"]), r["key"] + mark, p.get("objective", "lff"), f"{r['delta']:.4g}" if r["delta"] is not None else p["delta"],
             f"{r['mu']:.4g}" if isinstance(r["mu"], float) else p["mu"], p["lam"], p["mask_from"],
             _pct(r["val_acc"]), f"{_pct(r['value'])} ({r['method']})" if r["value"] is not None else "",
             _pct(t.get("id_accuracy")), _pct(fpr), _pct(fpr - c_fpr) if None not in (fpr, c_fpr) else "",
             _pct(auc), _pct(auc - c_auc) if None not in (auc, c_auc) else ""]) + " |")
+    per = doc.get("per_objective") or {}
+    if len(per) > 1 or any(o != "lff" for o in per):
+        lines += ["", "Per objective (selected on validation among the control and that objective's trials): " +
+                  "; ".join(f"{o}: " + ("the control" if n is None else f"trial {n}") for o, n in per.items()) + "."]
     if doc["test"].get("note"):
         lines += ["", doc["test"]["note"]]
     return "\n".join(lines) + "\n"

@@ -36,7 +36,11 @@ def validate(model: torch.nn.Module, *, train: ImageSet, held: ImageSet, val_ood
 
     if not val_ood:
         raise ConfigError("validation needs at least one OOD set (a pseudo-OOD generator or --val-ood)")
-    protos = [scorers.get(m) for m in methods]
+    # A scorer that reads a head this model lacks (bghead on a run not trained with --objective bg-head)
+    # does not apply to it and is left out: one sweep validates runs of several objectives.
+    protos = [p for p in (scorers.get(m) for m in methods) if getattr(model, p.reads, None) is not None]
+    if not protos:
+        raise ConfigError(f"none of the scorers {', '.join(methods)} applies to this model; add e.g. --method react")
     blocks = any(p.needs_blocks for p in protos)
     jigsaw = any(p.name == "featurenorm" for p in protos)
     model.eval()

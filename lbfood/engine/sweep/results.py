@@ -55,6 +55,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
         complete = t.state == TrialState.COMPLETE
         rows[key] = {"number": t.number, "key": key, "role": "control" if key == "control" else "trial",
                      "state": "complete" if complete else "pruned", "point": a["point"],
+                     "objective": a["point"].get("objective", "lff"),
                      "delta": a.get("delta"), "mu": a.get("mu"), "val_acc": a.get("val_acc"),
                      # Optuna gives a pruned trial its last reported value (an accuracy): not the objective.
                      "value": t.value if complete else None, "method": a.get("method"), "methods": a.get("methods", {}),
@@ -75,6 +76,18 @@ def select(rows: list[dict[str, Any]], objective: str, max_acc_drop: float) -> t
         if r["state"] == "complete" and r["val_acc"] >= floor - 1e-12 and better(r["value"], best["value"], objective):
             best = r
     return best, floor
+
+
+def per_objective(rows: list[dict[str, Any]], objective: str, max_acc_drop: float) -> dict[str, int | None]:
+    """For each training objective in the sweep: the number of its trial `select` would pick among the
+    control and that objective's trials alone (validation only), or None when the control wins."""
+    out: dict[str, int | None] = {}
+    control = [r for r in rows if r["role"] == "control"]
+    for obj in dict.fromkeys(r["objective"] for r in rows if r["role"] == "trial"):
+        best, _ = select(control + [r for r in rows if r["role"] == "trial" and r["objective"] == obj],
+                         objective, max_acc_drop)
+        out[obj] = None if best["role"] == "control" else best["number"]
+    return out
 
 
 def finalize(sc: SweepConfig, on_event: Callable[[Any], None] = lambda e: None) -> dict[str, Any]:
@@ -99,7 +112,7 @@ def finalize(sc: SweepConfig, on_event: Callable[[Any], None] = lambda e: None) 
         "control": control["number"], "selected": {"number": best["number"], "key": best["key"],
                                                    "method": best["method"], "value": best["value"],
                                                    "run": best["run"]},
-        "trials": rows}
+        "per_objective": per_objective(rows, sc.objective, sc.max_acc_drop), "trials": rows}
     out = Path(sc.out)
     atomic_write_json(out / "sweep.json", doc)
     _point_best(out, best["run"])
@@ -121,8 +134,9 @@ def _test(sc: SweepConfig, rows: list[dict[str, Any]], on_event) -> dict[str, An
         if r["state"] != "complete":
             continue
         on_event(Testing(r["key"]))
-        cfg = ReportConfig(model=str(Path(sc.out) / r["run"]), ood=sc.ood, benchmark=sc.benchmark,
-                           methods=sc.methods, device=sc.recipe.device, precision=sc.recipe.precision,
+        run_dir = Path(sc.out) / r["run"]
+        cfg = ReportConfig(model=str(run_dir), ood=sc.ood, benchmark=sc.benchmark,
+                           methods=_applicable(sc.methods, run_dir), device=sc.recipe.device, precision=sc.recipe.precision,
                            workers=sc.recipe.workers)
         try:
             res = report(cfg)
@@ -135,6 +149,16 @@ def _test(sc: SweepConfig, rows: list[dict[str, Any]], on_event) -> dict[str, An
         out["ood"] = list(res.ood)
         r["test"] = {"id_accuracy": run.id_accuracy, "metrics": run.metrics}
     return out
+
+
+def _applicable(methods: tuple[str, ...], run_dir: Path) -> tuple[str, ...]:
+    """The scorers that apply to the run: bghead only to a bg-head run (it reads that run's head)."""
+    from lbfood.engine import runs
+    from lbfood.engine.config import has_bg_head
+    from lbfood.engine.evaluation import scorers
+
+    bg = has_bg_head(runs.read(run_dir).config)
+    return tuple(m for m in methods if scorers.scorer_class(m).reads == "head" or bg)
 
 
 def _point_best(out: Path, run: str) -> None:
