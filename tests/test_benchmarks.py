@@ -15,6 +15,7 @@ TINY = {
     "export_agreement.py": ["--images", "8", "--fit-images", "40"],
     "walk_speed.py": ["--files", "50", "--folders", "5", "--repeats", "1"],
     "sweep_overhead.py": ["--limit", "100", "--epochs", "1", "--repeats", "1", "--width", "0.125"],
+    "objective_overhead.py": ["--steps", "1", "--warmup", "0", "--width", "0.125", "--batch-size", "8"],
 }
 
 

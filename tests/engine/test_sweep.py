@@ -404,3 +404,31 @@ def test_refusals_leave_no_half_made_sweep_folder(tmp_path, monkeypatch, make_ru
     assert "--lambda: nan is out of range; each value must be a number >= 0" in sweep("sw", "--lambda", "nan")
     assert "--batch-size 512 exceeds the 180 training images" in sweep("sw", "--batch-size", "512")
     assert not (tmp_path / "sw").exists()
+
+
+def test_readme_objectives_sweep_command_at_tiny_size(tmp_path, monkeypatch, make_run, small_backdrops):
+    """README "Does background training help?": the measured command (there: the demo's parent, --limit 1000,
+    --epochs 2, seeds 0 and 1), here on a tiny parent and data; and the help texts name every objective."""
+    from cli_checks import one_error_line
+    from typer.testing import CliRunner
+
+    from lbfood.cli import app
+    from lbfood.engine.registries import OBJECTIVES
+
+    monkeypatch.chdir(tmp_path)
+    parent = make_run(tmp_path)
+    r = CliRunner().invoke(app, ["sweep", "--from", str(parent), "--out", "sweeps/objectives-s0", "--objective",
+                                 "lff,lff-rel,bg-energy,bg-head", "--lambda", "0.5", "--limit", "200", "--epochs", "1",
+                                 "--method", "energy,react,knn,vim,bghead", "--seed", "0", "--device", "cpu",
+                                 "--workers", "0", "-q", "--batch-size", "64", "--probe-batches", "1", "--delta", "0.5"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "sweeps/objectives-s0/sweep.json").read_text())
+    assert [t["objective"] for t in doc["trials"]] == ["lff", "lff", "lff-rel", "bg-energy", "bg-head"]
+    assert set(doc["per_objective"]) == {"lff", "lff-rel", "bg-energy", "bg-head"}
+    assert "bg-energy" in r.output and "Per objective" in (tmp_path / "sweeps/objectives-s0/sweep.md").read_text()
+    for cmd in ("sweep", "finetune"):
+        out = " ".join(CliRunner().invoke(app, [cmd, "--help"], terminal_width=200).output.split())
+        for name in OBJECTIVES.names():
+            assert f"{name}: {' '.join(OBJECTIVES.entry(name).meta['help'].split())}" in out.replace("│ ", ""), (cmd, name)
+    bad = CliRunner().invoke(app, ["sweep", "--from", str(parent), "--out", "x", "--objective", "fpr95"])
+    assert "--select-by fpr95" in one_error_line(bad) and not (tmp_path / "x").exists()
