@@ -53,8 +53,10 @@ def markdown(doc: dict[str, Any]) -> str:
             _pct(auc), _pct(auc - c_auc) if None not in (auc, c_auc) else ""]) + " |")
     per = doc.get("per_objective") or {}
     if len(per) > 1 or any(o != "lff" for o in per):
-        lines += ["", "Per objective (selected on validation among the control and that objective's trials): " +
-                  "; ".join(f"{o}: " + ("the control" if n is None else f"trial {n}") for o, n in per.items()) + "."]
+        lines += ["", "Per objective, its best trial on validation within the accuracy floor: " + "; ".join(
+            f"{o}: " + ("none" if v["trial"] is None else f"trial {v['trial']}" +
+                        (" (beats the control)" if v["beats_control"] else " (does not beat the control)"))
+            for o, v in per.items()) + "."]
     if doc["test"].get("note"):
         lines += ["", doc["test"]["note"]]
     return "\n".join(lines) + "\n"

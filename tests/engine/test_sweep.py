@@ -82,13 +82,16 @@ def test_objectives_are_a_factor_and_each_takes_its_own_mu_values():
     assert (cfg.objective, cfg.mu) == ("lff-rel", "rel0.25")
 
 
-def test_per_objective_selection_uses_only_that_objectives_trials():
+def test_per_objective_selection_uses_only_that_objectives_trials_within_the_floor():
     from lbfood.engine.sweep.results import per_objective
 
     rows = [{**_row(0, 0.8, 0.70), "objective": "lff"}, {**_row(1, 0.8, 0.75), "objective": "lff"},
             {**_row(2, 0.8, 0.90), "objective": "bg-energy"}, {**_row(3, 0.8, 0.60), "objective": "bg-head"},
             {**_row(4, 0.7, 0.99), "objective": "bg-head"}]
-    assert per_objective(rows, "auroc", 1.0) == {"lff": 1, "bg-energy": 2, "bg-head": None}
+    assert per_objective(rows, "auroc", 1.0) == {"lff": {"trial": 1, "beats_control": True},
+                                                 "bg-energy": {"trial": 2, "beats_control": True},
+                                                 "bg-head": {"trial": 3, "beats_control": False}}
+    assert per_objective(rows[:1] + rows[4:], "auroc", 1.0) == {"bg-head": {"trial": None, "beats_control": False}}
 
 
 def test_trial_config_sets_the_point_and_leaves_the_rest_to_the_preset():

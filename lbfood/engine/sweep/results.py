@@ -78,15 +78,23 @@ def select(rows: list[dict[str, Any]], objective: str, max_acc_drop: float) -> t
     return best, floor
 
 
-def per_objective(rows: list[dict[str, Any]], objective: str, max_acc_drop: float) -> dict[str, int | None]:
-    """For each training objective in the sweep: the number of its trial `select` would pick among the
-    control and that objective's trials alone (validation only), or None when the control wins."""
-    out: dict[str, int | None] = {}
-    control = [r for r in rows if r["role"] == "control"]
+def per_objective(rows: list[dict[str, Any]], objective: str, max_acc_drop: float) -> dict[str, dict[str, Any]]:
+    """For each training objective in the sweep, from validation only: its best complete trial within the
+    accuracy floor ("trial", None if none is) and whether that trial beats the control ("beats_control",
+    strictly, as `select` requires)."""
+    control = next((r for r in rows if r["role"] == "control" and r["state"] == "complete"), None)
+    if control is None:
+        raise RunError("the control (λ = 0) has not finished; rerun the same command to complete the sweep")
+    floor = control["val_acc"] - max_acc_drop / 100
+    out: dict[str, dict[str, Any]] = {}
     for obj in dict.fromkeys(r["objective"] for r in rows if r["role"] == "trial"):
-        best, _ = select(control + [r for r in rows if r["role"] == "trial" and r["objective"] == obj],
-                         objective, max_acc_drop)
-        out[obj] = None if best["role"] == "control" else best["number"]
+        best = None
+        for r in rows:
+            if (r["role"] == "trial" and r["objective"] == obj and r["state"] == "complete"
+                    and r["val_acc"] >= floor - 1e-12 and (best is None or better(r["value"], best["value"], objective))):
+                best = r
+        out[obj] = {"trial": None if best is None else best["number"],
+                    "beats_control": best is not None and better(best["value"], control["value"], objective)}
     return out
 
 
