@@ -433,5 +433,12 @@ def test_readme_objectives_sweep_command_at_tiny_size(tmp_path, monkeypatch, mak
         out = " ".join(CliRunner().invoke(app, [cmd, "--help"], terminal_width=200).output.split())
         for name in OBJECTIVES.names():
             assert f"{name}: {' '.join(OBJECTIVES.entry(name).meta['help'].split())}" in out.replace("│ ", ""), (cmd, name)
+    table = subprocess.run([sys.executable, str(HERE.parents[1] / "docs" / "objectives_table.py"),
+                            "sweeps/objectives-s0/sweep.json"], capture_output=True, text=True, cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(HERE.parents[1])})
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert [ln.split(" | ")[1] for ln in lines[2:7]] == ["control", "lff", "lff-rel", "bg-energy", "bg-head"]
+    assert "bar met on every seed" in table.stdout or "no objective meets the bar" in table.stdout
     bad = CliRunner().invoke(app, ["sweep", "--from", str(parent), "--out", "x", "--objective", "fpr95"])
     assert "--select-by fpr95" in one_error_line(bad) and not (tmp_path / "x").exists()
