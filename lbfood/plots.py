@@ -167,7 +167,7 @@ def write_report_plots(data: Any, out: str | os.PathLike) -> list[Picture]:
 
 # ---- sweep ----------------------------------------------------------------------------------------
 
-FACTOR_NAMES = {"delta": "δ (Eq. 5)", "mu": "μ (Eq. 6)", "lam": "λ (Eq. 7)", "mask_from": "mask from"}
+FACTOR_NAMES = {"objective": "objective", "delta": "δ (Eq. 5)", "mu": "μ (Eq. 6)", "lam": "λ (Eq. 7)", "mask_from": "mask from"}
 
 
 def sensitivity(doc: dict[str, Any], path: Path) -> Picture:
@@ -185,7 +185,7 @@ def sensitivity(doc: dict[str, Any], path: Path) -> Picture:
             sel = [r for r in rows if (r["val_acc"] >= doc["accuracy_floor"] - 1e-12) == ok]
             ax.scatter([values.index(r["point"][f]) for r in sel], [100 * r["value"] for r in sel], s=16,
                        color=ID_COLOUR if ok else "none", edgecolors=ID_COLOUR,
-                       label="LFF trials" if ok else "below the accuracy floor")
+                       label="trials" if ok else "below the accuracy floor")
         if control.get("value") is not None:
             ax.axhline(100 * control["value"], color="black", linestyle="--", linewidth=1, label="control (λ = 0)")
         ax.set_xticks(range(len(values)), values)

@@ -63,16 +63,16 @@ def table(doc: dict[str, Any]) -> None:
     obj = "AUROC" if doc["objective"] == "auroc" else "FPR95"
     t = Table(title=f"sweep: selected trial {sel['number']} ({sel['key']}) with {method}; test columns: {method}, "
                     f"average over {', '.join(doc['test']['ood']) or 'no test set'}")
-    for col in ("#", "trial", "δ", "μ", "λ", "mask", "val acc", f"val {obj}", "Δ val", "test acc", "FPR95↓", "Δ",
-                "AUROC↑", "Δ"):
-        t.add_column(col, justify="left" if col in ("trial", "mask") else "right")
+    for col in ("#", "trial", "objective", "δ", "μ", "λ", "mask", "val acc", f"val {obj}", "Δ val", "test acc", "FPR95↓",
+                "Δ", "AUROC↑", "Δ"):
+        t.add_column(col, justify="left" if col in ("trial", "objective", "mask") else "right")
     c_fpr, c_auc = test_cell(control, method, "fpr95"), test_cell(control, method, "auroc")
     for r in doc["trials"]:
         fpr, auc = test_cell(r, method, "fpr95"), test_cell(r, method, "auroc")
         name = r["key"] + (" ★" if r["number"] == sel["number"] else "") + (" (pruned)" if r["state"] == "pruned" else "")
         p = r["point"]
         style = "bold" if r["role"] == "control" else ("green" if r["number"] == sel["number"] else None)
-        t.add_row(str(r["number"]), name, f"{r['delta']:.4g}" if r["delta"] is not None else p["delta"],
+        t.add_row(str(r["number"]), name, p.get("objective", "lff"), f"{r['delta']:.4g}" if r["delta"] is not None else p["delta"],
                   f"{r['mu']:.4g}" if isinstance(r["mu"], float) else p["mu"], p["lam"], p["mask_from"],
                   sweep_files.val_acc(r, "—"),
                   f"{sweep_files.with_ci(r['value'], r.get('value_ci'))} ({r['method']})" if r["value"] is not None

@@ -58,8 +58,8 @@ def markdown(doc: dict[str, Any]) -> str:
              "", "Validation values ± half the width of their 95 % bootstrap interval over the held-out images; "
              "Δ val: the trial's gain over the control (paired bootstrap; positive is better); "
              "✗: below the accuracy floor.", "",
-             f"| # | trial | δ | μ | λ | mask | val acc | val {obj} (scorer) | Δ val | test acc | test FPR95 | Δ FPR95 | "
-             f"test AUROC | Δ AUROC |", "|" + "---|" * 6 + "---:|" * 8]
+             f"| # | trial | objective | δ | μ | λ | mask | val acc | val {obj} (scorer) | Δ val | test acc | test FPR95 | "
+             f"Δ FPR95 | test AUROC | Δ AUROC |", "|" + "---|" * 7 + "---:|" * 8]
     c_fpr, c_auc = test_cell(control, method, "fpr95"), test_cell(control, method, "auroc")
     for r in doc["trials"]:
         fpr, auc = test_cell(r, method, "fpr95"), test_cell(r, method, "auroc")
@@ -67,12 +67,18 @@ def markdown(doc: dict[str, Any]) -> str:
         p = r["point"]
         t = r.get("test") or {}
         lines.append("| " + " | ".join([
-            str(r["number"]), r["key"] + mark, f"{r['delta']:.4g}" if r["delta"] is not None else p["delta"],
+            str(r["number"]), r["key"] + mark, p.get("objective", "lff"), f"{r['delta']:.4g}" if r["delta"] is not None else p["delta"],
             f"{r['mu']:.4g}" if isinstance(r["mu"], float) else p["mu"], p["lam"], p["mask_from"],
             val_acc(r),
             f"{with_ci(r['value'], r.get('value_ci'))} ({r['method']})" if r["value"] is not None else "",
             gain(r), _pct(t.get("id_accuracy")), _pct(fpr), _pct(fpr - c_fpr) if None not in (fpr, c_fpr) else "",
             _pct(auc), _pct(auc - c_auc) if None not in (auc, c_auc) else ""]) + " |")
+    per = doc.get("per_objective") or {}
+    if len(per) > 1 or any(o != "lff" for o in per):
+        lines += ["", "Per objective, its best trial on validation within the accuracy floor: " + "; ".join(
+            f"{o}: " + ("none" if v["trial"] is None else f"trial {v['trial']}" +
+                        (" (beats the control beyond noise)" if v["beats_control"] else " (does not beat the control beyond noise)"))
+            for o, v in per.items()) + "."]
     if doc["test"].get("note"):
         lines += ["", doc["test"]["note"]]
     return "\n".join(lines) + "\n"

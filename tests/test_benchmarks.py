@@ -23,6 +23,7 @@ TINY = {
     "walk_speed.py": ["--files", "50", "--folders", "5", "--repeats", "1"],
     "score_stream.py": ["--images", "40", "--shards", "2", "--width", "0.125", "--batch-size", "8"],
     "sweep_overhead.py": ["--limit", "100", "--epochs", "1", "--repeats", "1", "--width", "0.125"],
+    "objective_overhead.py": ["--steps", "1", "--warmup", "0", "--width", "0.125", "--batch-size", "8"],
 }
 
 

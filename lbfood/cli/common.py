@@ -11,12 +11,13 @@ from typing import Annotated
 
 import typer
 
-from lbfood.engine.registries import DATASETS, MODELS, SCORERS
+from lbfood.engine.registries import DATASETS, MODELS, OBJECTIVES, SCORERS
 
 ARCH_NAMES = MODELS.help()
 DATA_HELP = (f"ID dataset: {DATASETS.help(role='id')}, or imagefolder:PATH (backdrops is embedded: no files). "
              "`lbfood datasets` lists all with their expected paths.")
 SCORER_NAMES = SCORERS.help()
+OBJECTIVE_HELP = OBJECTIVES.describe()
 
 @contextlib.contextmanager
 def guard():

@@ -10,6 +10,7 @@ import typer
 
 from lbfood.cli import app
 from lbfood.cli.common import (
+    OBJECTIVE_HELP,
     SCORER_NAMES,
     DataRoot,
     Device,
@@ -31,14 +32,16 @@ def sweep(
                                            "sensitivity.png, best.")] = Path("sweeps/sweep"),
     mode: Annotated[str, typer.Option(help="paper (one factor at a time around the first values, Fig. 6), grid "
                                            "(every combination) or search (Optuna TPE, --trials).")] = "grid",
+    objective: Annotated[str, typer.Option(help=f"Fine-tuning objectives, comma-separated: {OBJECTIVE_HELP}.")] = "lff",
     delta: Annotated[str, typer.Option(help="δ values (Eq. 5), comma-separated; 'preset' = the dataset's.")] = "preset",
     mu: Annotated[str, typer.Option(help="μ values (Eq. 6): numbers, auto, or qX (the X quantile of the parent's "
-                                         "background norms).")] = "auto",
+                                         "background norms); relX for lff-rel.")] = "auto",
     lam: Annotated[str, typer.Option("--lambda", help="λ values (Eq. 7); the λ = 0 control is always added.")] = "1",
     mask_from: Annotated[str, typer.Option(help="current and/or pretrained.")] = "current",
     trials: Annotated[int, typer.Option(help="--mode search: trials besides the control.")] = 8,
     method: Annotated[str, typer.Option(help=f"Scorers validated per trial (the best counts): {SCORER_NAMES}.")] = "react",
-    objective: Annotated[str, typer.Option(help="Validation OOD objective: auroc or fpr95.")] = "auroc",
+    select_by: Annotated[str, typer.Option(help="Validation OOD metric the selection maximises: auroc or fpr95 "
+                                                "(lower is better).")] = "auroc",
     max_acc_drop: Annotated[float, typer.Option(help="ID validation accuracy points a trial may lose "
                                                      "against the control.")] = 1.0,
     min_gain: Annotated[float, typer.Option(help="Objective points by which a trial must beat the control to be "
@@ -78,8 +81,8 @@ def sweep(
     workers: Workers = 4,
     quiet: Quiet = False,
 ) -> None:
-    """Does LFF help on this data? Fine-tune over δ, μ, λ (and the λ = 0 control), select on held-out
-    validation data only, then show every trial on the test OOD sets."""
+    """Does LFF (or another background objective) help on this data? Fine-tune over the objectives, δ, μ, λ (and
+    the λ = 0 control), select on held-out validation data only, then show every trial on the test OOD sets."""
     with guard():
         import sys
 
@@ -95,9 +98,9 @@ def sweep(
                                 **given)  # None: the dataset's preset, filled by resolve()
         sc = space.SweepConfig(
             recipe=recipe, out=str(out),
-            mode=mode, delta=space.parse_values("delta", delta), mu=space.parse_values("mu", mu),
+            mode=mode, objectives=space.parse_values("objective", objective), delta=space.parse_values("delta", delta), mu=space.parse_values("mu", mu),
             lam=space.parse_values("lam", lam), mask_from=space.parse_values("mask_from", mask_from),
-            trials=trials, methods=split_names([method]), objective=objective, max_acc_drop=max_acc_drop,
+            trials=trials, methods=split_names([method]), objective=select_by, max_acc_drop=max_acc_drop,
             min_gain=min_gain,
             holdout=holdout, val_ood=val_ood, pseudo=split_names([pseudo]), storage=storage, heartbeat_s=heartbeat, prune=prune,
             ood=tuple(ood or ()), benchmark=benchmark)

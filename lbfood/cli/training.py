@@ -12,6 +12,7 @@ from lbfood.cli import app
 from lbfood.cli.common import (
     ARCH_NAMES,
     DATA_HELP,
+    OBJECTIVE_HELP,
     Compile,
     DataRoot,
     Device,
@@ -163,13 +164,19 @@ def _finish(last) -> None:
 def finetune(
     ctx: typer.Context,
     from_run: Annotated[Path, typer.Option("--from", help="Parent run to fine-tune.")] = Path("runs/latest"),
+    objective: Annotated[str, typer.Option(help=f"The term added to CE: {OBJECTIVE_HELP}.")] = "lff",
     delta: Annotated[float | None, typer.Option(help="δ (Eq. 5): a location is background when p_j(true class) < δ. "
                                                      "[default: preset: CIFAR-10 0.1, CIFAR-100/ImageNet-100 0.01, else 1/K]")] = None,
     mu: Annotated[str | None, typer.Option(help="μ (Eq. 6): norm margin, a number or 'auto' (the --mu-quantile "
-                                                "quantile of the parent's background norms). [default: preset: "
-                                                "CIFAR-10 1, CIFAR-100 2, ImageNet-100 3, else auto]")] = None,
-    lam: Annotated[float | None, typer.Option("--lambda", help="λ (Eq. 7): weight of L_LFF; 0 = CE-only control. "
-                                                               "[default: 1]")] = None,
+                                                "quantile of the parent's background norms); lff-rel: relX = X × "
+                                                "the image's mean foreground norm. [default: preset: CIFAR-10 1, "
+                                                "CIFAR-100 2, ImageNet-100 3, else auto; lff-rel rel0.5]")] = None,
+    lam: Annotated[float | None, typer.Option("--lambda", help="λ (Eq. 7): weight of the objective's term; 0 = "
+                                                               "CE-only control. [default: 1; bg-energy 0.1]")] = None,
+    m_in: Annotated[str, typer.Option(help="bg-energy: ID free-energy margin, a number or auto (the median of "
+                                           "the parent's ID image energies).")] = "auto",
+    m_out: Annotated[str, typer.Option(help="bg-energy: background free-energy margin, a number or auto (the "
+                                            "median of the parent's background-location energies).")] = "auto",
     mask_from: Annotated[str, typer.Option(help="Which model picks background locations: current (the model being "
                                                 "fine-tuned) or pretrained (a frozen copy of the parent).")] = "current",
     mu_quantile: Annotated[float, typer.Option(help="--mu auto: quantile of the parent's background norms.")] = 0.5,
@@ -203,14 +210,15 @@ def finetune(
     compile: Compile = False,
     quiet: Quiet = False,
 ) -> None:
-    """Fine-tune a run with CE + λ·L_LFF (paper Eq. 7) and write a new run."""
+    """Fine-tune a run with CE + λ·L_LFF (paper Eq. 7), or another background --objective, and write a new run."""
     with guard():
         from lbfood import render
         from lbfood.engine import distributed, pipeline
         from lbfood.engine.config import FinetuneConfig
         from lbfood.engine.training import finetune as ft
 
-        given = dict(delta=delta, mu=ft.parse_mu(mu), lam=lam, epochs=epochs, lr=lr,
+        given = dict(delta=delta, mu=ft.parse_mu(mu), lam=lam, epochs=epochs, lr=lr, objective=objective,
+                     m_in=ft.parse_margin("--m-in", m_in), m_out=ft.parse_margin("--m-out", m_out),
                      milestones=parse_milestones(milestones) if milestones is not None else None, momentum=momentum,
                      weight_decay=weight_decay, wd_on_bn=wd_on_bn, jitter=jitter, data=data,
                      data_root=str(data_root) if data_root else None)

@@ -115,8 +115,13 @@ class FinetuneConfig(_TrainingConfig):
     """
 
     parent: str = "runs/latest"
+    objective: str = "lff"  # the term added to CE (registries.OBJECTIVES): lff | lff-rel | bg-energy | bg-head
     delta: float | None = None  # δ, Eq. 5: background if p_j(y) < δ
-    mu: float | str | None = None  # μ, Eq. 6: norm margin; "auto" measures it from the parent model
+    # μ, Eq. 6: norm margin; "auto" measures it from the parent model; "relX" (lff-rel): X times the image's
+    # mean foreground norm
+    mu: float | str | None = None
+    m_in: float | str = "auto"  # bg-energy: ID free-energy margin (Liu et al. 2020); auto: from the parent
+    m_out: float | str = "auto"  # bg-energy: background free-energy margin; auto: from the parent
     lam: float | None = None  # λ, Eq. 7: weight of L_LFF (0 = CE-only control)
     mask_from: str = "current"  # current | pretrained: which model's head picks background locations
     mu_quantile: float = 0.5  # --mu auto: this quantile of the parent's background norms
@@ -164,11 +169,24 @@ class FinetuneConfig(_TrainingConfig):
         _check_recipe(self)
         if not (_finite(self.delta) and 0 < self.delta < 1):
             raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
+        from lbfood.engine.registries import OBJECTIVES
+
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES.names())}, got {self.objective!r}")
+        rel = relative_mu(self.mu)
         if isinstance(self.mu, str):
-            if self.mu != "auto":
-                raise ConfigError(f"--mu takes a number >= 0 or 'auto', got {self.mu!r}")
+            if self.mu != "auto" and rel is None:
+                raise ConfigError(f"--mu takes a number >= 0, 'auto' or relX (X > 0), got {self.mu!r}")
         elif not (_finite(self.mu) and self.mu >= 0):
             raise ConfigError(f"--mu must be a finite number >= 0 (or 'auto'), got {self.mu}")
+        if self.objective == "lff-rel" and rel is None:
+            raise ConfigError(f"--objective lff-rel takes a relative margin --mu relX (e.g. rel0.5), got {self.mu!r}")
+        if self.objective != "lff-rel" and rel is not None:
+            raise ConfigError(f"--mu {self.mu} is a relative margin: use it with --objective lff-rel")
+        for name in ("m_in", "m_out"):
+            v = getattr(self, name)
+            if not (v == "auto" or _finite(v)):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number or 'auto', got {v!r}")
         if not (_finite(self.lam) and self.lam >= 0):
             raise ConfigError(f"--lambda must be a finite number >= 0, got {self.lam}")
         if self.mask_from not in ("current", "pretrained"):
@@ -181,6 +199,22 @@ class FinetuneConfig(_TrainingConfig):
 
 _RESOLVED = ("delta", "mu", "lam", "epochs", "lr", "milestones", "momentum", "weight_decay", "wd_on_bn", "jitter",
              "schedule", "gamma", "warmup_epochs", "data", "val_split", "arch", "width")
+
+
+def has_bg_head(config: Mapping[str, Any]) -> bool:
+    """Does a run with this (resolved) config carry a background head (`--objective bg-head`, λ > 0)?"""
+    return config.get("objective") == "bg-head" and (config.get("lam") or 0) > 0
+
+
+def relative_mu(mu: Any) -> float | None:
+    """X of a relative margin "relX" (X finite and > 0), else None."""
+    if not (isinstance(mu, str) and mu.startswith("rel")):
+        return None
+    try:
+        x = float(mu[3:])
+    except ValueError:
+        return None
+    return x if math.isfinite(x) and x > 0 else None
 
 
 def _finite(x: Any) -> bool:

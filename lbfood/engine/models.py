@@ -60,12 +60,23 @@ def check_input_size(size: int) -> None:
                           f"(the largest architecture takes 224 px)")
 
 
-def build(name: str, *, num_classes: int, width: float = 1.0) -> FeatureModel:
-    """Build `name` with a `width` multiplier on every layer's channel count."""
+def build(name: str, *, num_classes: int, width: float = 1.0, bg_head: bool = False) -> FeatureModel:
+    """Build `name` with a `width` multiplier on every layer's channel count (and a `bg_head`)."""
     check(name, width)
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
-    return MODELS.load(name)(num_classes=num_classes, width=width)
+    model = MODELS.load(name)(num_classes=num_classes, width=width)
+    return add_bg_head(model) if bg_head else model
+
+
+def add_bg_head(model: FeatureModel) -> FeatureModel:
+    """Give `model` a background-vs-ID head `bg_head` (Linear(C, 1) on the feature space; the objective
+    bg-head trains it, the scorer bghead reads it), zero-initialised: no random numbers are drawn, and
+    it starts at probability 1/2 everywhere. Its weights are part of the model's state dict."""
+    model.bg_head = nn.Linear(model.feature_dim, 1)
+    nn.init.zeros_(model.bg_head.weight)
+    nn.init.zeros_(model.bg_head.bias)
+    return model
 
 
 def _ch(c: int, width: float) -> int:
@@ -77,6 +88,7 @@ class FeatureModel(nn.Module):
     residual blocks) or override `stem_forward` and `stage_list`."""
 
     head: nn.Linear
+    # bg_head: nn.Linear, only on bg-head runs (add_bg_head; read it with getattr(model, "bg_head", None)).
 
     def stem_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stem(x)

@@ -1,4 +1,4 @@
-"""Every model, dataset and scorer name lbfood knows, declared without importing anything heavy.
+"""Every model, dataset, scorer and fine-tuning objective name lbfood knows, declared without importing anything heavy.
 
 The CLI builds its choices and `--help` text from these; the engine builds objects with `.load`.
 Add a new architecture, dataset or scorer here and in its own module.
@@ -30,6 +30,19 @@ for _name, _cls in (("msp", "msp:MSP"), ("maxlogit", "maxlogit:MaxLogit"), ("ene
                     ("knn", "knn:KNN"), ("vim", "vim:ViM"), ("dice", "dice:DICE"), ("dice_react", "dice:DICEReAct"),
                     ("ash", "ash:ASH"), ("featurenorm", "featurenorm:FeatureNorm")):
     SCORERS.add(_name, f"{_S}.{_cls}")
+SCORERS.add("bghead", f"{_S}.bghead:BgHead")
+
+# Fine-tuning objectives: the extra loss added to CE (Eq. 7's λ·term); `help` is the CLI's one-line meaning,
+# `lam` the objective's own default weight where its source gives one (else the dataset preset's λ).
+_O = "lbfood.engine.training.objectives"
+OBJECTIVES = Registry("objective", ConfigError)
+OBJECTIVES.add("lff", f"{_O}:LFFHook", help="the paper's L_LFF: background norms above μ are pushed down (Eqs. 4-7)")
+OBJECTIVES.add("lff-rel", f"{_O}:RelLFFHook",
+               help="L_LFF with μ relative to the image's mean foreground norm (--mu relX, default rel0.5)")
+OBJECTIVES.add("bg-energy", f"{_O}:BgEnergyHook", lam=0.1,
+               help="energy-bounded outlier exposure (Liu et al. 2020) with background locations as outliers")
+OBJECTIVES.add("bg-head", f"{_O}:BgHeadHook", lam=1.0,
+               help="a linear background-vs-ID head trained with BCE (Pei et al. 2024); scored by --method bghead")
 
 _D = "lbfood.engine.data"
 DATASETS = Registry("dataset", DataError)

@@ -63,6 +63,10 @@ class Registry:
         fams = self.families()
         return text + (f" (or {', '.join(fams)})" if fams and not where else "")
 
+    def describe(self) -> str:
+        """"a: meaning; b: meaning", in declaration order, from each entry's `help` metadata (`--help` texts)."""
+        return "; ".join(f"{n}: {e.meta['help']}" if "help" in e.meta else n for n, e in self._entries.items())
+
     def entry(self, name: str) -> Entry:
         if name in self._entries:
             return self._entries[name]

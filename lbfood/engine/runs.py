@@ -27,6 +27,7 @@ import torch
 from lbfood import RUN_FORMAT, __version__
 from lbfood.engine import io, models
 from lbfood.engine import run_schema as schema
+from lbfood.engine.config import has_bg_head
 from lbfood.engine.errors import RunError
 from lbfood.engine.io import atomic_write_json, load_tensors, save_tensors
 
@@ -346,7 +347,9 @@ def save_model(run_dir: Path, model: torch.nn.Module) -> None:
 
 
 def build_from_meta(meta: RunMeta) -> models.FeatureModel:
-    return models.build(meta.arch, num_classes=len(meta.classes), width=float(meta.width))
+    """The run's architecture, with the background head of a `--objective bg-head` run."""
+    return models.build(meta.arch, num_classes=len(meta.classes), width=float(meta.width),
+                        bg_head=has_bg_head(meta.config))
 
 
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[models.FeatureModel, RunMeta]:

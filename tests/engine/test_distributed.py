@@ -26,6 +26,7 @@ from lbfood.engine.runtime import make_runtime
 from lbfood.engine.training import loop as train
 from lbfood.engine.training import setup
 from lbfood.engine.training.finetune import LFFHook
+from lbfood.engine.training.objectives import BgEnergyHook, BgHeadHook, RelLFFHook
 
 TINY = ["--limit", "128", "--width", "0.125", "--batch-size", "64", "--device", "cpu", "--workers", "0", "-q"]
 SMALL = dict(data="backdrops", arch="resnet18", width=0.125, batch_size=64, limit=128, device="cpu", workers=0)
@@ -241,9 +242,23 @@ class Tiny(nn.Module):
         return (logits, f) if with_features else logits
 
 
-def _lff_case():
+def _lff_case(objective="lff"):
     torch.manual_seed(0)
-    return Tiny(), torch.randn(4, 3, 6, 6), torch.tensor([0, 1, 2, 0])
+    model = Tiny()
+    if objective == "bg-head":
+        model.bg_head = nn.Linear(4, 1)
+    return model, torch.randn(4, 3, 6, 6), torch.tensor([0, 1, 2, 0])
+
+
+def _hook(objective, model, delta, dist=None):
+    """Each objective with margins that keep every hinge active, so every term has a gradient."""
+    if objective == "lff":
+        return LFFHook(model, delta, 0.0, 1.0, dist=dist)
+    if objective == "lff-rel":
+        return RelLFFHook(model, delta, 0.25, 1.0, dist=dist)
+    if objective == "bg-energy":
+        return BgEnergyHook(model, delta, -10.0, 10.0, 1.0, dist=dist)
+    return BgHeadHook(model, delta, 1.0, dist=dist)
 
 
 def _lff_step(model, hook, x, y):
@@ -254,17 +269,17 @@ def _lff_step(model, hook, x, y):
     return loss.detach(), stats, {k: p.grad.clone() for k, p in runs.unwrap(model).named_parameters()}
 
 
-def _lff_worker(rank, port, deltas, out):
+def _lff_worker(rank, port, deltas, out, objective):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     info = distributed.init_from_env("cpu", timeout=60)
-    model, x, y = _lff_case()
+    model, x, y = _lff_case(objective)
     ddp = nn.parallel.DistributedDataParallel(model)
     part = slice(2 * rank, 2 * rank + 2)
     results = {}
     for i, delta in enumerate(deltas):
-        loss, stats, grads = _lff_step(ddp, LFFHook(ddp, delta, 0.0, 1.0, dist=info), x[part], y[part])
+        loss, stats, grads = _lff_step(ddp, _hook(objective, ddp, delta, info), x[part], y[part])
         summed = torch.stack([loss, stats["bg"]])
         distributed.all_reduce_sum(summed, info)
         results.update({f"{i}.loss": summed[0] / 2, f"{i}.bg": stats["bg"], f"{i}.count": summed[1]})
@@ -273,11 +288,12 @@ def _lff_worker(rank, port, deltas, out):
     distributed.destroy()
 
 
-def test_lff_global_mean_under_ddp_equals_one_process(tmp_path):
+@pytest.mark.parametrize("objective", ["lff", "lff-rel", "bg-energy", "bg-head"])
+def test_lff_global_mean_under_ddp_equals_one_process(tmp_path, objective):
     """Two ranks with unequal numbers of background locations (including 1 vs 0: a global count below the
-    number of ranks) give the single-process L_LFF over the whole batch: the same logged value and, after
-    DDP's gradient averaging, the same gradients."""
-    model, x, y = _lff_case()
+    number of ranks) give the single-process objective over the whole batch: the same logged value and,
+    after DDP's gradient averaging, the same gradients (L_LFF and each background objective of issue 23)."""
+    model, x, y = _lff_case(objective)
     with torch.no_grad():
         from lbfood.engine.training.losses import location_logits
 
@@ -288,12 +304,12 @@ def test_lff_global_mean_under_ddp_equals_one_process(tmp_path):
     deltas = [float(ordered[0] + ordered[1]) / 2, float(ordered[29] + ordered[30]) / 2]
     ref = []
     for d in deltas:
-        loss, stats, grads = _lff_step(model, LFFHook(model, d, 0.0, 1.0), x, y)
+        loss, stats, grads = _lff_step(model, _hook(objective, model, d), x, y)
         ref.append((loss, stats["bg"], grads))
     assert ref[0][1] == 1 and ref[1][1] == 30
 
     # fork: the workers need no fresh interpreter (each sets one thread first, as DataLoader workers do)
-    torch.multiprocessing.start_processes(_lff_worker, args=(_port(), deltas, tmp_path), nprocs=2,
+    torch.multiprocessing.start_processes(_lff_worker, args=(_port(), deltas, tmp_path, objective), nprocs=2,
                                           start_method="fork")
     ranks = [runs.load_tensors(tmp_path / f"rank{r}.safetensors") for r in range(2)]
     for i, (loss, bg, grads) in enumerate(ref):

@@ -47,8 +47,52 @@ def test_paper_mode_varies_one_factor_at_a_time_and_grid_takes_every_combination
     grid = space.planned_points(dataclasses.replace(sc, mode="grid", lam=("0", "1")))
     assert [space.key(p) for p in grid] == ["control", "d0.01-muauto-l1-current", "d0.01-muq0.25-l1-current",
                                             "d0.02-muauto-l1-current", "d0.02-muq0.25-l1-current"]
-    assert grid[0] == {"delta": "0.01", "mu": "auto", "lam": "0", "mask_from": "current"}
+    assert grid[0] == {"objective": "lff", "delta": "0.01", "mu": "auto", "lam": "0", "mask_from": "current"}
     assert [space.key(p) for p in space.planned_points(dataclasses.replace(sc, mode="search"))] == ["control"]
+
+
+def test_objectives_are_a_factor_and_each_takes_its_own_mu_values():
+    assert space.parse_values("objective", "lff, bg-energy,lff") == ("lff", "bg-energy")
+    assert space.parse_values("mu", "rel0.50,auto") == ("rel0.5", "auto")
+    for text, match in (("auroc", "--select-by auroc"), ("oe", "not one of"), ("", "at least one")):
+        with pytest.raises(ConfigError, match=match):
+            space.parse_values("objective", text)
+    with pytest.raises(ConfigError):
+        space.parse_values("mu", "rel0")
+    sc = SweepConfig(recipe=FinetuneConfig(), objectives=("lff", "lff-rel", "bg-energy", "bg-head"),
+                     mu=("auto", "rel0.25", "q0.5"), lam=("0.5", "1"))
+    keys = [space.key(p) for p in space.planned_points(sc)]
+    assert keys == ["control", "dpreset-muauto-l0.5-current", "dpreset-muauto-l1-current",
+                    "dpreset-muq0.5-l0.5-current", "dpreset-muq0.5-l1-current",
+                    "lff-rel-dpreset-murel0.25-l0.5-current", "lff-rel-dpreset-murel0.25-l1-current",
+                    "bg-energy-dpreset-l0.5-current", "bg-energy-dpreset-l1-current",
+                    "bg-head-dpreset-l0.5-current", "bg-head-dpreset-l1-current"]
+    paper = [space.key(p) for p in space.planned_points(dataclasses.replace(sc, mode="paper"))]
+    assert paper == ["control", "dpreset-muauto-l0.5-current", "lff-rel-dpreset-murel0.25-l0.5-current",
+                     "bg-energy-dpreset-l0.5-current", "bg-head-dpreset-l0.5-current", "dpreset-muq0.5-l0.5-current",
+                     "dpreset-muauto-l1-current"]
+    # lff-rel without a relX value takes rel0.5; lff without a plain value takes auto
+    sc2 = dataclasses.replace(sc, objectives=("lff-rel", "lff"), mu=("2",), lam=("1",))
+    assert [space.key(p) for p in space.planned_points(sc2)][1:] == ["lff-rel-dpreset-murel0.5-l1-current",
+                                                                    "dpreset-mu2-l1-current"]
+    cfg = space.trial_config(sc, {"objective": "bg-energy", "delta": "0.1", "mu": "-", "lam": "1",
+                                  "mask_from": "current"}, "o")
+    assert (cfg.objective, cfg.delta, cfg.mu, cfg.lam) == ("bg-energy", 0.1, None, 1.0)
+    cfg = space.trial_config(sc, {"objective": "lff-rel", "delta": "0.1", "mu": "rel0.25", "lam": "1",
+                                  "mask_from": "current"}, "o")
+    assert (cfg.objective, cfg.mu) == ("lff-rel", "rel0.25")
+
+
+def test_per_objective_selection_uses_only_that_objectives_trials_within_the_floor():
+    from lbfood.engine.sweep.results import per_objective
+
+    rows = [{**_row(0, 0.8, 0.70), "objective": "lff"}, {**_row(1, 0.8, 0.75), "objective": "lff"},
+            {**_row(2, 0.8, 0.90), "objective": "bg-energy"}, {**_row(3, 0.8, 0.60), "objective": "bg-head"},
+            {**_row(4, 0.7, 0.99), "objective": "bg-head"}]
+    assert per_objective(rows, "auroc", 1.0) == {"lff": {"trial": 1, "beats_control": True},
+                                                 "bg-energy": {"trial": 2, "beats_control": True},
+                                                 "bg-head": {"trial": 3, "beats_control": False}}
+    assert per_objective(rows[:1] + rows[4:], "auroc", 1.0) == {"bg-head": {"trial": None, "beats_control": False}}
 
 
 def test_trial_config_sets_the_point_and_leaves_the_rest_to_the_preset():
@@ -144,6 +188,31 @@ def recorded_loads(monkeypatch):
             return _spec.load(opts, split)
         monkeypatch.setitem(DATASETS._provided, name, dataclasses.replace(spec, load=load))
     return log
+
+
+def test_a_sweep_over_the_background_objectives(tmp_path, monkeypatch, make_run, small_backdrops):
+    """Each objective trains, validates and is tested as a trial; bghead is validated and tested only on the
+    bg-head trial (the others have no head for it); the per-objective selection is recorded."""
+    from lbfood import sweep_files
+    from lbfood.engine.sweep import results, study
+
+    monkeypatch.chdir(tmp_path)
+    sc = _sweep(tmp_path, make_run(tmp_path), objectives=("lff-rel", "bg-energy", "bg-head"), delta=("0.5",),
+                methods=("react", "bghead"), ood=("backdrops-noise",))
+    assert study.work(sc) == 4
+    doc = results.finalize(sc)
+    rows = {r["key"]: r for r in doc["trials"]}
+    assert list(rows) == ["control", "lff-rel-d0.5-murel0.5-l1-current", "bg-energy-d0.5-l1-current",
+                          "bg-head-d0.5-l1-current"]
+    for key, r in rows.items():
+        cfg = json.loads((Path(sc.out) / r["run"] / "run.json").read_text())["config"]
+        assert cfg["objective"] == r["objective"] and r["state"] == "complete"
+        assert set(r["test"]["metrics"]) == ({"react", "bghead"} if r["objective"] == "bg-head" else {"react"}), key
+        assert set(r["methods"]) == set(r["test"]["metrics"])
+    assert isinstance(rows["bg-energy-d0.5-l1-current"]["mu"], str)  # no μ: the preset's text, unused
+    assert set(doc["per_objective"]) == {"lff-rel", "bg-energy", "bg-head"}
+    md = sweep_files.markdown(doc)
+    assert "| bg-head |" in md and "Per objective" in md
 
 
 def test_sweep_selects_on_validation_before_reading_any_test_image(tmp_path, monkeypatch, make_run, small_backdrops,
@@ -395,3 +464,38 @@ def test_refusals_leave_no_half_made_sweep_folder(tmp_path, monkeypatch, make_ru
     assert "--lambda: nan is out of range; each value must be a number >= 0" in sweep("sw", "--lambda", "nan")
     assert "--batch-size 512 exceeds the 180 training images" in sweep("sw", "--batch-size", "512")
     assert not (tmp_path / "sw").exists()
+
+
+def test_readme_objectives_sweep_command_at_tiny_size(tmp_path, monkeypatch, make_run, small_backdrops):
+    """README "Does background training help?": the measured command (there: the demo's parent, --limit 1000,
+    --epochs 2, seeds 0 and 1), here on a tiny parent and data; and the help texts name every objective."""
+    from cli_checks import one_error_line
+    from typer.testing import CliRunner
+
+    from lbfood.cli import app
+    from lbfood.engine.registries import OBJECTIVES
+
+    monkeypatch.chdir(tmp_path)
+    parent = make_run(tmp_path)
+    r = CliRunner().invoke(app, ["sweep", "--from", str(parent), "--out", "sweeps/objectives-s0", "--objective",
+                                 "lff,lff-rel,bg-energy,bg-head", "--lambda", "0.5", "--limit", "200", "--epochs", "1",
+                                 "--method", "energy,react,knn,vim,bghead", "--seed", "0", "--device", "cpu",
+                                 "--workers", "0", "-q", "--batch-size", "64", "--probe-batches", "1", "--delta", "0.5"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "sweeps/objectives-s0/sweep.json").read_text())
+    assert [t["objective"] for t in doc["trials"]] == ["lff", "lff", "lff-rel", "bg-energy", "bg-head"]
+    assert set(doc["per_objective"]) == {"lff", "lff-rel", "bg-energy", "bg-head"}
+    assert "bg-energy" in r.output and "Per objective" in (tmp_path / "sweeps/objectives-s0/sweep.md").read_text()
+    for cmd in ("sweep", "finetune"):
+        out = " ".join(CliRunner().invoke(app, [cmd, "--help"], terminal_width=200).output.split())
+        for name in OBJECTIVES.names():
+            assert f"{name}: {' '.join(OBJECTIVES.entry(name).meta['help'].split())}" in out.replace("│ ", ""), (cmd, name)
+    table = subprocess.run([sys.executable, str(HERE.parents[1] / "docs" / "objectives_table.py"),
+                            "sweeps/objectives-s0/sweep.json"], capture_output=True, text=True, cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(HERE.parents[1])})
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert [ln.split(" | ")[1] for ln in lines[2:7]] == ["control", "lff", "lff-rel", "bg-energy", "bg-head"]
+    assert "bar met on every seed" in table.stdout or "no objective meets the bar" in table.stdout
+    bad = CliRunner().invoke(app, ["sweep", "--from", str(parent), "--out", "x", "--objective", "fpr95"])
+    assert "--select-by fpr95" in one_error_line(bad) and not (tmp_path / "x").exists()

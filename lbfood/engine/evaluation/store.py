@@ -30,6 +30,7 @@ from lbfood.engine.evaluation import features as fx
 from lbfood.engine.evaluation import scorers
 from lbfood.engine.evaluation.features import Features
 from lbfood.engine.evaluation.scorers import Scorer
+from lbfood.engine.evaluation.scorers.base import head_of
 from lbfood.engine.events import Step
 from lbfood.engine.io import load_tensors, read_metadata, save_tensors
 from lbfood.engine.runs import RunMeta
@@ -245,6 +246,7 @@ class RunEval:
         s = scorers.get(name, **(params or {}))
         if not s.needs_fit or s.fitted:
             return s
+        head = head_of(s, self.model)  # before anything is extracted: a run without the head is refused
         stem = scorer_key(s) + (f".first{self.limit}" if self.limit is not None else "")
         path = self.run_dir / runs.SCORERS_DIR / f"{stem}.safetensors"
         want = {"format": _SCORER_FORMAT, "scorer": s.name, "params": json.dumps(jsonable(s.params)),
@@ -255,7 +257,7 @@ class RunEval:
             if meta is not None and all(meta.get(k) == v for k, v in want.items()):
                 try:
                     loaded = s.load_state_dict(load_tensors(path))
-                    loaded.check_state(self.model.head)
+                    loaded.check_state(head_of(s, self.model))
                 except (LbfoodError, OSError, ValueError):
                     loaded = None  # damaged or another model's: refit below and overwrite
         # All ranks load or all fit: fitting may extract, and extraction is a collective.
@@ -263,7 +265,7 @@ class RunEval:
             return loaded
         train = self.train_features(jigsaw=s.name == "featurenorm")  # NormRatio compares with jigsaw puzzles
         self._event(f"fitting {s.name} on {len(train)} {self.id_data} training images")
-        s.fit(train, self.model.head)
+        s.fit(train, head)
         if vet is not None:
             vet(s)
         self.fits += 1

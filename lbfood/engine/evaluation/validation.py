@@ -18,6 +18,7 @@ from lbfood.engine.data.loaders import make_loader
 from lbfood.engine.errors import ConfigError
 from lbfood.engine.evaluation import bootstrap, metrics, scorers
 from lbfood.engine.evaluation import features as fx
+from lbfood.engine.evaluation.scorers.base import head_of
 from lbfood.engine.runtime import Runtime
 
 # `--method auto` chooses among these: every post-hoc scorer that reads one forward pass (ODIN runs its own
@@ -37,7 +38,11 @@ def validate(model: torch.nn.Module, *, train: ImageSet, held: ImageSet, val_ood
 
     if not val_ood:
         raise ConfigError("validation needs at least one OOD set (a pseudo-OOD generator or --val-ood)")
-    protos = [scorers.get(m) for m in methods]
+    # A scorer that reads a head this model lacks (bghead on a run not trained with --objective bg-head)
+    # does not apply to it and is left out: one sweep validates runs of several objectives.
+    protos = [p for p in (scorers.get(m) for m in methods) if getattr(model, p.reads, None) is not None]
+    if not protos:
+        raise ConfigError(f"none of the scorers {', '.join(methods)} applies to this model; add e.g. --method react")
     blocks = any(p.needs_blocks for p in protos)
     jigsaw = any(p.name == "featurenorm" for p in protos)
     model.eval()
@@ -59,7 +64,7 @@ def validate(model: torch.nn.Module, *, train: ImageSet, held: ImageSet, val_ood
     kept = {}
     for s in protos:
         if s.needs_fit:
-            s.fit(train_feats, model.head)
+            s.fit(train_feats, head_of(s, model))
         if s.needs_images:
             id_scores = s.score_images(model, loader(held), device=rt.device, std=std)
             ood_scores = {k: s.score_images(model, loader(v), device=rt.device, std=std) for k, v in val_ood.items()}

@@ -20,6 +20,7 @@ from lbfood.engine.evaluation.features import feature_norm, wide
 from lbfood.engine.evaluation.scorers import Scorer
 from lbfood.engine.evaluation.scorers.ash import ash_kept, ash_s_top
 from lbfood.engine.evaluation.scorers.base import energy
+from lbfood.engine.evaluation.scorers.bghead import bghead_score
 
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -144,6 +145,19 @@ class KNNScore(nn.Module):
         return -(2.0 - 2.0 * sims).clamp(min=0).sqrt()
 
 
+class BgHeadScore(nn.Module):
+    """The bg-head run's head log-odds g(h), or log MSP + log σ(g(h)) (scorers/bghead.py)."""
+
+    def __init__(self, weight, bias, combine: str) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.float().clone())
+        self.register_buffer("bias", bias.float().clone())
+        self.combine = combine
+
+    def forward(self, logits, features, norm):
+        return bghead_score(logits, features, self.weight, self.bias, self.combine)
+
+
 class BlockNorm(nn.Module):
     """FeatureNorm: the chosen block's norm, which `Detector` computes (it owns the model's blocks)."""
 
@@ -188,6 +202,10 @@ def _knn(s: Scorer) -> nn.Module:
     return KNNScore(s.state["bank"], s.params["k"])
 
 
+def _bghead(s: Scorer) -> nn.Module:
+    return BgHeadScore(s.state["weight"], s.state["bias"], s.params["combine"])
+
+
 def _featurenorm(s: Scorer) -> nn.Module:
     return BlockNorm()
 
@@ -195,7 +213,7 @@ def _featurenorm(s: Scorer) -> nn.Module:
 BUILDERS: dict[str, Callable[[Scorer], nn.Module]] = {
     "msp": _msp, "maxlogit": _maxlogit, "energy": _energy, "react": _react, "dice": _dice,
     "dice_react": _dice, "ash": _ash, "mahalanobis": _mahalanobis, "vim": _vim, "knn": _knn,
-    "featurenorm": _featurenorm,
+    "featurenorm": _featurenorm, "bghead": _bghead,
 }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lbfood.engine.errors import ConfigError
+from lbfood.engine.sweep import space
 from lbfood.engine.sweep.folder import RECORD
 from lbfood.engine.sweep.space import FACTORS, SweepConfig
 from lbfood.engine.sweep.storage import Storage
@@ -27,7 +28,8 @@ def signature(sc: SweepConfig) -> dict[str, Any]:
 
     recipe = {k: v for k, v in sc.recipe.to_dict().items() if k not in ("device", "precision", "workers", "out")}
     return {"lbfood": __version__, "recipe": recipe, "mode": sc.mode,
-            **{f: list(getattr(sc, f)) for f in FACTORS}, "trials": sc.trials, "methods": list(sc.methods),
+            **{space.FIELDS[f]: list(space.values(sc, f)) for f in FACTORS}, "trials": sc.trials,
+            "methods": list(sc.methods),
             "objective": sc.objective, "max_acc_drop": sc.max_acc_drop, "holdout": sc.holdout,
             "val_ood": sc.val_ood, "pseudo": list(sc.pseudo)}
 

@@ -57,6 +57,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
         complete = t.state == TrialState.COMPLETE
         rows[key] = {"number": t.number, "key": key, "role": "control" if key == "control" else "trial",
                      "state": "complete" if complete else "pruned", "point": a["point"],
+                     "objective": a["point"].get("objective", "lff"),
                      "delta": a.get("delta"), "mu": a.get("mu"), "val_acc": a.get("val_acc"),
                      # Optuna gives a pruned trial its last reported value (an accuracy): not the objective.
                      "value": t.value if complete else None, "method": a.get("method"), "methods": a.get("methods", {}),
@@ -125,6 +126,33 @@ def verdict(rows: list[dict[str, Any]], selected: dict[str, Any], objective: str
     elif not any(r["role"] == "trial" and r["state"] == "complete" for r in rows):
         text += " (no other trial finished)"
     return text + "; the control is selected"
+def _beats(row: dict[str, Any], control: dict[str, Any], objective: str, min_gain: float) -> bool:
+    gain = row.get("gain")
+    if gain is not None:
+        return gain["low"] * 100 > min_gain
+    return better(row["value"], control["value"], objective)
+
+
+def per_objective(rows: list[dict[str, Any]], objective: str, max_acc_drop: float,
+                  min_gain: float = 0.0) -> dict[str, dict[str, Any]]:
+    """For each training objective in the sweep, from validation only: its best complete trial within the
+    accuracy floor ("trial", None if none is) and whether that trial beats the control beyond noise
+    ("beats_control": as `select` requires, the lower end of its paired-bootstrap gain above `min_gain`
+    points; strictly better where a row has no interval)."""
+    control = next((r for r in rows if r["role"] == "control" and r["state"] == "complete"), None)
+    if control is None:
+        raise RunError("the control (λ = 0) has not finished; rerun the same command to complete the sweep")
+    floor = control["val_acc"] - max_acc_drop / 100
+    out: dict[str, dict[str, Any]] = {}
+    for obj in dict.fromkeys(r["objective"] for r in rows if r["role"] == "trial"):
+        best = None
+        for r in rows:
+            if (r["role"] == "trial" and r["objective"] == obj and r["state"] == "complete"
+                    and r["val_acc"] >= floor - 1e-12 and (best is None or better(r["value"], best["value"], objective))):
+                best = r
+        out[obj] = {"trial": None if best is None else best["number"],
+                    "beats_control": best is not None and _beats(best, control, objective, min_gain)}
+    return out
 
 
 def finalize(sc: SweepConfig, on_event: Callable[[Any], None] = lambda e: None) -> dict[str, Any]:
@@ -155,7 +183,7 @@ def finalize(sc: SweepConfig, on_event: Callable[[Any], None] = lambda e: None) 
         "control": control["number"], "selected": {"number": best["number"], "key": best["key"],
                                                    "method": best["method"], "value": best["value"],
                                                    "run": best["run"], "gain": best["gain"]},
-        "trials": rows}
+        "per_objective": per_objective(rows, sc.objective, sc.max_acc_drop, sc.min_gain), "trials": rows}
     out = Path(sc.out)
     atomic_write_json(out / "sweep.json", doc)
     _point_best(out, best["run"])
@@ -177,8 +205,9 @@ def _test(sc: SweepConfig, rows: list[dict[str, Any]], on_event) -> dict[str, An
         if r["state"] != "complete":
             continue
         on_event(Testing(r["key"]))
-        cfg = ReportConfig(model=str(Path(sc.out) / r["run"]), ood=sc.ood, benchmark=sc.benchmark,
-                           data_root=sc.recipe.data_root, methods=sc.methods, device=sc.recipe.device, precision=sc.recipe.precision,
+        run_dir = Path(sc.out) / r["run"]
+        cfg = ReportConfig(model=str(run_dir), ood=sc.ood, benchmark=sc.benchmark, data_root=sc.recipe.data_root,
+                           methods=_applicable(sc.methods, run_dir), device=sc.recipe.device, precision=sc.recipe.precision,
                            workers=sc.recipe.workers)
         try:
             res = report(cfg)
@@ -191,6 +220,16 @@ def _test(sc: SweepConfig, rows: list[dict[str, Any]], on_event) -> dict[str, An
         out["ood"] = list(res.ood)
         r["test"] = {"id_accuracy": run.id_accuracy, "metrics": run.metrics}
     return out
+
+
+def _applicable(methods: tuple[str, ...], run_dir: Path) -> tuple[str, ...]:
+    """The scorers that apply to the run: bghead only to a bg-head run (it reads that run's head)."""
+    from lbfood.engine import runs
+    from lbfood.engine.config import has_bg_head
+    from lbfood.engine.evaluation import scorers
+
+    bg = has_bg_head(runs.read(run_dir).config)
+    return tuple(m for m in methods if scorers.scorer_class(m).reads == "head" or bg)
 
 
 def _point_best(out: Path, run: str) -> None:

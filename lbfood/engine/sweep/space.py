@@ -1,13 +1,20 @@
-"""The sweep's configuration and search space: `--delta 0.005,0.01 --mu auto,q0.25,1 --lambda 0.5,1 ...`.
+"""The sweep's configuration and search space: `--objective lff,bg-energy --delta 0.005,0.01 --mu auto,q0.25,1
+--lambda 0.5,1 ...`.
 
-A point of the space is a dict of four strings (kept as text so Optuna stores them as categorical
+A point of the space is a dict of five strings (kept as text so Optuna stores them as categorical
 choices exactly as typed, normalised):
 
+    objective  the fine-tuning objective (registries.OBJECTIVES): lff | lff-rel | bg-energy | bg-head
     delta      δ (Eq. 5): a number in (0, 1), or "preset" (the dataset's fine-tuning preset)
-    mu         μ (Eq. 6): a number >= 0, "auto" (median of the parent's background norms), or "qX" (the X
-               quantile of them, 0 < X < 1)
+    mu         μ (Eq. 6): a number >= 0, "auto" (median of the parent's background norms), "qX" (the X
+               quantile of them, 0 < X < 1), or "relX" (lff-rel: X × the image's mean foreground norm);
+               "-" for the objectives that have no μ
     lam        λ (Eq. 7): a number >= 0; λ = 0 is the CE-only control, added by the sweep itself
     mask_from  current | pretrained
+
+The μ values an objective takes: lff-rel the relX values (rel0.5 if none is given), lff the others
+(auto if none is given), bg-energy and bg-head none (`normalise`). The control is λ = 0 (its objective
+is recorded as lff: at λ = 0 every objective is plain CE).
 
 The base point is the first value of each list. `paper` varies one factor at a time around it (as the
 paper's Fig. 6), `grid` takes every combination, `search` lets Optuna's TPE sampler pick `trials` points.
@@ -24,10 +31,12 @@ from lbfood.engine.config import FinetuneConfig
 from lbfood.engine.errors import ConfigError
 
 MODES = ("paper", "grid", "search")
-FACTORS = ("delta", "mu", "lam", "mask_from")
-FLAGS = {"delta": "--delta", "mu": "--mu", "lam": "--lambda", "mask_from": "--mask-from"}
+FACTORS = ("objective", "delta", "mu", "lam", "mask_from")
+FLAGS = {"objective": "--objective", "delta": "--delta", "mu": "--mu", "lam": "--lambda", "mask_from": "--mask-from"}
+FIELDS = {"objective": "objectives", "delta": "delta", "mu": "mu", "lam": "lam", "mask_from": "mask_from"}
 # Fields a trial sets itself; the recipe (epochs, lr, batch size, …) comes from `SweepConfig.recipe`.
-TRIAL_FIELDS = ("delta", "mu", "mu_quantile", "lam", "mask_from", "holdout", "out")
+TRIAL_FIELDS = ("objective", "delta", "mu", "mu_quantile", "lam", "mask_from", "holdout", "out")
+NO_MU = "-"  # the μ of an objective that has none
 
 
 @dataclass(frozen=True)
@@ -38,13 +47,14 @@ class SweepConfig:
     recipe: FinetuneConfig  # parent, epochs, lr, batch size, seed, …: shared by every trial; None = preset
     out: str = "sweeps/sweep"
     mode: str = "grid"  # paper | grid | search
+    objectives: tuple[str, ...] = ("lff",)  # the `--objective` factor (`objective` is the validation metric)
     delta: tuple[str, ...] = ("preset",)
     mu: tuple[str, ...] = ("auto",)
     lam: tuple[str, ...] = ("1",)
     mask_from: tuple[str, ...] = ("current",)
     trials: int = 8  # search: trials besides the control
     methods: tuple[str, ...] = ("react",)  # scorers validated per trial; the best counts (part of the search)
-    objective: str = "auroc"  # auroc (higher is better) | fpr95 (lower)
+    objective: str = "auroc"  # the validation metric (`--select-by`): auroc (higher is better) | fpr95 (lower)
     max_acc_drop: float = 1.0  # points of ID validation accuracy a trial may lose against the control
     min_gain: float = 0.0  # objective points a trial's paired-bootstrap lower bound must beat the control by
     holdout: float = 0.1  # share of the training split held out (stratified, split seed 0)
@@ -77,11 +87,15 @@ def parse_values(factor: str, text: str) -> tuple[str, ...]:
         raise ConfigError(f"{flag} needs at least one value")
     out = []
     for t in items:
-        if factor == "delta":
+        if factor == "objective":
+            out.append(_objective(t))
+        elif factor == "delta":
             out.append("preset" if t == "preset" else _number(t, flag, 0, 1, lo_open=True))
         elif factor == "mu":
             if t == "auto":
                 out.append(t)
+            elif t.startswith("rel"):
+                out.append("rel" + _number(t[3:], flag + " relX", 0, lo_open=True))
             elif t.startswith("q"):
                 out.append("q" + _number(t[1:], flag + " qX", 0, 1, lo_open=True))
             else:
@@ -95,25 +109,63 @@ def parse_values(factor: str, text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _objective(name: str) -> str:
+    from lbfood.engine.registries import OBJECTIVES
+
+    if name in ("auroc", "fpr95"):
+        raise ConfigError(f"--objective {name}: the validation metric is --select-by {name}; --objective names "
+                          f"fine-tuning objectives: {', '.join(OBJECTIVES.names())}")
+    if name not in OBJECTIVES:
+        raise ConfigError(f"--objective: {name!r} is not one of {', '.join(OBJECTIVES.names())}")
+    return name
+
+
+def values(sc: SweepConfig, factor: str) -> tuple[str, ...]:
+    """The values of one factor (the `--objective` list lives in `SweepConfig.objectives`)."""
+    return getattr(sc, FIELDS[factor])
+
+
+def mu_values(sc: SweepConfig, objective: str) -> tuple[str, ...]:
+    """The μ values `objective` takes from the --mu list (see the module docstring)."""
+    if objective not in ("lff", "lff-rel"):
+        return (NO_MU,)
+    rel = objective == "lff-rel"
+    mine = tuple(m for m in sc.mu if m.startswith("rel") == rel)
+    return mine or (("rel0.5",) if rel else ("auto",))
+
+
+def normalise(sc: SweepConfig, p: dict[str, str]) -> dict[str, str]:
+    """`p` with a μ its objective takes: kept if it is one, else the objective's first (NO_MU if none)."""
+    mus = mu_values(sc, p["objective"])
+    return {**p, "mu": p["mu"] if p["mu"] in mus else mus[0]}
+
+
 def base_point(sc: SweepConfig) -> dict[str, str]:
-    return {f: getattr(sc, f)[0] for f in FACTORS}
+    return normalise(sc, {f: values(sc, f)[0] for f in FACTORS})
 
 
 def control_point(sc: SweepConfig) -> dict[str, str]:
-    """The CE-only control: λ = 0 at the base point (δ, μ and the mask do nothing when λ = 0)."""
-    return {**base_point(sc), "lam": "0"}
+    """The CE-only control: λ = 0 (δ, μ, the mask and the objective do nothing when λ = 0)."""
+    return normalise(sc, {**base_point(sc), "objective": "lff", "lam": "0"})
 
 
 def key(p: dict[str, str]) -> str:
-    """A point's name (its trial folder): "control" or e.g. "d0.01-muq0.25-l1-current"."""
+    """A point's name (its trial folder): "control", e.g. "d0.01-muq0.25-l1-current" (lff), or with the
+    objective first, e.g. "bg-energy-d0.01-l1-current" (no μ) or "lff-rel-d0.1-murel0.5-l1-current"."""
     if p["lam"] == "0":
         return "control"
-    return f"d{p['delta']}-mu{p['mu']}-l{p['lam']}-{p['mask_from']}"
+    obj = p.get("objective", "lff")
+    mu = "" if p["mu"] == NO_MU else f"-mu{p['mu']}"
+    return ("" if obj == "lff" else f"{obj}-") + f"d{p['delta']}{mu}-l{p['lam']}-{p['mask_from']}"
 
 
 def grid_points(sc: SweepConfig) -> list[dict[str, str]]:
-    """Every combination of the factors' values."""
-    return [dict(zip(FACTORS, combo, strict=True)) for combo in itertools.product(*(getattr(sc, f) for f in FACTORS))]
+    """Every combination of the factors' values (μ: those each objective takes)."""
+    points = []
+    for obj in sc.objectives:
+        rest = (sc.delta, mu_values(sc, obj), sc.lam, sc.mask_from)
+        points += [dict(zip(FACTORS, (obj, *combo), strict=True)) for combo in itertools.product(*rest)]
+    return points
 
 
 def planned_points(sc: SweepConfig) -> list[dict[str, str]]:
@@ -128,7 +180,8 @@ def planned_points(sc: SweepConfig) -> list[dict[str, str]]:
         base = base_point(sc)
         points.append(base)
         for f in FACTORS:
-            points += [{**base, f: v} for v in getattr(sc, f)[1:]]
+            vals = mu_values(sc, base["objective"]) if f == "mu" else values(sc, f)
+            points += [normalise(sc, {**base, f: v}) for v in vals if v != base[f]]
     seen, out = set(), []
     for p in points:
         if key(p) not in seen:
@@ -166,11 +219,16 @@ def check(sc: SweepConfig) -> None:
 
 def trial_config(sc: SweepConfig, point: dict[str, str], out: str) -> FinetuneConfig:
     """The fine-tune config of one trial (fields left None: the dataset preset, filled by `resolve`)."""
-    fields: dict = {"lam": float(point["lam"]), "mask_from": point["mask_from"], "holdout": sc.holdout, "out": out}
+    fields: dict = {"objective": point.get("objective", "lff"), "lam": float(point["lam"]),
+                    "mask_from": point["mask_from"], "holdout": sc.holdout, "out": out}
     if point["delta"] != "preset":
         fields["delta"] = float(point["delta"])
     mu = point["mu"]
-    if mu == "auto" or mu.startswith("q"):
+    if mu == NO_MU:
+        pass  # the objective has no μ: the preset's is recorded, unused
+    elif mu.startswith("rel"):
+        fields["mu"] = mu
+    elif mu == "auto" or mu.startswith("q"):
         fields["mu"] = "auto"
         if mu.startswith("q"):
             fields["mu_quantile"] = float(mu[1:])

@@ -272,7 +272,7 @@ def run_trial(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) ->
 
     point = trial.user_attrs.get("point")
     if point is None:  # a search trial: TPE picks the point
-        point = {f: trial.suggest_categorical(f, list(getattr(sc, f))) for f in FACTORS}
+        point = space.normalise(sc, {f: trial.suggest_categorical(f, list(space.values(sc, f))) for f in FACTORS})
         trial.set_user_attr("point", point)
         trial.set_user_attr("key", space.key(point))
         if space.key(point) in _tried(study, exclude=trial.number):  # TPE may propose a point again

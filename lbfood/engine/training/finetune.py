@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from lbfood.engine import runs, weights
-from lbfood.engine.config import FinetuneConfig
+from lbfood.engine.config import FinetuneConfig, relative_mu
 from lbfood.engine.data import get as get_dataset
 from lbfood.engine.data.loaders import Augment, make_loader
 from lbfood.engine.distributed import DistInfo, rank_device
@@ -31,67 +31,41 @@ from lbfood.engine.errors import ConfigError, RunError
 from lbfood.engine.events import Note
 from lbfood.engine.presets import preset_values
 from lbfood.engine.runtime import make_runtime, seed_everything
-from lbfood.engine.training import losses
+from lbfood.engine.training import losses, objectives
+from lbfood.engine.training.objectives import LFFHook
 from lbfood.engine.training.setup import Session, check_parallel, load_id_data, new_meta, resume_changes
+
+__all__ = ["LFFHook", "parse_margin", "parse_mu", "prepare_finetune", "probe"]
 
 
 def parse_mu(text: str | None) -> float | str | None:
-    """`--mu` text: a number, 'auto', or None (preset)."""
-    if text is None or text == "auto":
+    """`--mu` text: a number, 'auto', 'relX' (lff-rel), or None (preset)."""
+    if text is None or text == "auto" or relative_mu(text) is not None:
         return text
     try:
         return float(text)
     except ValueError:
-        raise ConfigError(f"--mu takes a number >= 0 or 'auto', got {text!r}") from None
+        raise ConfigError(f"--mu takes a number >= 0, 'auto' or relX (X > 0, with --objective lff-rel), "
+                          f"got {text!r}") from None
 
 
-class LFFHook:
-    """L_LFF as a loss hook: returns λ·L_LFF and the running statistics shown while training.
-
-    Under data parallelism the mean of Eq. 6 is taken over the background locations of the whole
-    global batch: the count G is summed over ranks (an all-reduce of one number, no host sync) and rank
-    r returns W·S_r / G for its own hinge sum S_r (W processes). DDP averages gradients over ranks, so
-    the step follows ∇(Σ_r S_r / G), the gradient of the global-batch mean, exactly as one process on
-    the whole batch; ranks with fewer (or no) background locations are weighted correctly. The logged
-    value is divided by W again when the ranks' per-step values are summed (`_read_metrics`).
-    """
-
-    def __init__(self, model: torch.nn.Module, delta: float, mu: float, lam: float,
-                 frozen: torch.nn.Module | None = None, dist: DistInfo | None = None):
-        self.model, self.delta, self.mu, self.lam, self.frozen = model, delta, mu, lam, frozen
-        self.dist = dist or DistInfo()
-
-    def __call__(self, x, y, logits, fmap):
-        head = runs.unwrap(self.model).head
-        if self.frozen is not None:
-            with torch.no_grad():
-                mask = losses.background_mask(self.frozen.forward_features(x), self.frozen.head, y, self.delta)
-        else:
-            mask = losses.background_mask(fmap, head, y, self.delta)
-        count = None
-        if self.dist.enabled:
-            count = mask.sum().float()
-            torch.distributed.all_reduce(count)
-            # G / W, with G clamped first: clamping G / W itself would be wrong for 0 < G < W.
-            count = count.clamp_min(1) / self.dist.world
-        loss, norms = losses.lff_from_mask(fmap, mask, self.mu, count)
-        m = mask.float()
-        stats = {"mean_lff": loss.detach(), "bg": m.sum(), "loc": torch.tensor(float(m.numel()), device=m.device),
-                 "bg_norm": (norms * m).sum(), "fg_norm": (norms * (1 - m)).sum()}
-        return self.lam * loss, stats
-
-    @staticmethod
-    def summarize(sums: dict[str, float], steps: int) -> dict[str, float]:
-        bg, loc = sums["bg"], sums["loc"]
-        return {"lff": sums["mean_lff"] / max(steps, 1), "bg_share": bg / max(loc, 1),
-                "bg_norm": sums["bg_norm"] / max(bg, 1), "fg_norm": sums["fg_norm"] / max(loc - bg, 1)}
+def parse_margin(flag: str, text: str) -> float | str:
+    """`--m-in`/`--m-out` text: a number or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{flag} takes a number or 'auto', got {text!r}") from None
 
 
 @torch.inference_mode()
-def probe(model, loader, delta: float, batches: int, rt) -> dict[str, Any]:
-    """Background share and norm quantiles (10/50/90 %) of the parent model on a few ID training batches."""
+def probe(model, loader, delta: float, batches: int, rt, energies: bool = False) -> dict[str, Any]:
+    """Background share and norm quantiles (10/50/90 %) of the parent model on a few ID training batches;
+    with `energies`, also the free energies of the images ("e_in") and background locations ("e_bg")."""
     model.eval()
     bg_norms, fg_norms, total = [], [], 0
+    e_in, e_bg = [], []
     for i, (x, y) in enumerate(loader):
         if i >= batches:
             break
@@ -103,12 +77,18 @@ def probe(model, loader, delta: float, batches: int, rt) -> dict[str, Any]:
         bg_norms.append(n[mask])
         fg_norms.append(n[~mask])
         total += mask.numel()
+        if energies:
+            e_in.append(-torch.logsumexp(model.head(z.mean(dim=(2, 3))).float(), dim=1))
+            e_bg.append(-torch.logsumexp(losses.location_logits(z, model.head).float(), dim=1)[mask])
     bg, fg = torch.cat(bg_norms).cpu(), torch.cat(fg_norms).cpu()
     q = torch.tensor([0.1, 0.5, 0.9])
-    return {"bg_share": len(bg) / max(total, 1), "locations": total,
-            "bg_q": torch.quantile(bg, q).tolist() if len(bg) else [],
-            "fg_q": torch.quantile(fg, q).tolist() if len(fg) else [],
-            "bg_norms": bg}
+    out = {"bg_share": len(bg) / max(total, 1), "locations": total,
+           "bg_q": torch.quantile(bg, q).tolist() if len(bg) else [],
+           "fg_q": torch.quantile(fg, q).tolist() if len(fg) else [],
+           "bg_norms": bg}
+    if energies:
+        out.update(e_in=torch.cat(e_in).cpu(), e_bg=torch.cat(e_bg).cpu())
+    return out
 
 
 def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInfo | None = None) -> Session:
@@ -122,6 +102,7 @@ def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInf
         if old.kind != "finetune":
             raise RunError(f"{old.run_dir} is a {old.kind} run; resume it with `lbfood {old.kind} --resume`")
         cfg = FinetuneConfig.from_dict({**old.config, **resume_changes(cfg, old.config), "out": str(old.run_dir)})
+    cfg = objectives.defaults(cfg)
     parent_model, parent = runs.load_run(cfg.parent)
     if cfg.init and not resume:  # the parent gives architecture, classes and data; --init the weights
         weights.init_model(parent_model, weights.for_init(cfg.init), f"--init {cfg.init}")
@@ -148,14 +129,17 @@ def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInf
 
     # Measure the parent before the first step: how much is background, and how large are its norms.
     aug = Augment(crop_pad=4, flip=True, jitter=cfg.jitter)
+    objectives.prepare_model(cfg, parent_model)
     model = rt.prepare(parent_model)
     probe_loader = make_loader(train_set, batch_size=cfg.batch_size, mean=spec.mean, std=spec.std,
                                image_size=size, train=True, aug=aug, device=rt.device, seed=cfg.seed + 1,
                                channels_last=rt.channels_last, workers=0)
-    stats = probe(model, probe_loader, cfg.delta, cfg.probe_batches, rt)
+    energy = cfg.objective == "bg-energy"
+    stats = probe(model, probe_loader, cfg.delta, cfg.probe_batches, rt, energies=energy)
     bgq, fgq = stats.pop("bg_q"), stats.pop("fg_q")
     bg_norms = stats.pop("bg_norms")
-    mu_auto = cfg.mu == "auto"
+    energies = {k: stats.pop(k) for k in ("e_in", "e_bg") if k in stats}
+    mu_auto = cfg.mu == "auto" and objectives.uses_mu(cfg.objective)
     if mu_auto and len(bg_norms):
         cfg = cfg.replace(mu=round(float(torch.quantile(bg_norms, cfg.mu_quantile)), 4))
     elif mu_auto and cfg.lam > 0:
@@ -165,31 +149,43 @@ def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInf
                           f"{min(2 * cfg.delta, 0.5):g}), more --probe-batches, or a number for --mu")
     # At λ = 0 (the CE-only control) μ plays no part: with no background location it stays "auto".
     fmt = lambda q: "/".join(f"{v:.2f}" for v in q) if q else "n/a"  # noqa: E731
-    mu_text = ("μ unused (λ = 0)" if isinstance(cfg.mu, str) else f"μ = {cfg.mu:g}"
-               + (f" (auto: the {cfg.mu_quantile:g} quantile of background norms)" if mu_auto else ""))
     if parent_note:  # a note, not a refusal: an early epoch is a fair start, and the child records its parent
         notes = [*notes, Note(f"parent {parent_note}", "warning")]
+    if cfg.lam == 0:
+        mu_text = "μ unused (λ = 0)"
+    elif not objectives.uses_mu(cfg.objective):
+        mu_text = f"objective {cfg.objective} (μ unused)"
+    elif isinstance(cfg.mu, str):
+        mu_text = f"μ = {relative_mu(cfg.mu):g} × the image's mean foreground norm ({cfg.objective})"
+    else:
+        mu_text = f"μ = {cfg.mu:g}" + (f" (auto: the {cfg.mu_quantile:g} quantile of background norms)"
+                                        if mu_auto else "")
     notes = notes + [Note(
         f"parent at δ = {cfg.delta:g}: {stats['bg_share']:.1%} of {stats['locations']} locations are background; "
         f"‖z_j‖ 10/50/90 %: background {fmt(bgq)}, foreground {fmt(fgq)}; " + mu_text,
         data={"bg_share": stats["bg_share"], "bg_quantiles": bgq, "fg_quantiles": fgq, "mu": cfg.mu})]
-    if bgq and cfg.lam > 0 and cfg.mu < bgq[0]:
+    if bgq and cfg.lam > 0 and cfg.objective == "lff" and cfg.mu < bgq[0]:
         notes.append(Note(
             f"μ = {cfg.mu:g} is below 90 % of the parent's background norms (10 % quantile {bgq[0]:.2f}): L_LFF "
             "will dominate the first steps and can collapse accuracy; the paper's μ belongs to its backbones. "
             "Consider --mu auto.", "warning"))
     if stats["bg_share"] == 0:
-        notes.append(Note(f"no background location at δ = {cfg.delta:g}: L_LFF is 0 until some appear; "
-                          "consider a larger --delta", "warning"))
+        notes.append(Note(f"no background location at δ = {cfg.delta:g}: the {cfg.objective} background term is "
+                          "0 until some appear; consider a larger --delta", "warning"))
+    probe_rec = {"bg_share": stats["bg_share"], "bg_quantiles": bgq, "fg_quantiles": fgq}
+    if energy and cfg.lam > 0:
+        cfg, more = objectives.energy_margins(cfg, energies)
+        notes += more
+        q = torch.tensor([0.1, 0.5, 0.9])
+        probe_rec.update({f"{k}_quantiles": torch.quantile(v, q).tolist() if len(v) else [] for k, v in energies.items()})
 
     frozen = None
     if cfg.mask_from == "pretrained":
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    hook = LFFHook(model, cfg.delta, float(cfg.mu), cfg.lam, frozen=frozen, dist=dist) if cfg.lam > 0 else None
-    out = runs.output_dir(cfg.out, resume=resume, data=cfg.data, arch=cfg.arch,
-                          suffix="lff" if cfg.lam > 0 else "ce")
+    hook = objectives.make_hook(cfg, model, frozen, dist)
+    suffix = ("lff" if cfg.objective == "lff" else cfg.objective) if cfg.lam > 0 else "ce"
+    out = runs.output_dir(cfg.out, resume=resume, data=cfg.data, arch=cfg.arch, suffix=suffix)
     meta = new_meta("finetune", cfg, spec, train_set.classes, size).replace(
-        parent=str(parent.run_dir), probe={"bg_share": stats["bg_share"], "bg_quantiles": bgq, "fg_quantiles": fgq},
-        mu_auto=mu_auto)
+        parent=str(parent.run_dir), probe=probe_rec, mu_auto=mu_auto)
     return Session(cfg, "finetune", rt, spec, train_set, test_set, model, out, meta, resume=resume, hook=hook,
                    aug=aug, dist=dist, notes=notes)

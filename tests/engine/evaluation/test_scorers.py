@@ -9,6 +9,7 @@ from lbfood.engine.errors import ConfigError
 from lbfood.engine.evaluation import scorers
 from lbfood.engine.evaluation.features import Features, extract
 from lbfood.engine.evaluation.scorers.ash import ash_s
+from lbfood.engine.evaluation.scorers.base import head_of
 from lbfood.engine.evaluation.scorers.vim import principal_dim
 from lbfood.engine.models import build
 
@@ -195,12 +196,31 @@ def test_odin_hand_made():
         s.score(Features(logits=torch.zeros(1, 2), features=torch.zeros(1, 1)))
 
 
+def test_bghead_hand_made():
+    """The bg-head run's head: log-odds g(z̄) = w·z̄ + b; combine=msp adds log max softmax (Pei et al.'s product)."""
+    head = _head([[1.0, 0.0], [0.0, 1.0]])
+    bg = _head([[2.0, -1.0]], [0.5])
+    feats = _feats([[1.0, 1.0], [0.0, 3.0]], head)
+    s = scorers.get("bghead").fit(feats, bg)
+    assert s.score(feats).tolist() == pytest.approx([1.5, -2.5])
+    both = scorers.get("bghead", combine="msp").fit(feats, bg).score(feats)
+    want = [math.log(0.5) + math.log(1 / (1 + math.exp(-1.5))),
+            3 - _lse(0, 3) + math.log(1 / (1 + math.exp(2.5)))]
+    assert both.tolist() == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ConfigError, match="combine"):
+        scorers.get("bghead", combine="energy")
+    with pytest.raises(ConfigError, match="bg-head"):  # a run without the head is refused in one line
+        head_of(s, build("resnet18", num_classes=2, width=0.125))
+
+
 # -- on a tiny model -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    model = build("resnet18", num_classes=3, width=0.125)
+    model = build("resnet18", num_classes=3, width=0.125, bg_head=True)
+    with torch.no_grad():
+        model.bg_head.weight.normal_()  # zero-initialised: give the bghead scorer something to read
     g = torch.Generator().manual_seed(0)
     x_train, x_test = torch.randn(16, 3, 32, 32, generator=g), torch.randn(8, 3, 32, 32, generator=g)
     train = extract(model, [(x_train, torch.arange(16) % 3)], jigsaw=True)
@@ -215,7 +235,7 @@ def test_every_scorer_on_a_tiny_model(name, tiny, tmp_path):
     if s.needs_images:
         scores = s.score_images(model, [(x_test[:5], None), (x_test[5:], None)])
     else:
-        scores = s.fit(train, model.head).score(test)
+        scores = s.fit(train, head_of(s, model)).score(test)
     assert scores.shape == (8,) and scores.dtype == torch.float32 and torch.isfinite(scores).all()
     if name in ("msp", "odin"):
         assert ((scores > 1 / 3 - 1e-6) & (scores <= 1)).all()

@@ -30,6 +30,7 @@ class Scorer:
     needs_images: ClassVar[bool] = False  # True: scores images itself (`score_images`), not Features
     needs_blocks: ClassVar[bool] = False  # True: reads `Features.block_norms` (extract with blocks=True)
     defaults: ClassVar[dict[str, Any]] = {}
+    reads: ClassVar[str] = "head"  # the model's linear head that `fit` takes (bghead: "bg_head")
     state_keys: ClassVar[tuple[str, ...]] = ()  # what `fit` stores
 
     def __init__(self, **params: Any) -> None:
@@ -122,6 +123,15 @@ class Scorer:
     def _get(self, key: str, like: torch.Tensor) -> torch.Tensor:
         """A fitted statistic on the device of `like`."""
         return self.state[key].to(like.device)
+
+
+def head_of(s: Scorer, model: nn.Module) -> nn.Linear:
+    """The linear head scorer `s` fits from: the classifier `head`, or the bg-head objective's `bg_head`."""
+    head = getattr(model, s.reads, None)
+    if head is None:
+        raise ConfigError(f"scorer {s.name} reads the background-vs-ID head that `lbfood finetune --objective "
+                          "bg-head` trains; this run has none: pass a bg-head run, or another --method")
+    return head
 
 
 def head_state(head: nn.Linear) -> dict[str, torch.Tensor]:
