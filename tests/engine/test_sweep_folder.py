@@ -57,7 +57,9 @@ def test_a_sweep_records_its_storage_and_refuses_another(tmp_path, monkeypatch, 
     parent = make_run(tmp_path)
     sc = _sc(parent, tmp_path / "sw", lam=("0",))  # the control alone: one short trial
     assert study.work(sc) == 1
-    assert json.loads((tmp_path / "sw" / "study.json").read_text()) == {"study": "lbfood-sweep", "storage": None}
+    record = json.loads((tmp_path / "sw" / "study.json").read_text())
+    assert {k: record[k] for k in ("study", "storage")} == {"study": "lbfood-sweep", "storage": None}
+    assert len(record["id"]) == 32  # the sweep folder's id (sweep/identity.py): workers must find it
     trained = (tmp_path / "sw/trials/control/model.safetensors").stat().st_mtime_ns
     other = f"sqlite:///{tmp_path / 'other.db'}"
     with pytest.raises(ConfigError, match=r"is a sweep whose study is in study.db, not sqlite:///.*other.db; continue "
