@@ -52,8 +52,10 @@ def test_run_json_has_one_writer():
 
 
 def test_no_file_over_400_lines():
+    """About 400 lines at most (STYLE 15), unless the file says why at its top ("Over 400 lines: ...")."""
     long = {p.relative_to(PKG).as_posix(): n for p in _modules(PKG)
-            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+            if (n := len((text := p.read_text(encoding="utf-8")).splitlines())) > 400
+            and "Over 400 lines: " not in (ast.get_docstring(ast.parse(text)) or "")}
     assert long == {}
 
 

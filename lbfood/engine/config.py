@@ -3,6 +3,9 @@
 Fine-tuning fields that the dataset preset or the parent run fill are `None` until
 `FinetuneConfig.resolve` fills them; the resolved config is what run.json records. `check()` is the
 one place where every number is checked for finiteness and range.
+
+Over 400 lines: every config lives here, each with its one `check()` (STYLE 16: one home per concept; a
+newcomer finds any stage's settings in one guess), and they share two bases.
 """
 
 from __future__ import annotations
@@ -384,3 +387,61 @@ class ExportConfig(_EvalConfig):
             raise ConfigError(f"--threshold must be a finite number, got {self.threshold}")
         if not (_finite(self.max_bank_mb) and self.max_bank_mb > 0):
             raise ConfigError(f"--max-bank-mb must be > 0, got {self.max_bank_mb}")
+
+
+SWEEP_MODES = ("paper", "grid", "search")
+
+
+@dataclass(frozen=True)
+class SweepConfig(_Config):
+    """`lbfood sweep`: fine-tune trials over a space of (δ, μ, λ, mask source) plus the CE-only control,
+    choose one on held-out validation data, then evaluate every trial on the test OOD sets."""
+
+    recipe: FinetuneConfig  # parent, epochs, lr, batch size, seed, …: shared by every trial; None = preset
+    out: str = "sweeps/sweep"
+    mode: str = "grid"  # paper | grid | search
+    objectives: tuple[str, ...] = ("lff",)  # the `--objective` factor (`objective` is the validation metric)
+    delta: tuple[str, ...] = ("preset",)
+    mu: tuple[str, ...] = ("auto",)
+    lam: tuple[str, ...] = ("1",)
+    mask_from: tuple[str, ...] = ("current",)
+    trials: int = 8  # search: trials besides the control
+    methods: tuple[str, ...] = ("react",)  # scorers validated per trial; the best counts (part of the search)
+    objective: str = "auroc"  # the validation metric (`--select-by`): auroc (higher is better) | fpr95 (lower)
+    max_acc_drop: float = 1.0  # points of ID validation accuracy a trial may lose against the control
+    min_gain: float = 0.0  # objective points a trial's paired-bootstrap lower bound must beat the control by
+    holdout: float = 0.1  # share of the training split held out (stratified, split seed 0)
+    val_ood: str | None = None  # a real validation OOD set; None: pseudo-OOD from the held-out images
+    pseudo: tuple[str, ...] = ("jigsaw", "uniform", "gaussian", "blur")
+    storage: str | None = None  # an Optuna storage URL; None: sqlite:///<out>/study.db
+    prune: bool = False  # stop a trial whose epoch validation accuracy falls below the control's by more
+    ood: tuple[str, ...] = ()  # test OOD sets, evaluated after the selection (default: the benchmark's)
+    benchmark: str | None = None
+    heartbeat_s: int = 30  # Optuna heartbeat: a trial silent for 4 beats is failed and re-queued
+
+    def check(self) -> None:
+        """Raise ConfigError for a value out of range or an unknown scorer, before any trial trains."""
+        if self.mode not in SWEEP_MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(SWEEP_MODES)}, got {self.mode!r}")
+        if self.heartbeat_s < 1:
+            raise ConfigError(f"--heartbeat must be >= 1 second, got {self.heartbeat_s}")
+        if self.mode == "search" and self.trials < 1:
+            raise ConfigError(f"--trials must be >= 1, got {self.trials}")
+        if self.objective not in ("auroc", "fpr95"):
+            raise ConfigError(f"--select-by must be auroc or fpr95, got {self.objective!r}")
+        if not (math.isfinite(self.max_acc_drop) and self.max_acc_drop >= 0):
+            raise ConfigError(f"--max-acc-drop must be a number of points >= 0, got {self.max_acc_drop}")
+        if not (math.isfinite(self.min_gain) and 0 <= self.min_gain < 100):
+            raise ConfigError(f"--min-gain must be a number of points in [0, 100), got {self.min_gain}")
+        if not 0 < self.holdout < 1:
+            raise ConfigError(f"--holdout must be in (0, 1), got {self.holdout}")
+        if not self.methods:
+            raise ConfigError("--method needs at least one scorer")
+        from lbfood.engine.registries import SCORERS
+
+        for m in self.methods:
+            SCORERS.entry(m)  # an unknown name raises here, before any trial trains
+        if self.val_ood is None and not self.pseudo:
+            raise ConfigError("no validation OOD: pass --val-ood DATASET or keep a --pseudo generator")
+        if self.val_ood is not None and self.val_ood in self.ood:
+            raise ConfigError(f"--val-ood {self.val_ood} is also a test set (--ood); validate on another set")

@@ -17,6 +17,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from lbfood.engine import runs
 from lbfood.engine.errors import ConfigError
 from lbfood.engine.io import atomic_write_json
 
@@ -63,7 +64,7 @@ def check(out: Path, storage: str | None) -> bool:
         return True
     sweep, have = recorded_storage(out)
     if not sweep:
-        what = "a run folder" if (out / "run.json").exists() else f"not a sweep folder (no {RECORD} naming its study)"
+        what = "a run folder" if runs.is_run(out) else f"not a sweep folder (no {RECORD} naming its study)"
         raise ConfigError(f"--out {out} already holds files and is {what}; pass a new or empty folder, or a "
                           "sweep's folder to continue it")
     if (have or default_storage(out)) != (storage or default_storage(out)):

@@ -60,25 +60,26 @@ FOLDER_ID = RECORD  # the sweep folder's record of its study (sweep/folder.py) a
 def bind_folder(study, sc: SweepConfig, st: Storage) -> None:
     """The study's one sweep folder: a new study records --out's id; a continued one must find it in --out
     (every worker writes its trials there, and the selection reads them)."""
+    from lbfood.engine.io import atomic_write_json
+
     out = Path(sc.out)
     rec = study.user_attrs.get("folder")
+    try:  # the record `sweep/folder.py` wrote first: it holds (or gains) the folder's id
+        doc = json.loads((out / FOLDER_ID).read_text())
+    except (OSError, ValueError):
+        doc = {}
+    record = doc if isinstance(doc, dict) else {}
+    here = {"host": socket.gethostname(), "path": str(out.resolve())}
     if rec is None:
-        folder = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "path": str(out.resolve())}
+        folder = {"id": uuid.uuid4().hex, **here}
         out.mkdir(parents=True, exist_ok=True)
-        from lbfood.engine.io import atomic_write_json
-
-        try:  # the record `sweep/folder.py` wrote first: it gains the folder's id
-            doc = json.loads((out / FOLDER_ID).read_text())
-        except (OSError, ValueError):
-            doc = {}
-        record = doc if isinstance(doc, dict) else {}
         atomic_write_json(out / FOLDER_ID, {**record, "id": folder["id"]})
         study.set_user_attr("folder", folder)
         return
-    try:
-        mine = json.loads((out / FOLDER_ID).read_text()).get("id")
-    except (OSError, ValueError, AttributeError):
-        mine = None
+    mine = record.get("id")
+    if mine is None and {k: rec.get(k) for k in here} == here:  # the same folder on the same machine, whose
+        atomic_write_json(out / FOLDER_ID, {**record, "id": rec["id"]})  # record was rewritten: it regains it
+        return
     if mine != rec["id"]:
         raise ConfigError(f"--out {sc.out} is not the sweep folder of the study in {st.shown} (made at {rec['path']} on "
                           f"{rec['host']}): every worker writes its trials there, so put it on a file system all "

@@ -25,46 +25,17 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from dataclasses import dataclass
 
-from lbfood.engine.config import FinetuneConfig
+from lbfood.engine.config import SWEEP_MODES as MODES
+from lbfood.engine.config import FinetuneConfig, SweepConfig
 from lbfood.engine.errors import ConfigError
 
-MODES = ("paper", "grid", "search")
 FACTORS = ("objective", "delta", "mu", "lam", "mask_from")
 FLAGS = {"objective": "--objective", "delta": "--delta", "mu": "--mu", "lam": "--lambda", "mask_from": "--mask-from"}
 FIELDS = {"objective": "objectives", "delta": "delta", "mu": "mu", "lam": "lam", "mask_from": "mask_from"}
 # Fields a trial sets itself; the recipe (epochs, lr, batch size, …) comes from `SweepConfig.recipe`.
 TRIAL_FIELDS = ("objective", "delta", "mu", "mu_quantile", "lam", "mask_from", "holdout", "out")
 NO_MU = "-"  # the μ of an objective that has none
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """`lbfood sweep`: fine-tune trials over a space of (δ, μ, λ, mask source) plus the CE-only control,
-    choose one on held-out validation data, then evaluate every trial on the test OOD sets."""
-
-    recipe: FinetuneConfig  # parent, epochs, lr, batch size, seed, …: shared by every trial; None = preset
-    out: str = "sweeps/sweep"
-    mode: str = "grid"  # paper | grid | search
-    objectives: tuple[str, ...] = ("lff",)  # the `--objective` factor (`objective` is the validation metric)
-    delta: tuple[str, ...] = ("preset",)
-    mu: tuple[str, ...] = ("auto",)
-    lam: tuple[str, ...] = ("1",)
-    mask_from: tuple[str, ...] = ("current",)
-    trials: int = 8  # search: trials besides the control
-    methods: tuple[str, ...] = ("react",)  # scorers validated per trial; the best counts (part of the search)
-    objective: str = "auroc"  # the validation metric (`--select-by`): auroc (higher is better) | fpr95 (lower)
-    max_acc_drop: float = 1.0  # points of ID validation accuracy a trial may lose against the control
-    min_gain: float = 0.0  # objective points a trial's paired-bootstrap lower bound must beat the control by
-    holdout: float = 0.1  # share of the training split held out (stratified, split seed 0)
-    val_ood: str | None = None  # a real validation OOD set; None: pseudo-OOD from the held-out images
-    pseudo: tuple[str, ...] = ("jigsaw", "uniform", "gaussian", "blur")
-    storage: str | None = None  # an Optuna storage URL; None: sqlite:///<out>/study.db
-    prune: bool = False  # stop a trial whose epoch validation accuracy falls below the control's by more
-    ood: tuple[str, ...] = ()  # test OOD sets, evaluated after the selection (default: the benchmark's)
-    benchmark: str | None = None
-    heartbeat_s: int = 30  # Optuna heartbeat: a trial silent for 4 beats is failed and re-queued
 
 
 def _number(text: str, flag: str, lo: float, hi: float | None = None, lo_open: bool = False) -> str:
@@ -188,33 +159,6 @@ def planned_points(sc: SweepConfig) -> list[dict[str, str]]:
             seen.add(key(p))
             out.append(p)
     return out
-
-
-def check(sc: SweepConfig) -> None:
-    if sc.mode not in MODES:
-        raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {sc.mode!r}")
-    if sc.heartbeat_s < 1:
-        raise ConfigError(f"--heartbeat must be >= 1 second, got {sc.heartbeat_s}")
-    if sc.mode == "search" and sc.trials < 1:
-        raise ConfigError(f"--trials must be >= 1, got {sc.trials}")
-    if sc.objective not in ("auroc", "fpr95"):
-        raise ConfigError(f"--objective must be auroc or fpr95, got {sc.objective!r}")
-    if not (math.isfinite(sc.max_acc_drop) and sc.max_acc_drop >= 0):
-        raise ConfigError(f"--max-acc-drop must be a number of points >= 0, got {sc.max_acc_drop}")
-    if not (math.isfinite(sc.min_gain) and 0 <= sc.min_gain < 100):
-        raise ConfigError(f"--min-gain must be a number of points in [0, 100), got {sc.min_gain}")
-    if not 0 < sc.holdout < 1:
-        raise ConfigError(f"--holdout must be in (0, 1), got {sc.holdout}")
-    if not sc.methods:
-        raise ConfigError("--method needs at least one scorer")
-    from lbfood.engine.evaluation import scorers
-
-    for m in sc.methods:
-        scorers.get(m)  # an unknown name raises here, before any trial trains
-    if sc.val_ood is None and not sc.pseudo:
-        raise ConfigError("no validation OOD: pass --val-ood DATASET or keep a --pseudo generator")
-    if sc.val_ood is not None and sc.val_ood in sc.ood:
-        raise ConfigError(f"--val-ood {sc.val_ood} is also a test set (--ood); validate on another set")
 
 
 def trial_config(sc: SweepConfig, point: dict[str, str], out: str) -> FinetuneConfig:

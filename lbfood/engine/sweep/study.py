@@ -93,7 +93,7 @@ def open_study(sc: SweepConfig):
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    space.check(sc)
+    sc.check()
     st = storage_of(sc)
     given = st.shown if sc.storage else None  # what study.json records (password hidden)
     new = folder.check(Path(sc.out), given)  # a sweep folder, recognised by its study; the same storage
