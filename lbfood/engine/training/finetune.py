@@ -92,11 +92,55 @@ def probe(model, loader, delta: float, batches: int, rt, energies: bool = False)
 
 
 def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInfo | None = None) -> Session:
-    """Resolve the parent run, presets, μ and the LFF hook; raises LbfoodError before writing anything.
+    """Resolve the parent run, presets, μ and the objective's hook; raises LbfoodError before writing anything.
 
     `None` fields of `cfg` are filled by `cfg.resolve` (the parent's data, the dataset's preset).
     """
     dist = dist or DistInfo()
+    cfg, parent_model, parent, parent_note = _resolve(cfg, resume)
+    size = int(parent.input_size)
+    rt = make_runtime(rank_device(cfg.device, dist), cfg.precision)
+    check_parallel(cfg, rt, dist)
+    seed_everything(cfg.seed)
+    spec, train_set, test_set, notes = load_id_data(cfg, size, dist)
+    # The parent's normalisation (an imported model's is its weights', not the dataset's default).
+    spec = dataclasses.replace(spec, mean=tuple(parent.mean), std=tuple(parent.std))
+    if list(train_set.classes) != list(parent.classes):
+        raise ConfigError(f"{cfg.data} has classes {list(train_set.classes)[:5]}… but the parent run was trained on "
+                          f"{parent.classes[:5]}…; fine-tune on the parent's data")
+    if parent_note:  # a note, not a refusal: an early epoch is a fair start, and the child records its parent
+        notes = [*notes, Note(f"parent {parent_note}", "warning")]
+
+    aug = Augment(crop_pad=4, flip=True, jitter=cfg.jitter)
+    objectives.prepare_model(cfg, parent_model)
+    model = rt.prepare(parent_model)
+    stats = measure_parent(cfg, model, train_set, spec, size, aug, rt)
+    cfg, mu_auto = resolve_mu(cfg, stats)
+    notes = notes + probe_notes(cfg, stats, mu_auto)
+    probe_rec = {"bg_share": stats["bg_share"], "bg_quantiles": stats["bg_q"], "fg_quantiles": stats["fg_q"]}
+    if cfg.objective == "bg-energy" and cfg.lam > 0:
+        cfg, more = objectives.energy_margins(cfg, stats["energies"])
+        notes += more
+        q = torch.tensor([0.1, 0.5, 0.9])
+        probe_rec.update({f"{k}_quantiles": torch.quantile(v, q).tolist() if len(v) else []
+                          for k, v in stats["energies"].items()})
+
+    frozen = None
+    if cfg.mask_from == "pretrained":
+        frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    hook = objectives.make_hook(cfg, model, frozen, dist)
+    suffix = ("lff" if cfg.objective == "lff" else cfg.objective) if cfg.lam > 0 else "ce"
+    out = runs.output_dir(cfg.out, resume=resume, data=cfg.data, arch=cfg.arch, suffix=suffix)
+    meta = new_meta("finetune", cfg, spec, train_set.classes, size).replace(
+        parent=str(parent.run_dir), probe=probe_rec, mu_auto=mu_auto)
+    return Session(cfg, "finetune", rt, spec, train_set, test_set, model, out, meta, resume=resume, hook=hook,
+                   aug=aug, dist=dist, notes=notes)
+
+
+def _resolve(cfg: FinetuneConfig, resume: bool):
+    """(the resolved and checked config, the parent's model and run.json, a note if it is unfinished): a
+    resumed run's recorded settings, the objective's defaults, the parent's data and architecture and the
+    dataset's preset."""
     if resume:
         old = runs.read(runs.resume_target(cfg.out))
         if old.kind != "finetune":
@@ -109,48 +153,46 @@ def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInf
     parent_note = runs.unfinished(parent, uses="fine-tuning starts from")  # killed, stopped or still training
     if not hasattr(parent_model, "forward_features") or not isinstance(parent_model.head, torch.nn.Linear):
         raise RunError(f"{parent.run_dir}: architecture {parent.arch} has no feature map and linear head")
-    size = int(parent.input_size)
     # Data and architecture come from the parent unless given; the recipe from the dataset's preset.
     from_parent = {k: parent.config[k] for k in ("data", "data_root", "val_split", "classes_file")
                    if k in parent.config}
     from_parent.update(arch=parent.arch, width=float(parent.width))
     spec = get_dataset(cfg.data if cfg.data is not None else parent.data)
-    cfg = cfg.resolve(from_parent, preset_values(spec.preset, size, len(parent.classes)))
+    cfg = cfg.resolve(from_parent, preset_values(spec.preset, int(parent.input_size), len(parent.classes)))
     cfg.check()
-    rt = make_runtime(rank_device(cfg.device, dist), cfg.precision)
-    check_parallel(cfg, rt, dist)
-    seed_everything(cfg.seed)
-    spec, train_set, test_set, notes = load_id_data(cfg, size, dist)
-    # The parent's normalisation (an imported model's is its weights', not the dataset's default).
-    spec = dataclasses.replace(spec, mean=tuple(parent.mean), std=tuple(parent.std))
-    if list(train_set.classes) != list(parent.classes):
-        raise ConfigError(f"{cfg.data} has classes {list(train_set.classes)[:5]}… but the parent run was trained on "
-                          f"{parent.classes[:5]}…; fine-tune on the parent's data")
+    return cfg, parent_model, parent, parent_note
 
-    # Measure the parent before the first step: how much is background, and how large are its norms.
-    aug = Augment(crop_pad=4, flip=True, jitter=cfg.jitter)
-    objectives.prepare_model(cfg, parent_model)
-    model = rt.prepare(parent_model)
-    probe_loader = make_loader(train_set, batch_size=cfg.batch_size, mean=spec.mean, std=spec.std,
-                               image_size=size, train=True, aug=aug, device=rt.device, seed=cfg.seed + 1,
-                               channels_last=rt.channels_last, workers=0)
-    energy = cfg.objective == "bg-energy"
-    stats = probe(model, probe_loader, cfg.delta, cfg.probe_batches, rt, energies=energy)
-    bgq, fgq = stats.pop("bg_q"), stats.pop("fg_q")
-    bg_norms = stats.pop("bg_norms")
-    energies = {k: stats.pop(k) for k in ("e_in", "e_bg") if k in stats}
+
+def measure_parent(cfg: FinetuneConfig, model, train_set, spec, size: int, aug: Augment, rt) -> dict:
+    """The parent before the first step, on `cfg.probe_batches` training batches: its background share at δ,
+    the norm quantiles of background and foreground locations ("bg_q", "fg_q"), the background norms
+    themselves and, for bg-energy, the image and background-location energies ("energies")."""
+    loader = make_loader(train_set, batch_size=cfg.batch_size, mean=spec.mean, std=spec.std, image_size=size,
+                         train=True, aug=aug, device=rt.device, seed=cfg.seed + 1, channels_last=rt.channels_last,
+                         workers=0)
+    stats = probe(model, loader, cfg.delta, cfg.probe_batches, rt, energies=cfg.objective == "bg-energy")
+    stats["energies"] = {k: stats.pop(k) for k in ("e_in", "e_bg") if k in stats}
+    return stats
+
+
+def resolve_mu(cfg: FinetuneConfig, stats: dict) -> tuple[FinetuneConfig, bool]:
+    """`--mu auto`: μ (Eq. 6) is the `mu_quantile` quantile of the parent's background norms; (config, auto?).
+    At λ = 0 (the CE-only control) μ plays no part: with no background location it stays "auto"."""
     mu_auto = cfg.mu == "auto" and objectives.uses_mu(cfg.objective)
-    if mu_auto and len(bg_norms):
-        cfg = cfg.replace(mu=round(float(torch.quantile(bg_norms, cfg.mu_quantile)), 4))
+    if mu_auto and len(stats["bg_norms"]):
+        cfg = cfg.replace(mu=round(float(torch.quantile(stats["bg_norms"], cfg.mu_quantile)), 4))
     elif mu_auto and cfg.lam > 0:
         raise ConfigError(f"--mu auto: no background location at δ = {cfg.delta:g}: 0 of {stats['locations']} "
                           f"locations in {cfg.probe_batches} training batch(es) have p_j(true class) < δ, so "
                           "there is no norm to measure μ from; try a larger --delta (e.g. "
                           f"{min(2 * cfg.delta, 0.5):g}), more --probe-batches, or a number for --mu")
-    # At λ = 0 (the CE-only control) μ plays no part: with no background location it stays "auto".
+    return cfg, mu_auto
+
+
+def probe_notes(cfg: FinetuneConfig, stats: dict, mu_auto: bool) -> list[Note]:
+    """What the user reads before the first step: the parent's background share and norms, μ, and warnings."""
+    bgq, fgq = stats["bg_q"], stats["fg_q"]
     fmt = lambda q: "/".join(f"{v:.2f}" for v in q) if q else "n/a"  # noqa: E731
-    if parent_note:  # a note, not a refusal: an early epoch is a fair start, and the child records its parent
-        notes = [*notes, Note(f"parent {parent_note}", "warning")]
     if cfg.lam == 0:
         mu_text = "μ unused (λ = 0)"
     elif not objectives.uses_mu(cfg.objective):
@@ -160,7 +202,7 @@ def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInf
     else:
         mu_text = f"μ = {cfg.mu:g}" + (f" (auto: the {cfg.mu_quantile:g} quantile of background norms)"
                                         if mu_auto else "")
-    notes = notes + [Note(
+    notes = [Note(
         f"parent at δ = {cfg.delta:g}: {stats['bg_share']:.1%} of {stats['locations']} locations are background; "
         f"‖z_j‖ 10/50/90 %: background {fmt(bgq)}, foreground {fmt(fgq)}; " + mu_text,
         data={"bg_share": stats["bg_share"], "bg_quantiles": bgq, "fg_quantiles": fgq, "mu": cfg.mu})]
@@ -172,20 +214,4 @@ def prepare_finetune(cfg: FinetuneConfig, *, resume: bool = False, dist: DistInf
     if stats["bg_share"] == 0:
         notes.append(Note(f"no background location at δ = {cfg.delta:g}: the {cfg.objective} background term is "
                           "0 until some appear; consider a larger --delta", "warning"))
-    probe_rec = {"bg_share": stats["bg_share"], "bg_quantiles": bgq, "fg_quantiles": fgq}
-    if energy and cfg.lam > 0:
-        cfg, more = objectives.energy_margins(cfg, energies)
-        notes += more
-        q = torch.tensor([0.1, 0.5, 0.9])
-        probe_rec.update({f"{k}_quantiles": torch.quantile(v, q).tolist() if len(v) else [] for k, v in energies.items()})
-
-    frozen = None
-    if cfg.mask_from == "pretrained":
-        frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    hook = objectives.make_hook(cfg, model, frozen, dist)
-    suffix = ("lff" if cfg.objective == "lff" else cfg.objective) if cfg.lam > 0 else "ce"
-    out = runs.output_dir(cfg.out, resume=resume, data=cfg.data, arch=cfg.arch, suffix=suffix)
-    meta = new_meta("finetune", cfg, spec, train_set.classes, size).replace(
-        parent=str(parent.run_dir), probe=probe_rec, mu_auto=mu_auto)
-    return Session(cfg, "finetune", rt, spec, train_set, test_set, model, out, meta, resume=resume, hook=hook,
-                   aug=aug, dist=dist, notes=notes)
+    return notes
