@@ -75,7 +75,12 @@ def check(out: Path, storage: str | None) -> bool:
 
 
 def record(out: Path, storage: str | None) -> None:
-    """Write the record of a new sweep's study (the first file of the folder)."""
+    """Write the record of a new sweep's study (kept as it is once written; the folder's id may be in it)."""
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / RECORD).exists():
-        atomic_write_json(out / RECORD, {"study": STUDY_NAME, "storage": storage})
+    try:  # sweep/identity.py may have written the folder's id into it first
+        doc: Any = json.loads((out / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        doc = {}
+    doc = doc if isinstance(doc, dict) else {}
+    if doc.get("study") != STUDY_NAME or "storage" not in doc:
+        atomic_write_json(out / RECORD, {**doc, "study": STUDY_NAME, "storage": storage})

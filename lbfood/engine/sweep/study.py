@@ -89,7 +89,8 @@ def storage_url(sc: SweepConfig) -> str:
 def open_study(sc: SweepConfig):
     """Create or load the study; a continued sweep must have been started with the same options and
     storage and, on a shared storage, this --out must be the study's sweep folder. A new sweep is checked
-    before anything is written (`preflight`), then records its study. Bad input creates nothing."""
+    before anything is written (`preflight`); the folder records its study once it is known to be the
+    study's. Bad input creates nothing."""
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
@@ -100,7 +101,6 @@ def open_study(sc: SweepConfig):
     storage.reach(st)
     if new:
         preflight.run(sc)  # every trial's options and data checked before the folder is made
-    folder.record(Path(sc.out), given)
     if st.dialect == "sqlite":
         Path(st.database).parent.mkdir(parents=True, exist_ok=True)  # the default database is in --out
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -120,7 +120,8 @@ def open_study(sc: SweepConfig):
             where = sc.out if sc.storage is None else st.shown
             raise ConfigError(f"{where} holds a sweep started with other options: {'; '.join(identity.differences(have, want))}; "
                               "rerun it with the same flags to continue, or use a new --out (or database)")
-        identity.bind_folder(study, sc, st)
+        identity.bind_folder(study, sc, st)  # a worker whose --out is not the study's folder: refused here
+        folder.record(Path(sc.out), given)
         if have is None:
             study.set_user_attr("signature", want)
     return study
