@@ -264,3 +264,4 @@ class ScoreConfig(_Config):
     data_root: str | None = None  # where the ID data is, if the scorer must be fitted or calibrated
     device: str = "auto"
     precision: str = "auto"
+    far_gate: bool = True  # ID also needs the far-OOD gate to pass (scorers/fargate.py); False: the paper's verdict

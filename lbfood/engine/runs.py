@@ -56,6 +56,7 @@ class RunMeta:
     seconds: float | None = None
     threshold: dict[str, Any] | None = None  # the default scorer's calibrated γ (paper Eq. 3)
     thresholds: dict[str, dict[str, Any]] = field(default_factory=dict)  # scorer key -> calibrated γ
+    far_gate: dict[str, Any] | None = None  # `score`'s far-OOD gate: its threshold γ_far (scorers/fargate.py)
     parent: str | None = None  # finetune: the run it started from
     probe: dict[str, Any] | None = None  # finetune: the parent's background share and norm quantiles
     mu_auto: bool | None = None  # finetune: μ was measured (`--mu auto`)
@@ -64,7 +65,7 @@ class RunMeta:
     validation_seconds: float | None = None
     run_dir: Path | None = field(default=None, compare=False)
 
-    _OPTIONAL = ("seconds", "threshold", "parent", "probe", "mu_auto", "auto", "validation", "validation_seconds")
+    _OPTIONAL = ("seconds", "threshold", "far_gate", "parent", "probe", "mu_auto", "auto", "validation", "validation_seconds")
 
     def to_dict(self) -> dict[str, Any]:
         d = {"format": SCHEMA, "lbfood": __version__, "torch": torch.__version__}
@@ -119,6 +120,12 @@ class RunMeta:
         for key in ("metrics", "thresholds"):
             if key in kw and not isinstance(kw[key], dict):
                 raise bad(key, "a JSON object")
+        gate = kw.get("far_gate")
+        if gate is not None and not (isinstance(gate, dict) and isinstance(gate.get("method"), str)
+                                     and number(gate.get("value")) and number(gate.get("keep"))
+                                     and 0 < gate["keep"] <= 1 and isinstance(gate.get("params", {}), dict)):
+            raise bad("far_gate", 'an object with "method" (text), "value" (a finite number), "keep" (in (0, 1]) '
+                                  'and "params" (an object)')
         return cls(**kw)
 
     def replace(self, **changes: Any) -> RunMeta:

@@ -34,12 +34,29 @@ def test_round_trip_and_the_one_writer(tmp_path):
     ({"mean": [1, 2]}, "mean must be three finite numbers"),
     ({"config": []}, "config must be a JSON object"),
     ({"format": 99}, "run format 99"),
+    ({"far_gate": []}, "far_gate must be an object"),
+    ({"far_gate": {"method": "fargate", "value": "x", "keep": 0.995}}, "far_gate must be an object"),
+    ({"far_gate": {"method": "fargate", "value": float("inf"), "keep": 0.995}}, "far_gate must be an object"),
+    ({"far_gate": {"method": "fargate", "value": -3.0, "keep": 1.5}}, "far_gate must be an object"),
+    ({"far_gate": {"method": 1, "value": -3.0, "keep": 0.995}}, "far_gate must be an object"),
+    ({"far_gate": {"method": "fargate", "value": -3.0, "keep": 0.995, "params": 3}}, "far_gate must be an object"),
 ])
 def test_run_json_is_validated_on_load(tmp_path, change, message):
     raw = {"format": runs.SCHEMA, **META, **change}
     (tmp_path / "run.json").write_text(json.dumps(raw))
     with pytest.raises(RunError, match=message):
         runs.read(tmp_path)
+
+
+def test_the_far_gate_entry_round_trips_and_older_run_json_loads_without_it(tmp_path):
+    gate = {"method": "fargate", "value": -41.5, "keep": 0.995, "split": "train", "params": {"shrinkage": 0.1}}
+    runs.write(tmp_path, RunMeta(**META, far_gate=gate))
+    assert json.loads((tmp_path / "run.json").read_text())["far_gate"] == gate
+    assert runs.read(tmp_path).far_gate == gate
+    (tmp_path / "run.json").write_text(json.dumps({"format": runs.SCHEMA, **META}))  # before the gate existed
+    assert runs.read(tmp_path).far_gate is None
+    runs.write(tmp_path, runs.read(tmp_path))
+    assert "far_gate" not in json.loads((tmp_path / "run.json").read_text())  # unset: not written
 
 
 def test_missing_keys_and_damaged_files(tmp_path):
