@@ -117,7 +117,7 @@ def score(
         "--no-far-gate", help="The paper's verdict alone (score ≥ γ ⇒ ID). By default an image is ID only if "
                               "the far-OOD gate passes too: a Mahalanobis distance to the run's training "
                               "features that rejects noise, blank frames, text and other modalities, keeping "
-                              "99.5 % of the training images.")] = False,
+                              "99.7 % of the training images.")] = False,
     param: Params = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")] = False,
     max_ood_share: Annotated[float | None, typer.Option(

@@ -104,7 +104,7 @@ def choose_auto(s: Session, model: torch.nn.Module, rt: Runtime) -> Iterator[Eve
 def finish(run_dir: Path, model: torch.nn.Module, rt: Runtime, *, batch_size: int = 256,
            workers: int = 4) -> Iterator[Event]:
     """Calibrate a trained run's default threshold (95 % of held-out ID images kept) and fit its far-OOD
-    gate (99.5 % of its training images kept), point runs/latest at it and mark it done (in that order: a
+    gate (99.7 % of its training images kept), point runs/latest at it and mark it done (in that order: a
     run marked done has been pointed at)."""
     meta = runs.read(run_dir)
     yield Step(f"calibrating the {DEFAULT_METHOD} threshold on {meta.data} test images")

@@ -1,5 +1,5 @@
 """Calibration: the threshold γ of paper Eq. 3 (S(x) ≥ γ ⇒ ID) that keeps 95 % of a run's held-out ID
-images, and the far-OOD gate's γ_far (keeping 99.5 % of its training images, scorers/fargate.py), both
+images, and the far-OOD gate's γ_far (keeping 99.7 % of its training images, scorers/fargate.py), both
 stored in run.json (through `lbfood.engine.runs`) for `lbfood score`."""
 
 from __future__ import annotations
@@ -61,9 +61,8 @@ def _gate_entry(ev: RunEval, keep: float) -> dict[str, Any]:
     s = ev.scorer(fargate.NAME)  # fitted (and stored in <run>/scorers/) or loaded
     train = ev.train_features(False)
     entry = {"method": s.name, "format": fargate.FORMAT, "value": fargate.threshold(train, s, keep), "keep": keep,
-             "split": "train",
-             "data": ev.meta.data, "images": len(train), "folds": fargate.FOLDS, "params": jsonable(s.params),
-             "weights": ev.fp}
+             "split": "train", "data": ev.meta.data, "images": len(train), "folds": fargate.FOLDS,
+             "params": jsonable(s.params), "weights": ev.fp}
     if ev.limit is not None:
         entry["limit"] = ev.limit
     return entry

@@ -39,7 +39,7 @@ class Row:
     method: str = ""
     threshold: float | None = None
     far_score: float | None = None  # the far-OOD gate's score (higher = nearer the training data); None: no gate
-    far_threshold: float | None = None  # γ_far, keeping 99.5 % of the run's training images
+    far_threshold: float | None = None  # γ_far, keeping 99.7 % of the run's training images
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
