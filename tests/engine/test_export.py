@@ -145,7 +145,7 @@ def test_metadata_layout_and_dynamic_batch(run, tmp_path):
     assert props["far_gate"] == props["far_threshold"] == "" and [o.name for o in onnx.load(a.path).graph.output] == [
         "logits", "score", "is_id"]  # --no-far-gate: the paper's verdict alone, as before the gate
     assert ts["far_gate"] == "fargate" and float(ts["far_threshold"]) == b.far_threshold
-    assert "far_score >= far_threshold" in ts["score"] and json.loads(ts["far_params"]) == {"shrinkage": 0.0}
+    assert "far_score >= far_threshold" in ts["score"] and json.loads(ts["far_params"]) == {"shrinkage": "auto"}
     # NHWC input gives the NCHW file's logits; any batch size (the example had 2 images) runs.
     nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     for n in (1, 5, 16):

@@ -99,12 +99,13 @@ def test_fargate_hand_made():
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(400) % 4
-    x = torch.randn(400, 6, generator=g) + 5.0 * nn.functional.one_hot(y, 6).float()
+    x = torch.randn(400, 6, generator=g) * torch.tensor([1.0, 2.0, 4.0, 0.5, 3.0, 1.0]) + \
+        5.0 * nn.functional.one_hot(y, 6).float()
     means = torch.randn(400, 5, generator=g) + y[:, None].float()
     norms = torch.exp(0.1 * torch.randn(400, 3, generator=g) + torch.tensor([1.0, 2.0, 3.0]))
     head = _head(torch.randn(4, 6, generator=g))
     train = _feats(x, head, labels=y, block_norms=norms, block_means=means)
-    s = scorers.get("fargate").fit(train, head)
+    s = scorers.get("fargate", shrinkage=0).fit(train, head)
     views = {"": x, "layer_": means, "norm_": norms.log()}
 
     def plain(v):  # Lee et al.'s class means and shared covariance on one view, as the Mahalanobis scorer
@@ -142,13 +143,20 @@ def test_fargate_hand_made():
     assert fargate.KEEP == 0.997 and thr == pytest.approx(float(np.quantile(combined.numpy(), 0.003)))
     assert (combined >= thr).double().mean().item() == pytest.approx(0.997, abs=0.003)
     assert (s.score(test)[:3] >= thr).all() and (s.score(test)[3:] < thr).all()
-    # Shrinkage towards (tr Σ / D)·I; bad parameters and inputs are refused.
-    shrunk = scorers.get("fargate", shrinkage=0.5).fit(train, head)
-    _, cov = class_gaussians(x, y, "test")
-    want_cov = 0.5 * cov + 0.5 * torch.trace(cov) / 6 * torch.eye(6, dtype=torch.float64)
-    torch.testing.assert_close(shrunk.state["precision"], torch.linalg.pinv(want_cov, hermitian=True))
-    with pytest.raises(ConfigError, match="shrinkage must be in"):
-        scorers.get("fargate", shrinkage=1)
+    # Shrinkage towards (tr Σ / D)·I: given, or Ledoit-Wolf's ("auto", the default); bad values refused.
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    mu, cov = class_gaussians(x, y, "test")
+    lw = ledoit_wolf_shrinkage((x.double() - mu[y]).numpy(), assume_centered=True)
+    assert 0.01 < lw < 0.9
+    for given, amount in ((0.5, 0.5), ("0.25", 0.25), ("auto", lw)):
+        shrunk = scorers.get("fargate", shrinkage=given).fit(train, head)
+        want_cov = (1 - amount) * cov + amount * torch.trace(cov) / 6 * torch.eye(6, dtype=torch.float64)
+        torch.testing.assert_close(shrunk.state["precision"], torch.linalg.inv(want_cov))
+    assert scorers.get("fargate").params == {"shrinkage": "auto"}
+    for bad in (1, -0.1, "lots"):
+        with pytest.raises(ConfigError, match="shrinkage must be auto or in"):
+            scorers.get("fargate", shrinkage=bad)
     with pytest.raises(ConfigError, match="at least 10 training images"):
         fargate.threshold(_feats(x[:9], head, labels=y[:9], block_norms=norms[:9], block_means=means[:9]), s)
     with pytest.raises(ConfigError, match="block norms and means"):

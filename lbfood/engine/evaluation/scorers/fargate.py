@@ -9,8 +9,11 @@ images. Distances to the class clusters of the training data do not share that f
 calls an image ID only when the paper's score passes its threshold γ **and** this gate passes its own
 γ_far (`--no-far-gate`: the paper's verdict alone).
 
-Three views of an image, each with class means and one shared covariance Σ (maximum likelihood,
-`shrinkage` s towards (tr Σ / D)·I, pseudo-inverted), as Lee et al.'s Eq. 2:
+Three views of an image, each with class means and one shared covariance Σ (maximum likelihood, as Lee
+et al.'s Eq. 2, shrunk towards (tr Σ / D)·I by s: Σ' = (1 − s)·Σ + s·(tr Σ / D)·I, then inverted). `shrinkage`
+"auto" takes s from Ledoit & Wolf (2004), as sklearn's `ledoit_wolf_shrinkage` computes it: near 0 with
+thousands of training images, large with a few hundred, where the plain Σ is singular and its
+pseudo-inverse would ignore every direction the training images do not span (noise included):
 - the pooled penultimate features h(x) (what the paper's scores read);
 - the per-layer features of Lee et al.'s ensemble: each residual block's output averaged over space,
   its channels in at most 32 groups (`Features.block_means`): far for pixel noise;
@@ -90,15 +93,23 @@ def combine(d2: list[torch.Tensor], scales: torch.Tensor) -> torch.Tensor:
     return -torch.stack([d / scales[i].double() for i, d in enumerate(d2)], dim=1).amax(dim=1)
 
 
-def fit_view(x: torch.Tensor, labels: torch.Tensor, shrinkage: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class means (C, D) and the precision of the shrunk shared covariance (D, D), float64."""
+def fit_view(x: torch.Tensor, labels: torch.Tensor, shrinkage: float | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means (C, D) and the precision of the shrunk shared covariance (D, D), float64; `shrinkage`
+    "auto" = Ledoit-Wolf's on the class-centred features."""
     means, cov = class_gaussians(x, labels, NAME)
     d = cov.shape[0]
+    if shrinkage == "auto":
+        from sklearn.covariance import ledoit_wolf_shrinkage
+
+        keep = labels >= 0
+        classes = torch.unique(labels[keep])
+        centred = x[keep].double() - means[torch.searchsorted(classes, labels[keep])]
+        shrinkage = float(ledoit_wolf_shrinkage(centred.numpy(), assume_centered=True))
     cov = (1.0 - shrinkage) * cov + shrinkage * (torch.trace(cov) / d) * torch.eye(d, dtype=cov.dtype)
     return means, torch.linalg.pinv(cov, hermitian=True)
 
 
-def cross_fitted(train: Features, shrinkage: float, folds: int = FOLDS) -> torch.Tensor:
+def cross_fitted(train: Features, shrinkage: float | str, folds: int = FOLDS) -> torch.Tensor:
     """(N, views) squared distances of each training image from statistics fitted without its fold."""
     n = len(train)
     if n < 2 * folds:
@@ -129,12 +140,20 @@ class FarGate(Scorer):
     name = NAME
     needs_fit = True
     needs_blocks = True
-    defaults = {"shrinkage": 0.0}
+    defaults = {"shrinkage": "auto"}  # s of each view's covariance: "auto" (Ledoit-Wolf) or a number in [0, 1)
     state_keys = ("means", "precision", "layer_means", "layer_precision", "norm_means", "norm_precision", "scales")
 
     def check_params(self) -> None:
-        if not 0.0 <= self.params["shrinkage"] < 1.0:
-            raise ConfigError(f"fargate: shrinkage must be in [0, 1), got {self.params['shrinkage']}")
+        s = self.params["shrinkage"]
+        if s == "auto":
+            return
+        try:
+            s = float(s)
+        except (TypeError, ValueError):
+            s = float("nan")
+        if not 0.0 <= s < 1.0:
+            raise ConfigError(f"fargate: shrinkage must be auto or in [0, 1), got {self.params['shrinkage']!r}")
+        self.params["shrinkage"] = s
 
     def _fit(self, train: Features, head: nn.Linear) -> dict[str, torch.Tensor]:
         s = self.params["shrinkage"]
