@@ -3,6 +3,9 @@
     lbfood export --model runs/latest --method react --out detector.onnx
     python examples/deploy.py detector.onnx photos/     # prints: file, class, score, ID or OOD
 
+is_id already includes lbfood score's far-OOD gate (its score is the optional output far_score) unless
+the file was exported with --no-far-gate.
+
 An unreadable file gets a line on stderr and the exit code 1; the others are still classified.
 
 Images are prepared as `lbfood score` prepares them: RGB, the shorter side resized (bilinear) to the
@@ -60,7 +63,7 @@ def main(model, folder, batch=64):
         x = np.stack(arrays)
         if meta["layout"] == "NCHW":
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        logits, score, is_id = session.run(None, {"images": x})
+        logits, score, is_id = session.run(["logits", "score", "is_id"], {"images": x})
         for p, lg, s, ok in zip(good, logits, score, is_id, strict=True):
             print(f"{p}\t{classes[int(lg.argmax())]}\t{s:.4f}\t{'ID' if ok else 'OOD'}")
     return 1 if failed else 0

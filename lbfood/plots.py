@@ -235,7 +235,8 @@ def explanation(e: Any, path: Path) -> Picture:
             ax.scatter((cols + 0.5) * size / mask.shape[1] - 0.5, (rows + 0.5) * size / mask.shape[0] - 0.5,
                        s=40 if marker == "+" else 12, marker=marker, color=colour, linewidths=1.5)
         bg = f"bg {int(m.mask.sum())}/{m.mask.size} at δ {m.delta:.3g}"
-        ax.set_title(f"{m.run}: {m.verdict} ({m.method} {m.score:.3g}, γ {m.threshold:.3g})\n"
+        far = " by the far-OOD gate" if getattr(m, "reason", None) == "far" else ""
+        ax.set_title(f"{m.run}: {m.verdict}{far} ({m.method} {m.score:.3g}, γ {m.threshold:.3g})\n"
                      f"predicted {m.predicted} ({m.confidence:.0%}); {bg}", fontsize=8.5)
     for ax in axes:
         ax.set_xticks([])

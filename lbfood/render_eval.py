@@ -60,20 +60,27 @@ def wrote(path) -> None:
 
 
 def score_table(rows: Sequence[Any]) -> None:
-    """file, predicted class, confidence, score, verdict; failures in red with their reason."""
+    """file, predicted class, confidence, score, verdict and why OOD (reason: `score` below γ, or `far`:
+    the far-OOD gate failed); failures in red with their reason."""
     method = next((r.method for r in rows if r.method), "")
     thr = next((r.threshold for r in rows if r.threshold is not None), None)
-    caption = f"{escape(method)} score ≥ {thr:.4g} ⇒ ID (paper Eq. 3)" if thr is not None else None
+    far = next((r.far_threshold for r in rows if r.far_threshold is not None), None)
+    caption = None
+    if thr is not None:
+        caption = f"ID ⇔ {escape(method)} score ≥ {thr:.4g} (paper Eq. 3)"
+        caption += (f" and far-OOD gate ≥ {far:.4g} (Mahalanobis; reason far = the gate failed)" if far is not None
+                    else " (--no-far-gate: the paper's score alone)")
     table = Table(title="lbfood score", caption=caption, header_style="bold")
     for col, justify in (("file", "left"), ("class", "left"), ("confidence", "right"), ("score", "right"),
-                         ("verdict", "left")):
+                         ("verdict", "left"), ("reason", "left")):
         table.add_column(col, justify=justify)
     for r in rows:
         if r.error is not None:
-            table.add_row(escape(r.file), f"[red]{escape(r.error)}[/]", "", "", "[bold red]error[/]")
+            table.add_row(escape(r.file), f"[red]{escape(r.error)}[/]", "", "", "[bold red]error[/]", "")
             continue
         verdict = "[green]ID[/]" if r.verdict == "ID" else "[magenta]OOD[/]"
-        table.add_row(escape(r.file), escape(r.predicted or ""), f"{r.confidence:.2%}", f"{r.score:.4f}", verdict)
+        table.add_row(escape(r.file), escape(r.predicted or ""), f"{r.confidence:.2%}", f"{r.score:.4f}", verdict,
+                      r.reason or "")
     _console().print(table)
     failed = sum(r.error is not None for r in rows)
     if failed:

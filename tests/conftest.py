@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,32 @@ def postgres_url(postgres_server, request):
     import re
 
     return postgres_server.create_db(re.sub(r"\W", "_", request.node.name)[:50].lower())
+# The tiny *trained* run: a ResNet-18 ×0.125 pretrained on the first TRAINED_LIMIT backdrops images
+# (and calibrated, far-OOD gate included), once per test session; tests that change it copy it first.
+TRAINED_LIMIT, TRAINED_EPOCHS = 2000, 5
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A run folder trained (CE, TRAINED_EPOCHS epochs on TRAINED_LIMIT images, CPU) and calibrated as
+    `lbfood pretrain` does: run.json has its threshold and far-OOD gate. Treat it as read-only: copy it
+    (`shutil.copytree`) to change it."""
+    import torch
+
+    from lbfood.engine import pipeline
+    from lbfood.engine.config import TrainConfig
+    from lbfood.engine.training.setup import prepare_pretrain
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    cfg = TrainConfig(data="backdrops", arch="resnet18", width=0.125, epochs=TRAINED_EPOCHS, batch_size=64,
+                      lr=0.1, nesterov=True, warmup_epochs=1, limit=TRAINED_LIMIT, device="cpu", workers=0, seed=0, out=str(out))
+    threads, cwd = torch.get_num_threads(), os.getcwd()
+    torch.set_num_threads(1)
+    os.chdir(out.parent)  # calibration points runs/latest (under the current folder) at the run
+    try:
+        for _ in pipeline.train(prepare_pretrain(cfg)):
+            pass
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+    return out

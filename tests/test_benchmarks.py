@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "export_speed.py": ["--images", "16", "--fit-images", "40", "--repeats", "1", "--width", "0.125"],
     "export_agreement.py": ["--images", "8", "--fit-images", "40"],
+    "far_gate.py": ["--tiny", "--images", "8"],
     "walk_speed.py": ["--files", "50", "--folders", "5", "--repeats", "1"],
     "score_stream.py": ["--images", "40", "--shards", "2", "--width", "0.125", "--batch-size", "8"],
     "sweep_overhead.py": ["--limit", "100", "--epochs", "1", "--repeats", "1", "--width", "0.125"],

@@ -344,7 +344,7 @@ def test_score_a_folder_with_self_links_once_per_image(run, tmp_path):
     before = tree(tmp_path)
     with deadline(60):
         r = invoke("score", f, f"{f}/**/*.png", f / "self" / "img_002.png", "--method", "energy",
-                   "--threshold", "0", "--json", "--device", "cpu")
+                   "--threshold", "0", "--no-far-gate", "--json", "--device", "cpu")  # nothing to fit: no write
     clean(r)
     assert r.exit_code == 0, r.output
     assert [x["file"] for x in score_rows(r)] == [str(f / f"img_00{i}.png") for i in range(3)]
@@ -442,7 +442,7 @@ def test_score_dev_null_and_a_fifo_say_what_they_are(run, tmp_path):
     before = tree(tmp_path)
     with deadline(60):
         r = invoke("score", "/dev/null", tmp_path / "pipe.png", tmp_path / "imgs", f"{tmp_path}/imgs/*.png",
-                   "--method", "energy", "--threshold", "0", "--json", "--device", "cpu")
+                   "--method", "energy", "--threshold", "0", "--no-far-gate", "--json", "--device", "cpu")
     clean(r)
     assert r.exit_code == 1, r.output
     rows = score_rows(r)
@@ -500,7 +500,7 @@ def test_huge_image_is_refused_before_decoding(run, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         r = invoke("score", tmp_path / "huge.png", tmp_path / "img_000.png", "--method", "energy",
-                   "--threshold", "0", "--json", "--device", "cpu")
+                   "--threshold", "0", "--no-far-gate", "--json", "--device", "cpu")
     clean(r)
     assert r.exit_code == 1, r.output
     huge, ok = score_rows(r)

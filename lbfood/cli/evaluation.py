@@ -116,6 +116,11 @@ def score(
         help="γ: score ≥ γ ⇒ ID (paper Eq. 3).",
         show_default="the run's threshold for --method keeping 95 % of its ID test images, computed and "
                      "stored on first use")] = None,
+    no_far_gate: Annotated[bool, typer.Option(
+        "--no-far-gate", help="The paper's verdict alone (score ≥ γ ⇒ ID). By default an image is ID only if "
+                              "the far-OOD gate passes too: a Mahalanobis distance to the run's training "
+                              "features that rejects noise, blank frames, text and other modalities, keeping "
+                              "99.7 % of the training images.")] = False,
     param: Params = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")] = False,
     max_ood_share: Annotated[float | None, typer.Option(
@@ -130,8 +135,9 @@ def score(
     device: Device = "auto",
     precision: EvalPrecision = "auto",
 ) -> None:
-    """Classify images and say whether each is in-distribution. Exit code 1 if any file failed, 3 if
-    --max-ood-share is exceeded."""
+    """Classify images and say whether each is in-distribution: ID when the paper's score passes and the
+    far-OOD gate passes (reason: score / far). Exit code 1 if any file failed, 3 if --max-ood-share is
+    exceeded."""
     with guard():
         from lbfood import render_ci, render_eval
         from lbfood.engine.config import ScoreConfig
@@ -144,7 +150,8 @@ def score(
 
         cfg = ScoreConfig(paths=tuple(paths), model=model, method=method, threshold=threshold,
                           params=parse_params(param, (method,)).get(method, {}), batch_size=batch_size,
-                          data_root=str(data_root) if data_root else None, device=device, precision=precision)
+                          data_root=str(data_root) if data_root else None, device=device, precision=precision,
+                          far_gate=not no_far_gate)
         notes: list[str] = []
         if out is not None or shard is not None:
             from lbfood.engine.evaluation import score_stream

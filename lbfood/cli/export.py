@@ -27,6 +27,9 @@ def export(
     threshold: Annotated[float | None, typer.Option(
         help="γ baked in: is_id = score ≥ γ (paper Eq. 3).",
         show_default="the run's threshold for --method, as `lbfood score` uses it")] = None,
+    no_far_gate: Annotated[bool, typer.Option(
+        "--no-far-gate", help="Leave out `lbfood score`'s far-OOD gate: is_id = score ≥ γ alone, as "
+                              "`lbfood score --no-far-gate`.")] = False,
     param: Params = None,
     max_bank_mb: Annotated[float, typer.Option(help="knn: refuse a training-feature bank larger than this (MiB).")] = 256.0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass when fitting or calibrating.")] = 64,
@@ -45,7 +48,8 @@ def export(
         cfg = ExportConfig(model=model, method=method, format=format, out=str(out) if out else None, layout=layout,
                            threshold=threshold, params=parse_params(param, (method,)).get(method, {}),
                            max_bank_mb=max_bank_mb, batch_size=batch_size,
-                           data_root=str(data_root) if data_root else None, device=device, precision=precision)
+                           data_root=str(data_root) if data_root else None, device=device, precision=precision,
+                           far_gate=not no_far_gate)
         with render_eval.progress() as on_event:  # fitting and calibrating, when the run has no stored ones
             res = run_export(cfg, on_event=on_event)
         md = res.metadata
@@ -53,8 +57,10 @@ def export(
             ("format", f"{res.format}, {res.bytes / 2**20:.2f} MiB"),
             ("input", md["input"]),
             ("outputs", f"logits (batch, {len(json.loads(md['classes']))}) float32, score (batch,) float32, "
-                        "is_id (batch,) bool"),
+                        "is_id (batch,) bool" + (", far_score (batch,) float32" if md["far_gate"] else "")),
             ("method", f"{md['method']} {md['params']}"),
             ("threshold", f"{res.threshold:.6g} ({md['threshold_source']})"),
+            ("far-OOD gate", f"far_score ≥ {res.far_threshold:.6g} also needed for is_id (Mahalanobis, "
+                             f"{md['far_params']})" if md["far_gate"] else "none (--no-far-gate)"),
         ])
         render_eval.notes(list(res.notes))

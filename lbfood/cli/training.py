@@ -291,6 +291,7 @@ def demo(
             with render_eval.progress(quiet) as on_event:
                 drawn = plots.demo_pictures([pre.run_dir, runs[0.0].run_dir, runs[1.0].run_dir], out / "pictures",
                                             device=device, on_event=on_event)
+        far = recipe.far_case(runs[1.0].run_dir, device=device, seed=seed)
         render.kv_table("lbfood demo", [
             ("ID test accuracy", f"pretrained {pre.metrics['test_acc']:.2%}, CE-only "
                                  f"{runs[0.0].metrics['test_acc']:.2%}, LFF {runs[1.0].metrics['test_acc']:.2%}"),
@@ -298,6 +299,9 @@ def demo(
             ("runs", str(out)),
             ("pictures", f"{len(drawn)} PNGs: {out / 'pictures' / 'index.html'}" if drawn is not None
              else "not drawn with --quick"),
+            *((case, f"{n} images scored by the LFF run: {alone} called ID by the react score alone, {gated} "
+                     "with `lbfood score`'s far-OOD gate (Mahalanobis distances to the training features; "
+                     "--no-far-gate: the score alone)") for case, (n, alone, gated) in far.items()),
             ("next", f"lbfood score IMAGE --model {runs[1.0].run_dir}"),
         ])
         if quick:

@@ -346,6 +346,7 @@ class _ImagesConfig(_EvalConfig):
     paths: tuple[str, ...] = ()  # files, folders (searched recursively) and globs
     method: str = "react"
     threshold: float | None = None  # γ, Eq. 3; None: the run's calibrated threshold for `method`
+    far_gate: bool = True  # ID also needs the far-OOD gate to pass (scorers/fargate.py); False: the paper's verdict
 
     def check(self, example: str = "lbfood score photos/") -> None:
         """No images, a batch < 1 or a non-finite γ: refused before any work (`example` shows the command)."""
@@ -380,6 +381,7 @@ class ExportConfig(_EvalConfig):
     layout: str = "NCHW"  # NCHW | NHWC, of the uint8 input images
     threshold: float | None = None  # γ, Eq. 3; None: the run's calibrated threshold for `method`
     max_bank_mb: float = 256.0  # knn: refuse a feature bank larger than this (MiB of float32)
+    far_gate: bool = True  # include `lbfood score`'s far-OOD gate (output far_score; is_id needs both)
 
     def check(self) -> None:
         super().check()

@@ -141,3 +141,32 @@ def write_samples(folder: Path) -> list[Path]:
             paths.append(Path(folder) / f"{name}-{i}.png")
             atomic_write_bytes(paths[-1], buf.getvalue())
     return paths
+
+
+def far_case(run_dir: Path, *, device: str = "auto", seed: int = 0) -> dict[str, tuple[int, int, int]]:
+    """The demo's closing example of `lbfood score`'s far-OOD gate: five images of uniform pixel noise and
+    three blank frames (black, white, mid-grey), nothing like backdrops, scored by `run_dir` with the react
+    score alone (`--no-far-gate`) and with the gate: {case: (images, ID by the score alone, ID with the gate)}."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from lbfood.engine.config import ScoreConfig
+    from lbfood.engine.evaluation.score import score_images
+
+    rng = np.random.default_rng(seed)
+    cases = {"uniform noise": [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)],
+             "blank frames": [np.full((32, 32, 3), v, np.uint8) for v in (0, 255, 128)]}
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case, arrays in cases.items():
+            folder = Path(tmp) / case.replace(" ", "-")
+            folder.mkdir()
+            for i, a in enumerate(arrays):
+                Image.fromarray(a).save(folder / f"{i}.png")
+            ids = [sum(r.verdict == "ID" for r in score_images(ScoreConfig(paths=(str(folder),), model=str(run_dir),
+                                                                           device=device, far_gate=gate)))
+                   for gate in (False, True)]
+            out[case] = (len(arrays), *ids)
+    return out

@@ -16,7 +16,7 @@ import torch
 from lbfood.engine import checkpoint, runs
 from lbfood.engine.errors import RunError, StorageError
 from lbfood.engine.evaluation.auto import calibrate_auto
-from lbfood.engine.evaluation.calibrate import calibrate
+from lbfood.engine.evaluation.calibrate import calibrate, calibrate_gate
 from lbfood.engine.events import Event, Finished, Interrupted, Note, Step
 from lbfood.engine.io import FULL_DISK
 from lbfood.engine.killpoints import kill_point
@@ -120,8 +120,9 @@ def choose_auto(s: Session, model: torch.nn.Module, rt: Runtime) -> Iterator[Eve
 
 def finish(run_dir: Path, model: torch.nn.Module, rt: Runtime, *, batch_size: int = 256,
            workers: int = 4) -> Iterator[Event]:
-    """Calibrate a trained run's default threshold (95 % of held-out ID images kept), point runs/latest at
-    it and mark it done (in that order: a run marked done has been pointed at)."""
+    """Calibrate a trained run's default threshold (95 % of held-out ID images kept) and fit its far-OOD
+    gate (99.7 % of its training images kept), point runs/latest at it and mark it done (in that order: a
+    run marked done has been pointed at)."""
     meta = runs.read(run_dir)
     yield Step(f"calibrating the {DEFAULT_METHOD} threshold on {meta.data} test images")
     model.eval()
@@ -129,6 +130,10 @@ def finish(run_dir: Path, model: torch.nn.Module, rt: Runtime, *, batch_size: in
     kill_point("calibrated")
     yield Note(f"calibrated threshold: {t['method']} score {t['value']:.4g} keeps {t['tpr']:.0%} of "
                f"{t['data']} test images (ID/OOD verdicts of `lbfood score`)")
+    yield Step(f"fitting the far-OOD gate on {meta.data} training images")
+    g = calibrate_gate(run_dir, model, meta, rt, batch_size=batch_size, workers=workers)
+    yield Note(f"far-OOD gate: Mahalanobis distance, γ_far {g['value']:.4g} keeps {g['keep']:.1%} of "
+               f"{g['data']} training images (`lbfood score` calls an image ID only if both pass)")
     runs.point_latest(run_dir)
     kill_point("latest")
-    runs.update(run_dir, status="done", threshold=t)
+    runs.update(run_dir, status="done", threshold=t, far_gate=g)

@@ -28,7 +28,8 @@ SCORERS = Registry("scorer", ConfigError)
 for _name, _cls in (("msp", "msp:MSP"), ("maxlogit", "maxlogit:MaxLogit"), ("energy", "energy:Energy"),
                     ("odin", "odin:ODIN"), ("react", "react:ReAct"), ("mahalanobis", "mahalanobis:Mahalanobis"),
                     ("knn", "knn:KNN"), ("vim", "vim:ViM"), ("dice", "dice:DICE"), ("dice_react", "dice:DICEReAct"),
-                    ("ash", "ash:ASH"), ("featurenorm", "featurenorm:FeatureNorm")):
+                    ("ash", "ash:ASH"), ("featurenorm", "featurenorm:FeatureNorm"),
+                    ("fargate", "fargate:FarGate")):
     SCORERS.add(_name, f"{_S}.{_cls}")
 SCORERS.add("bghead", f"{_S}.bghead:BgHead")
 

@@ -36,6 +36,15 @@ class Threshold(TypedDict, total=False):
     features: str
 
 
+class FarGate(TypedDict, total=False):
+    """`score`'s far-OOD gate (evaluation/scorers/fargate.py): its method, γ_far and the ID share it keeps."""
+
+    method: Required[str]
+    value: Required[Finite]
+    keep: Required[float]
+    params: dict[str, Any]
+
+
 class Auto(Threshold, total=False):
     """`--method auto`'s scorer and γ (evaluation/auto.py), chosen on held-out images."""
 

@@ -64,6 +64,7 @@ class RunMeta:
     seconds: float | None = None
     threshold: schema.Threshold | None = None  # the default scorer's calibrated γ (paper Eq. 3)
     thresholds: dict[str, schema.Threshold] = field(default_factory=dict)  # scorer key -> calibrated γ
+    far_gate: schema.FarGate | None = None  # `score`'s far-OOD gate: its threshold γ_far (scorers/fargate.py)
     parent: str | None = None  # finetune: the run it started from
     probe: schema.Probe | None = None  # finetune: the parent's background share and norm quantiles
     mu_auto: bool | None = None  # finetune: μ was measured (`--mu auto`)
@@ -73,8 +74,8 @@ class RunMeta:
     source: dict[str, Any] | None = None  # imported: the library model, its weights file and sha256, --new-head
     run_dir: Path | None = field(default=None, compare=False)
 
-    _OPTIONAL = ("seconds", "threshold", "parent", "probe", "mu_auto", "auto", "validation", "validation_seconds",
-                 "source")
+    _OPTIONAL = ("seconds", "threshold", "far_gate", "parent", "probe", "mu_auto", "auto", "validation",
+                 "validation_seconds", "source")
 
     def to_dict(self) -> dict[str, Any]:
         d = {"format": SCHEMA, "lbfood": __version__, "torch": torch.__version__}
@@ -94,7 +95,12 @@ class RunMeta:
             raise RunError(f"{where} was written by lbfood {d.get('lbfood', '?')} (run format {d['format']}); "
                            f"this lbfood {__version__} reads format {SCHEMA}: re-run it with this version or "
                            "use the version that wrote it")
-        return cls(**schema.fields_of(cls, d, where))
+        fields = schema.fields_of(cls, d, where)
+        gate = fields.get("far_gate")
+        if gate is not None and not 0 < gate["keep"] <= 1:
+            raise RunError(f"{where}: far_gate.keep must be in (0, 1], got {gate['keep']!r}; the file was edited or "
+                           "damaged: re-run the training that made it")
+        return cls(**fields)
 
     def replace(self, **changes: Any) -> RunMeta:
         return dataclasses.replace(self, **changes)

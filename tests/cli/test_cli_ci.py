@@ -102,7 +102,7 @@ def test_report_gate_usage_errors_come_before_any_computing(run, gate, needle):
 def test_score_max_ood_share(run, tmp_path):
     folder = tmp_path / "incoming"
     fakedata.write_flat_folder(folder, n=4)
-    args = ("score", folder, "--method", "energy", "--device", "cpu")
+    args = ("score", folder, "--method", "energy", "--device", "cpu", "--no-far-gate")  # verdicts of the score alone
     everything = invoke(*args, "--threshold", "-1e9", "--json")
     assert everything.exit_code == 0, everything.output
     scores = sorted(json.loads(ln)["score"] for ln in everything.stdout.splitlines())
@@ -184,6 +184,7 @@ def test_demo_quick_runs_the_four_steps(tmp_path, monkeypatch):
         meta = json.loads((tmp_path / "demo" / name / "run.json").read_text())
         assert (meta["status"], meta["kind"], meta["width"]) == ("done", kind, demo.QUICK_WIDTH)
         assert meta["config"]["limit"] == demo.QUICK_LIMIT == 256
+        assert (meta["far_gate"]["method"], meta["far_gate"]["keep"]) == ("fargate", 0.997)  # calibrated with it
     assert json.loads((tmp_path / "demo" / "lff" / "run.json").read_text())["config"]["lam"] == 1.0
     assert json.loads((tmp_path / "demo" / "ce-only" / "run.json").read_text())["config"]["lam"] == 0.0
     for step in ("1/4 pretrain", "2/4 fine-tune with CE + λ·L_LFF", "3/4 fine-tune with CE only", "4/4 report"):
@@ -192,6 +193,8 @@ def test_demo_quick_runs_the_four_steps(tmp_path, monkeypatch):
     for row in (*OOD, "Average"):
         assert row in r.output
     assert "the numbers are not meaningful at that size" in r.output
+    for case in ("uniform noise", "blank frames"):  # the closing table shows the far-OOD gate's cases
+        assert case in r.output
 
 
 def test_quick_threads_uses_one_thread_unless_the_user_chose(monkeypatch):

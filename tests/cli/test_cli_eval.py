@@ -253,7 +253,9 @@ def test_score_mixed_files(run, tmp_path):
         else:
             assert row["error"] is None and row["verdict"] in ("ID", "OOD") and 0 < row["confidence"] <= 1
             assert row["predicted"] in fakedata_classes() and row["method"] == "react"
-            assert row["verdict"] == ("ID" if row["score"] >= row["threshold"] else "OOD")
+            near = row["far_score"] >= row["far_threshold"]  # the far-OOD gate passes
+            assert row["verdict"] == ("ID" if row["score"] >= row["threshold"] and near else "OOD")
+            assert row["reason"] == (None if row["verdict"] == "ID" else "score" if near else "far")
     assert "truncated or corrupt" in by_name["truncated.jpg"]["error"]
     # The threshold was calibrated on the ID test split and stored; it keeps >= 95 % of those images.
     meta = json.loads((run / "run.json").read_text())
@@ -266,10 +268,13 @@ def test_score_mixed_files(run, tmp_path):
     assert int((id_scores >= thr["value"]).sum()) >= 95  # of 100
     table = invoke("score", tmp_path / "mixed" / "rgb.png", tmp_path / "mixed" / "notes.txt", "--device", "cpu")
     assert table.exit_code == 1 and "rgb.png" in table.output and "error" in table.output
-    ok = invoke("score", tmp_path / "mixed" / "*.png", "--threshold", "-1e9", "--json", "--device", "cpu")
+    ok = invoke("score", tmp_path / "mixed" / "*.png", "--threshold", "-1e9", "--no-far-gate", "--json", "--device",
+                "cpu")
     assert ok.exit_code == 1  # fake.png matches the glob and fails
-    verdicts = [json.loads(line)["verdict"] for line in ok.stdout.splitlines()]
-    assert verdicts.count("ID") == 5 and verdicts.count(None) == 1
+    rows = [json.loads(line) for line in ok.stdout.splitlines()]
+    assert [r["verdict"] for r in rows].count("ID") == 5 and [r["verdict"] for r in rows].count(None) == 1
+    assert {r["far_score"] for r in rows} == {r["far_threshold"] for r in rows} == {None}  # no gate
+    assert "reason" in table.output and "far-OOD gate ≥" in table.output  # the column, and the rule in the caption
     good = invoke("score", tmp_path / "mixed" / "rgb.png", "--json", "--device", "cpu")
     assert good.exit_code == 0 and np.isfinite(json.loads(good.stdout)["score"])
 

@@ -63,7 +63,7 @@ def _run_ts(path, x):
 # Every exportable method, in groups that keep each test short: logits and block norms; the head on
 # shaped features; statistics of the training features.
 GROUPS = {"logits": ("msp", "maxlogit", "energy", "featurenorm"), "head": ("react", "dice", "dice_react", "ash"),
-          "statistics": ("mahalanobis", "vim", "knn"), "bghead": ("bghead",)}
+          "statistics": ("mahalanobis", "vim", "knn", "fargate"), "bghead": ("bghead",)}
 
 
 def _as_bg_head_run(run_dir):
@@ -82,7 +82,8 @@ def _as_bg_head_run(run_dir):
 
 def test_the_groups_and_help_cover_every_exportable_method():
     assert sorted(m for g in GROUPS.values() for m in g) == exportable() == [
-        "ash", "bghead", "dice", "dice_react", "energy", "featurenorm", "knn", "mahalanobis", "maxlogit", "msp",
+        "ash", "bghead", "dice", "dice_react", "energy", "fargate", "featurenorm", "knn", "mahalanobis", "maxlogit",
+        "msp",
         "react", "vim"]
     assert cli.EXPORT_NAMES == ", ".join(exportable())
 
@@ -100,12 +101,13 @@ def test_every_method_matches_lbfood_score(run, tmp_path, fmt, group):
     want_logits = fx.extract(model, [(xf, None)]).logits.numpy()
     decided = set()
     for method in GROUPS[group]:
+        # The paper's verdict alone (--no-far-gate): the gate is checked on a trained run below.
         rows = evaluate.score_images(ScoreConfig(paths=(str(folder),), model=str(run), method=method,
-                                                 params=PARAMS.get(method, {}), device="cpu"))
+                                                 params=PARAMS.get(method, {}), device="cpu", far_gate=False))
         scores = np.array([r.score for r in rows])
         thr = rows[0].threshold
         res = export(ExportConfig(model=str(run), method=method, format=fmt, params=PARAMS.get(method, {}),
-                                  device="cpu"))
+                                  device="cpu", far_gate=False))
         assert res.threshold == thr and float(res.metadata["threshold"]) == thr
         logits, score, is_id = (_run_onnx if fmt == "onnx" else _run_ts)(res.path, nchw)
         assert logits.dtype == np.float32 and score.dtype == np.float32 and is_id.dtype == np.bool_
@@ -118,7 +120,7 @@ def test_every_method_matches_lbfood_score(run, tmp_path, fmt, group):
             # score. So the bound README states, on these very images: |ONNX - score| <= ABS + REL·|score|
             # per image; and the ONNX file no more than twice as far from exact arithmetic as `lbfood score`.
             exact = exact_scores(ExportConfig(model=str(run), method=method, params=PARAMS.get(method, {}),
-                                              device="cpu"), nchw)
+                                              device="cpu", far_gate=False), nchw)
             own = np.abs(scores - exact).max()
             assert own <= 1e-5 + 4e-6 * np.abs(scores).max(), (method, own)  # the reference itself is sound
             bound = ONNX_AGREEMENT[0] + ONNX_AGREEMENT[1] * np.abs(scores)
@@ -143,7 +145,7 @@ def test_metadata_layout_and_dynamic_batch(run, tmp_path):
 
     _, x = _images(tmp_path)
     a = export(ExportConfig(model=str(run), method="react", format="onnx", layout="NHWC", threshold=2.5,
-                            out=str(tmp_path / "d.onnx"), device="cpu"))
+                            out=str(tmp_path / "d.onnx"), device="cpu", far_gate=False))
     b = export(ExportConfig(model=str(run), method="react", format="torchscript", device="cpu"))
     assert b.path == f"{run.name}-react.pt" and (tmp_path / b.path).is_file()
     props = {p.key: p.value for p in onnx.load(a.path).metadata_props}
@@ -160,11 +162,15 @@ def test_metadata_layout_and_dynamic_batch(run, tmp_path):
     assert json.loads(props["mean"]) == json.loads((run / "run.json").read_text())["mean"]
     assert props["run"] == str(run) and props["parent_run"] == "runs/the-parent"
     assert props["lbfood_version"] == "0.1.0" and props["format"] == "lbfood-detector-1"
+    assert props["far_gate"] == props["far_threshold"] == "" and [o.name for o in onnx.load(a.path).graph.output] == [
+        "logits", "score", "is_id"]  # --no-far-gate: the paper's verdict alone, as before the gate
+    assert ts["far_gate"] == "fargate" and float(ts["far_threshold"]) == b.far_threshold
+    assert "far_score >= far_threshold" in ts["score"] and json.loads(ts["far_params"]) == {"shrinkage": "auto"}
     # NHWC input gives the NCHW file's logits; any batch size (the example had 2 images) runs.
     nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     for n in (1, 5, 16):
         la, sa, ia = _run_onnx(a.path, x[:n])
-        lb, sb, _ = _run_ts(b.path, nchw[:n])
+        lb, sb, _, _ = _run_ts(b.path, nchw[:n])  # b has the far-OOD gate: far_score comes last
         assert la.shape == (n, 10) and sa.shape == ia.shape == (n,)
         assert np.abs(la - lb).max() <= 1e-4 and np.abs(sa - sb).max() <= 1e-4
         assert list(ia) == list(sa.astype(np.float64) >= 2.5)
@@ -176,8 +182,8 @@ def test_cli_exports_and_refuses_unsupported_methods(run, tmp_path):
     assert (tmp_path / "e.onnx").is_file() and "e.onnx" in r.output
     one_error_line(runner.invoke(app, ["export", "--method", "odin"]), "cannot export odin", "gradient")
     one_error_line(runner.invoke(app, ["export", "--method", "nope"]), "unknown method 'nope'",
-                    "valid for export: ash, dice, dice_react, energy, featurenorm, knn, mahalanobis, maxlogit, "
-                    "msp, react, vim")
+                    "valid for export: ash, dice, dice_react, energy, fargate, featurenorm, knn, mahalanobis, "
+                    "maxlogit, msp, react, vim")
     one_error_line(runner.invoke(app, ["export", "--method", "msp", "--format", "tflite"]), "--format 'tflite'")
     one_error_line(runner.invoke(app, ["export", "--method", "msp", "--layout", "NWHC"]), "--layout 'NWHC'")
     one_error_line(runner.invoke(app, ["export", "--format", "torchscript", "--out", "d.onnx"]),
@@ -195,7 +201,7 @@ def test_cli_exports_and_refuses_unsupported_methods(run, tmp_path):
     assert is_detector(tmp_path / "m.pt") and is_detector(tmp_path / "e.onnx")
     assert not is_detector(tmp_path / "mine.onnx")
     one_error_line(runner.invoke(app, ["export", "--method", "react", "--out", str(tmp_path)]), "it is a folder")
-    assert not (run / "scorers").exists()  # refused before ReAct was fitted
+    assert not list((run / "scorers").glob("react*"))  # refused before ReAct was fitted (energy's gate was)
     # KNN's bank: 40 training features × 64 dims × 4 bytes = 10,240 bytes ≈ 0.0098 MiB.
     one_error_line(runner.invoke(app, ["export", "--method", "knn", "--param", "k=5", "--max-bank-mb", "0.005",
                                         "--device", "cpu"]),
@@ -241,7 +247,7 @@ def test_deploy_example_prepares_images_as_lbfood_score(tmp_path, size):
 def test_deploy_example_classifies_a_folder(run, tmp_path, capsys):
     folder, x = _images(tmp_path)
     res = export(ExportConfig(model=str(run), method="energy", out=str(tmp_path / "d.onnx"), device="cpu"))
-    logits, score, is_id = _run_onnx(res.path, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    logits, score, is_id, _ = _run_onnx(res.path, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     (folder / "07b-broken.png").write_bytes(b"not a png")  # sorted between 07.png and 08.png
     assert _deploy().main(res.path, str(folder), batch=5) == 1
     out, err = capsys.readouterr()
@@ -286,3 +292,51 @@ def test_deploy_example_reads_every_image_file_score_reads(run, tmp_path, capsys
     assert [ln.split("\t")[0] for ln in out.splitlines()] == [str(pics / n) for n in ("0.gif", "1.tif", "2.TIFF", "3.ppm")]
     rows = evaluate.score_images(ScoreConfig(paths=(str(pics),), model=str(run), method="energy", device="cpu"))
     assert [r.file for r in rows] == [ln.split("\t")[0] for ln in out.splitlines()] and err == ""
+def _far_and_id_images(tmp_path):
+    """8 backdrops test images and 8 far-OOD ones (uniform noise, blank frames, rendered text), 32 px PNGs."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(1)
+    far = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    far += [np.full((32, 32, 3), v, np.uint8) for v in (0, 255, 128)]
+    for words in ("invoice total", "error 404"):
+        im = Image.new("RGB", (128, 128), (240, 240, 240))
+        ImageDraw.Draw(im).text((4, 40), words, fill=(20, 20, 20), font=ImageFont.load_default(size=24))
+        far.append(eval_transform(np.asarray(im), 32))
+    x = np.concatenate([backdrops.generate("test")[0][:8].numpy(), np.stack(far)])
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, a in enumerate(x):
+        Image.fromarray(a).save(folder / f"{i:02d}.png")
+    return folder, np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_exported_far_gate_agrees_with_lbfood_score(trained_run, tmp_path, monkeypatch, fmt):
+    """On a trained run: the file's far_score is `lbfood score`'s (the tolerance of the scores above: the
+    gate is a Mahalanobis distance), and its is_id needs both tests, as `score`'s verdict does."""
+    monkeypatch.chdir(tmp_path)
+    folder, nchw = _far_and_id_images(tmp_path)
+    rows = evaluate.score_images(ScoreConfig(paths=(str(folder),), model=str(trained_run), device="cpu"))
+    far, thr, far_thr = np.array([r.far_score for r in rows]), rows[0].threshold, rows[0].far_threshold
+    assert [r.reason for r in rows[8:]] == ["far"] * 8  # every far-OOD image is stopped by the gate
+    cfg = ExportConfig(model=str(trained_run), format=fmt, device="cpu", out=str(tmp_path / f"d{fmt}"))
+    res = export(cfg)
+    assert res.far_threshold == far_thr and float(res.metadata["far_threshold"]) == far_thr
+    out = (_run_onnx if fmt == "onnx" else _run_ts)(res.path, nchw)
+    assert len(out) == 4 and out[3].dtype == np.float32
+    _, score, is_id, got = out
+    err = np.abs(got - far)
+    if fmt == "onnx":
+        exact = exact_scores(cfg, nchw, "far_score")
+        own = np.abs(far - exact).max()
+        assert own <= 1e-5 + 4e-6 * np.abs(far).max(), own
+        assert err.max() <= max(1e-4, 3 * own), (err.max(), own)
+        assert np.abs(got - exact).max() <= max(1e-4, 2 * own)
+    else:
+        assert err.max() <= 1e-4, err.max()
+    assert list(is_id) == list((score.astype(np.float64) >= thr) & (got.astype(np.float64) >= far_thr))
+    clear = (np.abs(far - far_thr) > max(1e-4, err.max())) & (np.abs(np.array([r.score for r in rows]) - thr) > 1e-4)
+    assert clear.sum() >= 14
+    assert list(is_id[clear]) == [r.verdict == "ID" for r, c in zip(rows, clear, strict=True) if c]
+    assert not is_id[8:].any()

@@ -43,12 +43,29 @@ def test_an_imported_run_records_its_source_and_old_runs_load_without_one(tmp_pa
     ({"config": []}, "config must be a JSON object"),
     ({"format": 99}, "run format 99"),
     ({"kind": "imported", "source": "timm:resnet50"}, "source must be a JSON object"),
+    ({"far_gate": []}, "far_gate must be "),
+    ({"far_gate": {"method": "fargate", "value": "x", "keep": 0.995}}, "far_gate.value must be "),
+    ({"far_gate": {"method": "fargate", "value": float("inf"), "keep": 0.995}}, "far_gate.value must be "),
+    ({"far_gate": {"method": "fargate", "value": -3.0, "keep": 1.5}}, r"far_gate.keep must be in \(0, 1\]"),
+    ({"far_gate": {"method": 1, "value": -3.0, "keep": 0.995}}, "far_gate.method must be "),
+    ({"far_gate": {"method": "fargate", "value": -3.0, "keep": 0.995, "params": 3}}, "far_gate.params must be "),
 ])
 def test_run_json_is_validated_on_load(tmp_path, change, message):
     raw = {"format": runs.SCHEMA, **META, **change}
     (tmp_path / "run.json").write_text(json.dumps(raw))
     with pytest.raises(RunError, match=message):
         runs.read(tmp_path)
+
+
+def test_the_far_gate_entry_round_trips_and_older_run_json_loads_without_it(tmp_path):
+    gate = {"method": "fargate", "value": -41.5, "keep": 0.995, "split": "train", "params": {"shrinkage": 0.1}}
+    runs.write(tmp_path, RunMeta(**META, far_gate=gate))
+    assert json.loads((tmp_path / "run.json").read_text())["far_gate"] == gate
+    assert runs.read(tmp_path).far_gate == gate
+    (tmp_path / "run.json").write_text(json.dumps({"format": runs.SCHEMA, **META}))  # before the gate existed
+    assert runs.read(tmp_path).far_gate is None
+    runs.write(tmp_path, runs.read(tmp_path))
+    assert "far_gate" not in json.loads((tmp_path / "run.json").read_text())  # unset: not written
 
 
 def test_missing_keys_and_damaged_files(tmp_path):

@@ -1,5 +1,6 @@
 """Calibration: the threshold γ of paper Eq. 3 (S(x) ≥ γ ⇒ ID) that keeps 95 % of a run's held-out ID
-images, stored in run.json (through `lbfood.engine.runs`) for `lbfood score`."""
+images, and the far-OOD gate's γ_far (keeping 99.7 % of its training images, scorers/fargate.py), both
+stored in run.json (through `lbfood.engine.runs`) for `lbfood score`."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from lbfood.engine import runs
 from lbfood.engine.errors import ConfigError, DataError, StorageError
 from lbfood.engine.evaluation.features import FORMAT as FEATURES_FORMAT
 from lbfood.engine.evaluation.metrics import keep_threshold
-from lbfood.engine.evaluation.scorers import Scorer
-from lbfood.engine.evaluation.store import RunEval, data_root, jsonable, scorer_key
+from lbfood.engine.evaluation.scorers import Scorer, fargate
+from lbfood.engine.evaluation.store import RunEval, data_root, jsonable, scorer_key, weights_fingerprint
 from lbfood.engine.events import Step
 from lbfood.engine.runs import RunMeta
 from lbfood.engine.runtime import Runtime
@@ -53,6 +54,76 @@ def calibrate(run_dir: str | os.PathLike, model: torch.nn.Module, meta: RunMeta,
     if notes is not None:
         notes.extend(n for n in ev.notes if n not in notes)
     return entry
+
+
+def _gate_entry(ev: RunEval, keep: float) -> dict[str, Any]:
+    s = ev.scorer(fargate.NAME)  # fitted (and stored in <run>/scorers/) or loaded
+    train = ev.train_features(False)
+    entry = {"method": s.name, "format": fargate.FORMAT, "value": fargate.threshold(train, s, keep), "keep": keep,
+             "split": "train", "data": ev.meta.data, "images": len(train), "folds": fargate.FOLDS,
+             "params": jsonable(s.params), "weights": ev.fp}
+    if ev.limit is not None:
+        entry["limit"] = ev.limit
+    return entry
+
+
+def calibrate_gate(run_dir: str | os.PathLike, model: torch.nn.Module, meta: RunMeta, rt: Runtime,
+                   keep: float = fargate.KEEP, *, root: str | os.PathLike | None = None, batch_size: int = 256,
+                   workers: int = 4, on_event: Callable[[Step], None] | None = None,
+                   notes: list[str] | None = None) -> dict[str, Any]:
+    """The far-OOD gate of `lbfood score` (scorers/fargate.py) fitted on the run's training split (its
+    statistics stored in `<run>/scorers/`) and run.json's "far_gate" entry: its threshold γ_far, keeping a
+    share `keep` of the training images (cross-fitted). Reads the training features calibration cached."""
+    ev = RunEval(Path(run_dir), model, meta, rt, id_data=meta.data, data_root=data_root(meta, root),
+                 batch_size=batch_size, workers=workers, on_event=on_event, limit=meta.config.get("limit"))
+    entry = _gate_entry(ev, keep)
+    if notes is not None:
+        notes.extend(n for n in ev.notes if n not in notes)
+    return entry
+
+
+def stored_gate(meta: RunMeta, s: Scorer) -> float | None:
+    """The run's γ_far for the gate `s` (same parameters, weights and training data), if run.json has it."""
+    g = meta.far_gate
+    if not isinstance(g, dict) or g.get("method") != s.name or g.get("keep") != fargate.KEEP:
+        return None
+    if g.get("format") != fargate.FORMAT:
+        return None  # another definition of the gate (an older lbfood): its γ_far does not fit this one
+    if g.get("params") != jsonable(s.params) or g.get("data") != meta.data or g.get("limit") != meta.config.get("limit"):
+        return None
+    if g.get("weights") != weights_fingerprint(meta.run_dir):
+        return None
+    return float(g["value"])
+
+
+def fitted_gate(model: torch.nn.Module, meta: RunMeta, rt: Runtime, *, root: str | os.PathLike | None = None,
+                batch_size: int = 64, on_event: Callable[[Step], None] | None = None,
+                notes: list[str] | None = None) -> tuple[Scorer, float]:
+    """The run's far-OOD gate (loaded from `<run>/scorers/`, or fitted) and its γ_far from run.json. A run
+    calibrated before lbfood had the gate gets it now (one pass over its training split unless cached),
+    stored in run.json, with a note. What `score` and `export` both use."""
+    ev = RunEval(meta.run_dir, model, meta, rt, id_data=meta.data, data_root=data_root(meta, root),
+                 batch_size=batch_size, workers=0, on_event=on_event, limit=meta.config.get("limit"))
+    try:
+        s = ev.scorer(fargate.NAME)
+        value = None if ev.fits else stored_gate(meta, s)  # statistics fitted now: their γ_far too
+        if value is None:
+            entry = _gate_entry(ev, fargate.KEEP)
+            value = entry["value"]
+            ev.notes.append(f"run {meta.run_dir.name} had no far-OOD gate (calibrated before lbfood had one, or "
+                            f"its gate was stale): fitted it now on {entry['images']} {meta.data} training images, "
+                            f"γ_far {value:.4g} keeps {fargate.KEEP:.1%} of them; --no-far-gate skips it")
+            try:
+                if runs.read(meta.run_dir).status == "done":
+                    runs.update(meta.run_dir, far_gate=entry)
+            except StorageError as e:  # a read-only run: use the gate now, fit it again next time
+                ev.unsaved(e)
+    except DataError as e:
+        raise DataError(f"the far-OOD gate must be fitted on the run's training data first ({e}); or pass "
+                        "--no-far-gate") from None
+    if notes is not None:
+        notes.extend(n for n in ev.notes if n not in notes)
+    return s, value
 
 
 def stored_threshold(meta: RunMeta, s: Scorer) -> float | None:

@@ -44,9 +44,10 @@ class RunMap:
     predicted: str
     confidence: float  # max softmax probability of the image
     score: float  # higher = more in-distribution (Eq. 3)
-    verdict: str  # "ID" (score ≥ threshold) or "OOD"
+    verdict: str  # "ID" (score ≥ threshold and the far-OOD gate passed) or "OOD", as `lbfood score`
     threshold: float
     method: str
+    reason: str | None = None  # why OOD: "far" (the far-OOD gate) or "score"
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def explain(cfg: ExplainConfig, on_event: Callable[[Step], None] | None = None) 
         rows: list[Row] = score_images(ScoreConfig(
             paths=tuple(files), model=str(run_dir), method=cfg.method, threshold=cfg.threshold,
             params=cfg.params, batch_size=cfg.batch_size, data_root=cfg.data_root, device=cfg.device,
-            precision=cfg.precision), on_event=on_event)
+            precision=cfg.precision, far_gate=cfg.far_gate), on_event=on_event)
         model, meta = runs.load_run(run_dir, rt.device)
         classes = list(meta.classes)
         delta = run_delta(meta)
@@ -156,7 +157,7 @@ def explain(cfg: ExplainConfig, on_event: Callable[[Step], None] | None = None) 
                 per_file[f].append(RunMap(run=name, delta=delta, norms=norms, heat=heat, mask=mask,
                                           label_mask=lmask, predicted=r.predicted, confidence=r.confidence,
                                           score=r.score, verdict=r.verdict, threshold=r.threshold,
-                                          method=r.method))
+                                          method=r.method, reason=r.reason))
         del model
     return [Explanation(f, None, error=errors[f]) if f in errors else
             Explanation(f, images[f], tuple(per_file[f]), label=cfg.label) for f, _ in entries]

@@ -23,7 +23,8 @@ from lbfood.engine.runtime import autocast, resolve_precision
 
 # 2: block norms are per residual block (1 had one per stage); a file of another format is a cache miss.
 FORMAT = "lbfood-features-2"
-_OPTIONAL = ("block_norms", "jigsaw_block_norms")
+_OPTIONAL = ("block_norms", "jigsaw_block_norms", "block_means")
+GROUPS = 32  # block_means: at most this many channel groups per residual block
 
 
 @dataclass
@@ -31,7 +32,10 @@ class Features:
     """What one forward pass over a dataset yields (CPU float32 tensors; labels int64, -1 = unlabelled).
 
     `block_norms[:, b]` is FeatureNorm (Yu et al., CVPR 2023) of residual block b of `forward_blocks`;
-    `jigsaw_block_norms` is the same on a 3×3 jigsaw shuffle of each image (its pseudo-OOD).
+    `jigsaw_block_norms` is the same on a 3×3 jigsaw shuffle of each image (its pseudo-OOD);
+    `block_means` the spatial mean of every residual block's output, channels averaged in groups
+    (`block_means_of`), concatenated over the blocks: the per-layer features of Lee et al. (NeurIPS 2018)
+    that the far-OOD gate reads.
     """
 
     logits: torch.Tensor  # (N, K)
@@ -39,6 +43,7 @@ class Features:
     labels: torch.Tensor | None = None  # (N,)
     block_norms: torch.Tensor | None = None  # (N, B)
     jigsaw_block_norms: torch.Tensor | None = None  # (N, B)
+    block_means: torch.Tensor | None = None  # (N, M), M = Σ over blocks of min(channels, GROUPS)
 
     def __post_init__(self) -> None:
         self.logits = torch.as_tensor(self.logits, dtype=torch.float32)
@@ -96,6 +101,19 @@ def feature_norm(block: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.relu(wide(block)), dim=(2, 3)).mean(dim=1)
 
 
+def block_means_of(outs: list[torch.Tensor]) -> torch.Tensor:
+    """(B, M): each block output's spatial mean per channel, its C channels averaged in g consecutive
+    groups (g = the largest divisor of C that is ≤ GROUPS: all C channels when C ≤ GROUPS), concatenated
+    over the blocks. Static shapes: traceable for ONNX/TorchScript."""
+    parts = []
+    for o in outs:
+        c = o.shape[1]
+        g = max(d for d in range(1, min(c, GROUPS) + 1) if c % d == 0)
+        m = wide(o).mean(dim=(2, 3))
+        parts.append(m if g == c else m.reshape(m.shape[0], g, c // g).mean(dim=2))
+    return torch.cat(parts, dim=1)
+
+
 def jigsaw_puzzle(x: torch.Tensor, grid: int = 3, generator: torch.Generator | None = None) -> torch.Tensor:
     """Each image cut into grid×grid tiles of ⌊H/grid⌋ px and the tiles shuffled (its own permutation).
 
@@ -137,7 +155,7 @@ def extract(model: nn.Module, loader: Iterable, *, device: str | torch.device = 
     model.to(dev)
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    logits, feats, labels, norms, jig_norms = [], [], [], [], []
+    logits, feats, labels, norms, jig_norms, means = [], [], [], [], [], []
     try:
         with torch.inference_mode():
             for x, y in loader:
@@ -164,6 +182,7 @@ def extract(model: nn.Module, loader: Iterable, *, device: str | torch.device = 
                 if blocks:
                     bn = torch.stack([feature_norm(o) for o in outs], dim=1)
                     norms.append(bn[:b])
+                    means.append(block_means_of([o[:b] for o in outs]))
                     if jigsaw:
                         jig_norms.append(bn[b:])
     finally:
@@ -175,7 +194,7 @@ def extract(model: nn.Module, loader: Iterable, *, device: str | torch.device = 
         return torch.cat(xs).to("cpu", torch.float32) if xs else None
 
     return Features(logits=host(logits), features=host(feats), labels=torch.cat(labels).cpu(),
-                    block_norms=host(norms), jigsaw_block_norms=host(jig_norms))
+                    block_norms=host(norms), jigsaw_block_norms=host(jig_norms), block_means=host(means))
 
 
 
@@ -225,6 +244,8 @@ def cached_extract(cache_dir: str | Path, key: str, model: nn.Module, make_loade
                     hit = None  # written for another model (a well-formed file of the wrong shape)
                 elif not (torch.isfinite(hit.features).all() and torch.isfinite(hit.logits).all()):
                     hit = None  # fp32 extraction of finite weights is finite: the file is damaged
+                elif want["blocks"] == "True" and hit.block_means is None:
+                    hit = None  # cached before the far-OOD gate read block means: extract them
             except Exception:  # noqa: BLE001 - corrupt cache: fall through and re-extract
                 hit = None
     device = kw.get("device", "cpu")

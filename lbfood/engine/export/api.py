@@ -1,7 +1,10 @@
-"""`lbfood export`: a run's model, a fitted scorer and its threshold γ as one deployable file.
+"""`lbfood export`: a run's model, a fitted scorer and its threshold γ, and `lbfood score`'s far-OOD gate
+with its γ_far, as one deployable file.
 
-The scorer and γ come from `calibrate.fitted_scorer_and_threshold`, the function `lbfood score` uses,
-so the file decides as `lbfood score` does on the same (already resized) images.
+The scorer and γ come from `calibrate.fitted_scorer_and_threshold`, the gate from `calibrate.fitted_gate`,
+the functions `lbfood score` uses, so the file decides as `lbfood score` does on the same (already
+resized) images; `far_gate=False` (`--no-far-gate`) exports the paper's verdict alone, as `score
+--no-far-gate` gives it.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ class ExportResult:
     threshold: float
     bytes: int
     metadata: dict[str, str]
-    notes: tuple[str, ...] = ()  # what the user should know (e.g. the run is unfinished)
+    notes: tuple[str, ...] = ()  # what the user should know (e.g. the run is unfinished, a gate fitted now)
+    far_threshold: float | None = None  # γ_far of the far-OOD gate baked in (None: --no-far-gate)
 
 
 def exportable() -> list[str]:
@@ -99,12 +103,16 @@ def check_bank(s: Any, max_mb: float) -> None:
                           f"--param fraction={math.floor(keep * 1000) / 1000:g}")
 
 
-def metadata(meta: RunMeta, s: Any, threshold: float, source: str, layout: str) -> dict[str, str]:
+def metadata(meta: RunMeta, s: Any, threshold: float, source: str, layout: str, gate: Any = None,
+             far_threshold: float | None = None) -> dict[str, str]:
     """What the file records, as strings: classes, mean, std and params are JSON, the rest plain text."""
     from lbfood.engine.data.images import IMAGE_EXTENSIONS
 
     size = int(meta.input_size)
     shape = f"(batch, 3, {size}, {size})" if layout == "NCHW" else f"(batch, {size}, {size}, 3)"
+    rule = "higher = more in-distribution; is_id = score >= threshold"
+    if gate is not None:
+        rule += " and far_score >= far_threshold (the far-OOD gate)"
     return {
         "format": FORMAT,
         "lbfood_version": __version__,
@@ -112,7 +120,10 @@ def metadata(meta: RunMeta, s: Any, threshold: float, source: str, layout: str) 
         "params": json.dumps(s.params, sort_keys=True, default=list),
         "threshold": repr(float(threshold)),
         "threshold_source": source,
-        "score": "higher = more in-distribution; is_id = score >= threshold",
+        "score": rule,
+        "far_gate": gate.name if gate is not None else "",
+        "far_params": json.dumps(gate.params, sort_keys=True, default=list) if gate is not None else "",
+        "far_threshold": repr(float(far_threshold)) if gate is not None else "",
         "classes": json.dumps(list(meta.classes)),
         "input": f"images: uint8 {layout} {shape}, RGB, resized and centre-cropped to {size} px",
         "input_size": str(size),
@@ -129,14 +140,15 @@ def metadata(meta: RunMeta, s: Any, threshold: float, source: str, layout: str) 
 
 
 def build_detector(cfg: ExportConfig, on_event: Callable[[Any], None] | None = None, *,
-                   channels_last: bool | None = None) -> tuple[Any, RunMeta, Any, float]:
+                   channels_last: bool | None = None, notes: list[str] | None = None) -> tuple[Any, RunMeta, Any, float]:
     """The detector `export` writes (CPU, fp32, eval mode), its run's metadata, the fitted scorer and γ:
-    the scorer is fitted (or loaded) and γ resolved as `lbfood score` does. TorchScript runs channels-last
-    (as `lbfood score` does on the CPU) unless `channels_last` says otherwise."""
+    the scorer is fitted (or loaded), γ resolved and the far-OOD gate loaded (or fitted) as `lbfood score`
+    does. TorchScript runs channels-last (as `lbfood score` does on the CPU) unless `channels_last` says
+    otherwise. The detector's `gate` and `far_threshold` are the gate's (None with `cfg.far_gate` False)."""
     import torch
 
     from lbfood.engine import runs
-    from lbfood.engine.evaluation.calibrate import fitted_scorer_and_threshold
+    from lbfood.engine.evaluation.calibrate import fitted_gate, fitted_scorer_and_threshold
     from lbfood.engine.export import detector
     from lbfood.engine.runtime import make_runtime
 
@@ -145,13 +157,18 @@ def build_detector(cfg: ExportConfig, on_event: Callable[[Any], None] | None = N
     model, meta = runs.load_run(cfg.model, rt.device)
     s, threshold = fitted_scorer_and_threshold(
         rt.prepare(model), meta, rt, cfg.method, cfg.params, threshold=cfg.threshold, root=cfg.data_root,
-        batch_size=cfg.batch_size, on_event=on_event,
+        batch_size=cfg.batch_size, on_event=on_event, notes=notes,
         vet=lambda fitted: check_bank(fitted, cfg.max_bank_mb))  # before the fit is stored in the run
     check_bank(s, cfg.max_bank_mb)  # a fit stored earlier (by `score` or `report`)
+    gate, far_threshold = None, None
+    if cfg.far_gate:
+        gate, far_threshold = fitted_gate(rt.prepare(model), meta, rt, root=cfg.data_root, batch_size=cfg.batch_size,
+                                          on_event=on_event, notes=notes)
     model = model.to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()  # what is traced
     det = detector.build(model, s, size=int(meta.input_size), mean=meta.mean, std=meta.std, threshold=threshold,
-                         layout=cfg.layout,
+                         layout=cfg.layout, gate=gate, far_threshold=far_threshold,
                          channels_last=cfg.format == "torchscript" if channels_last is None else channels_last)
+    det.far_gate_scorer = gate
     return det, meta, s, threshold
 
 
@@ -161,26 +178,30 @@ def export(cfg: ExportConfig, on_event: Callable[[Any], None] | None = None) -> 
 
     from lbfood.engine.export import writer
 
-    det, meta, s, threshold = build_detector(cfg, on_event)
+    notes: list[str] = []
+    det, meta, s, threshold = build_detector(cfg, on_event, notes=notes)
     source = "--threshold" if cfg.threshold is not None else "run"
     size = int(meta.input_size)
     shape = (2, 3, size, size) if cfg.layout == "NCHW" else (2, size, size, 3)
     example = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     out = Path(cfg.out) if cfg.out else Path(f"{meta.run_dir.name}-{s.name}{writer.FORMATS[cfg.format]}")
-    md = metadata(meta, s, threshold, source, cfg.layout)
+    far = det.far_threshold.item() if det.gate is not None else None
+    md = metadata(meta, s, threshold, source, cfg.layout, det.far_gate_scorer, far)
     n = writer.write(det, example, out, cfg.format, md)
     from lbfood.engine import runs
 
-    unfinished = runs.unfinished(meta)  # a killed or still-training run exports its last epoch's weights
+    if unfinished := runs.unfinished(meta):  # a killed or still-training run exports its last epoch's weights
+        notes.append(unfinished)
     return ExportResult(path=str(out), format=cfg.format, method=s.name, threshold=threshold, bytes=n, metadata=md,
-                        notes=(unfinished,) if unfinished else ())
+                        notes=tuple(notes), far_threshold=far)
 
 
-def exact_scores(cfg: ExportConfig, images: Any) -> Any:
-    """The scores the file exported with `cfg` would give `images` (a uint8 numpy array in `cfg.layout`) if
-    every step ran in float64: exact arithmetic, to measure float32 runtimes against."""
+def exact_scores(cfg: ExportConfig, images: Any, output: str = "score") -> Any:
+    """The scores (`output`: "score", or "far_score" of the far-OOD gate) the file exported with `cfg` would
+    give `images` (a uint8 numpy array in `cfg.layout`) if every step ran in float64: exact arithmetic, to
+    measure float32 runtimes against."""
     import torch
 
     det, _, _, _ = build_detector(cfg, channels_last=False)
     with torch.no_grad():
-        return det.double()(torch.from_numpy(images))[1].numpy()
+        return det.double()(torch.from_numpy(images))[det.outputs.index(output)].numpy()

@@ -1,9 +1,10 @@
 """The exported graph: uint8 images -> normalise -> model -> logits, score and verdict (paper Eq. 3).
 
 `Detector` wraps a run's model and one score module holding the fitted scorer's statistics as
-buffers, so that ONNX and TorchScript store them as constants. Each score module computes what its
-scorer's `_score` computes, from the same tensors (`logits`, pooled `features`, a block's norm);
-tests check both against `lbfood score`. Scores are higher = more in-distribution.
+buffers, so that ONNX and TorchScript store them as constants; with `lbfood score`'s far-OOD gate
+(scorers/fargate.py) a second such module computes the gate's score, and is_id needs both to pass.
+Each score module computes what its scorer's `_score` computes, from the same tensors (`logits`,
+pooled `features`, block norms); tests check both against `lbfood score`. Scores are higher = more in-distribution.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lbfood.engine.errors import ConfigError
-from lbfood.engine.evaluation.features import feature_norm, wide
-from lbfood.engine.evaluation.scorers import Scorer
+from lbfood.engine.evaluation.features import block_means_of, feature_norm, wide
+from lbfood.engine.evaluation.scorers import Scorer, fargate
 from lbfood.engine.evaluation.scorers.ash import ash_kept, ash_s_top
 from lbfood.engine.evaluation.scorers.base import energy
 from lbfood.engine.evaluation.scorers.bghead import bghead_score
@@ -27,11 +28,13 @@ LAYOUTS = ("NCHW", "NHWC")
 
 class Detector(nn.Module):
     """images (B, 3, S, S) or (B, S, S, 3) uint8 -> (logits (B, K) float32, score (B,) float32,
-    is_id (B,) bool = score ≥ γ). Normalisation is inside: (x / 255 − mean) / std, as `lbfood score`.
-    `.double()` makes every step float64 (logits and score too): the tests' exact-arithmetic reference."""
+    is_id (B,) bool = score ≥ γ) and, with a far-OOD gate, far_score (B,) float32 last, is_id then also
+    needing far_score ≥ γ_far. Normalisation is inside: (x / 255 − mean) / std, as `lbfood score`.
+    `.double()` makes every step float64 (logits and scores too): the tests' exact-arithmetic reference."""
 
     def __init__(self, model: nn.Module, score: nn.Module, *, mean, std, threshold: float,
-                 layout: str = "NCHW", block: int | None = None, channels_last: bool = False) -> None:
+                 layout: str = "NCHW", block: int | None = None, channels_last: bool = False,
+                 gate: nn.Module | None = None, far_threshold: float | None = None) -> None:
         super().__init__()
         if layout not in LAYOUTS:
             raise ConfigError(f"unknown --layout {layout!r}; valid: {', '.join(LAYOUTS)}")
@@ -45,22 +48,39 @@ class Detector(nn.Module):
         self.register_buffer("std", torch.tensor([float(v) for v in std]).view(1, 3, 1, 1))
         # float64, as `lbfood score` compares the float32 score with a Python float: same verdicts.
         self.register_buffer("threshold", torch.tensor(float(threshold), dtype=torch.float64))
+        self.gate = gate
+        if gate is not None:
+            if far_threshold is None or not math.isfinite(far_threshold):
+                raise ConfigError(f"the far-OOD gate needs a finite threshold, got {far_threshold}")
+            self.register_buffer("far_threshold", torch.tensor(float(far_threshold), dtype=torch.float64))
+        self.outputs = ("logits", "score", "is_id") + (("far_score",) if gate is not None else ())
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = images.permute(0, 3, 1, 2) if self.nhwc else images
         x = (x.to(self.mean.dtype).div(255) - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        norm = None
-        if self.block is None:
+        gates = [m for m in (self.score, self.gate) if isinstance(m, FarGateScore)]
+        outs = None  # every residual block's output, when FeatureNorm or the far-OOD gate reads them
+        if self.block is None and not gates:
             z = self.model.forward_features(x)
         else:
             outs = self.model.forward_blocks(x)
-            z, norm = outs[-1], feature_norm(outs[self.block])
+            z = self.model.features_from_last_block(outs[-1])
         f = wide(z).mean(dim=(2, 3))
         logits = self.model.head(f)
-        score = self.score(logits, f, norm).to(self.mean.dtype)
-        return logits, score, score.double() >= self.threshold
+        score = self._score(self.score, logits, f, outs).to(self.mean.dtype)
+        is_id = score.double() >= self.threshold
+        if self.gate is None:
+            return logits, score, is_id
+        far = self._score(self.gate, logits, f, outs).to(self.mean.dtype)  # as `lbfood score`: a float32 score vs γ_far
+        return logits, score, is_id & (far.double() >= self.far_threshold), far
+
+
+    def _score(self, module: nn.Module, logits, f, outs) -> torch.Tensor:
+        if isinstance(module, FarGateScore):
+            return module.gate(f, block_means_of(outs), torch.stack([feature_norm(o) for o in outs], dim=1))
+        return module(logits, f, None if self.block is None else feature_norm(outs[self.block]))
 
 
 # ---- one score module per scorer family ----------------------------------------------------------
@@ -156,6 +176,19 @@ class BgHeadScore(nn.Module):
 
     def forward(self, logits, features, norm):
         return bghead_score(logits, features, self.weight, self.bias, self.combine)
+class FarGateScore(nn.Module):
+    """The far-OOD gate (scorers/fargate.py): −max of its three views' Mahalanobis distances (pooled
+    features, block means, log block norms), each in units of its training quantile, computed by
+    `fargate.gate_score` itself. `Detector` calls `gate` with every block's mean and norm."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.keys = tuple(state)
+        for k, v in state.items():
+            self.register_buffer(k, v.double().clone())
+
+    def gate(self, features, block_means, block_norms):
+        return fargate.gate_score(features, block_means, block_norms, {k: getattr(self, k) for k in self.keys})
 
 
 class BlockNorm(nn.Module):
@@ -198,6 +231,10 @@ def _vim(s: Scorer) -> nn.Module:
     return ViMScore(s.state["origin"], s.state["residual_basis"], s.state["alpha"])
 
 
+def _fargate(s: Scorer) -> nn.Module:
+    return FarGateScore(s.state)
+
+
 def _knn(s: Scorer) -> nn.Module:
     return KNNScore(s.state["bank"], s.params["k"])
 
@@ -213,13 +250,15 @@ def _featurenorm(s: Scorer) -> nn.Module:
 BUILDERS: dict[str, Callable[[Scorer], nn.Module]] = {
     "msp": _msp, "maxlogit": _maxlogit, "energy": _energy, "react": _react, "dice": _dice,
     "dice_react": _dice, "ash": _ash, "mahalanobis": _mahalanobis, "vim": _vim, "knn": _knn,
-    "featurenorm": _featurenorm, "bghead": _bghead,
+    "featurenorm": _featurenorm, "bghead": _bghead, "fargate": _fargate,
 }
 
 
 def build(model: nn.Module, s: Scorer, *, size: int, mean, std, threshold: float,
-          layout: str = "NCHW", channels_last: bool = False) -> Detector:
-    """The detector for a fitted scorer `s` on `model` (eval mode, CPU, fp32) for size×size images."""
+          layout: str = "NCHW", channels_last: bool = False, gate: Scorer | None = None,
+          far_threshold: float | None = None) -> Detector:
+    """The detector for a fitted scorer `s` on `model` (eval mode, CPU, fp32) for size×size images; with
+    `gate` (the fitted far-OOD gate) and its `far_threshold`, `lbfood score`'s default verdict."""
     if s.name not in BUILDERS:
         raise ConfigError(f"{s.name} cannot be exported; exportable: {', '.join(sorted(BUILDERS))}")
     block = None
@@ -231,6 +270,7 @@ def build(model: nn.Module, s: Scorer, *, size: int, mean, std, threshold: float
             raise ConfigError(f"featurenorm: block {block} does not exist; the model has {n} blocks (0..{n - 1})")
         block %= n
     det = Detector(model, BUILDERS[s.name](s), mean=mean, std=std, threshold=threshold, layout=layout,
-                   block=block, channels_last=channels_last).eval()
+                   block=block, channels_last=channels_last,
+                   gate=None if gate is None else BUILDERS[gate.name](gate), far_threshold=far_threshold).eval()
     det.requires_grad_(False)
     return det

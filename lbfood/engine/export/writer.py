@@ -52,11 +52,12 @@ def onnx_bytes(detector: nn.Module, example: torch.Tensor, metadata: dict[str, s
     import onnx
 
     buf = io.BytesIO()
-    dynamic = {name: {0: "batch"} for name in (INPUT, *OUTPUTS)}
+    outputs = getattr(detector, "outputs", OUTPUTS)  # + far_score with the far-OOD gate
+    dynamic = {name: {0: "batch"} for name in (INPUT, *outputs)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
         torch.onnx.export(detector, (example,), buf, dynamo=False, input_names=[INPUT],
-                          output_names=list(OUTPUTS), dynamic_axes=dynamic, opset_version=ONNX_OPSET,
+                          output_names=list(outputs), dynamic_axes=dynamic, opset_version=ONNX_OPSET,
                           do_constant_folding=True)
     proto = onnx.load_from_string(buf.getvalue())
     for k, v in metadata.items():

@@ -108,7 +108,8 @@ def test_maps_equal_an_independent_computation(setup):
             assert m.predicted == CLASSES[c] and m.confidence == pytest.approx(float(probs.max()), abs=1e-5)
             assert m.method == "msp" and m.threshold == 0.105
             assert m.score == pytest.approx(float(probs.max()), abs=1e-5)
-            assert m.verdict == ("ID" if m.score >= 0.105 else "OOD")
+            assert m.verdict == ("OOD" if m.reason == "far" else "ID" if m.score >= 0.105 else "OOD")  # as `score`
+            assert m.reason in ((None,) if m.verdict == "ID" else ("far", "score"))
     lff_a = exps[0].maps[1].mask
     assert 0 < lff_a.sum() < lff_a.size  # the chosen δ splits image a's locations
 

@@ -141,3 +141,34 @@ def test_cache_from_the_stage_layout_is_not_read(tmp_path, model, batches):
     again = fx.cached_extract(tmp_path, "cifar10/test", model, lambda: batches, fingerprint="abc")
     assert again.block_norms.shape == (10, 8)
     torch.testing.assert_close(again.block_norms, fresh.block_norms)
+
+
+def test_block_means_average_space_then_channel_groups(model, batches):
+    g = torch.Generator().manual_seed(2)
+    outs = [torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 64, 2, 2, generator=g), torch.randn(2, 48, 1, 1, generator=g)]
+    m = fx.block_means_of(outs)
+    assert m.shape == (2, 4 + 32 + 24)  # ≤ 32 groups: all 4 channels, 64 in pairs, 48 in 24 pairs
+    torch.testing.assert_close(m[:, :4], outs[0].mean(dim=(2, 3)))
+    torch.testing.assert_close(m[:, 4:36], outs[1].mean(dim=(2, 3)).reshape(2, 32, 2).mean(dim=2))
+    torch.testing.assert_close(m[:, 36:], outs[2][:, :, 0, 0].reshape(2, 24, 2).mean(dim=2))
+    feats = fx.extract(model, batches)  # every residual block's means, the last block's being the features'
+    assert feats.block_means.shape == (10, 8 + 8 + 16 + 16 + 32 + 32 + 32 + 32)
+    torch.testing.assert_close(feats.block_means[:, -32:], feats.features.reshape(10, 32, 2).mean(dim=2))
+
+
+def test_a_cache_without_block_means_is_extracted_again(tmp_path, model, batches):
+    """Written before the far-OOD gate read block means: a miss, so the gate gets its view."""
+    from lbfood.engine import io
+
+    calls = {"loader": 0}
+
+    def make_loader():
+        calls["loader"] += 1
+        return batches
+
+    fx.cached_extract(tmp_path, "k", model, make_loader, fingerprint="abc")
+    (path,) = tmp_path.glob("features-*.safetensors")
+    old = {k: v for k, v in io.load_tensors(path).items() if k != "block_means"}
+    io.save_tensors(path, old, metadata=io.read_metadata(path))
+    again = fx.cached_extract(tmp_path, "k", model, make_loader, fingerprint="abc")
+    assert calls["loader"] == 2 and again.block_means is not None

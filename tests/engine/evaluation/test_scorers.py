@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -10,6 +11,7 @@ from lbfood.engine.evaluation import scorers
 from lbfood.engine.evaluation.features import Features, extract
 from lbfood.engine.evaluation.scorers.ash import ash_s
 from lbfood.engine.evaluation.scorers.base import head_of
+from lbfood.engine.evaluation.scorers.mahalanobis import class_gaussians
 from lbfood.engine.evaluation.scorers.vim import principal_dim
 from lbfood.engine.models import build
 
@@ -89,6 +91,77 @@ def test_mahalanobis_hand_made():
     assert s.score(_feats([[1.0, 0.0], [2.0, 1.0]], head)).tolist() == pytest.approx([-2.0, -10.0])
     with pytest.raises(ConfigError, match="labelled"):
         scorers.get("mahalanobis").fit(_feats(pts, head), head)
+
+
+def test_fargate_hand_made():
+    """Three views (pooled features, block means, log block norms), each a Mahalanobis distance in units of
+    its cross-fitted 99.5 % training quantile; the score is minus the largest."""
+    from lbfood.engine.evaluation.scorers import fargate
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(400) % 4
+    x = torch.randn(400, 6, generator=g) * torch.tensor([1.0, 2.0, 4.0, 0.5, 3.0, 1.0]) + \
+        5.0 * nn.functional.one_hot(y, 6).float()
+    means = torch.randn(400, 5, generator=g) + y[:, None].float()
+    norms = torch.exp(0.1 * torch.randn(400, 3, generator=g) + torch.tensor([1.0, 2.0, 3.0]))
+    head = _head(torch.randn(4, 6, generator=g))
+    train = _feats(x, head, labels=y, block_norms=norms, block_means=means)
+    s = scorers.get("fargate", shrinkage=0).fit(train, head)
+    views = {"": x, "layer_": means, "norm_": norms.log()}
+
+    def plain(v):  # Lee et al.'s class means and shared covariance on one view, as the Mahalanobis scorer
+        h = _head(torch.randn(4, v.shape[1], generator=g))
+        return scorers.get("mahalanobis").fit(_feats(v, h, labels=y), h), h
+
+    for key, v in views.items():
+        m, _ = plain(v)
+        torch.testing.assert_close(s.state[f"{key}means"], m.state["means"])
+        torch.testing.assert_close(s.state[f"{key}precision"], m.state["precision"])
+    # Cross-fitting: each fold's distances come from statistics fitted on the other folds.
+    crossed = fargate.cross_fitted(train, 0.0)
+    perm = torch.randperm(400, generator=torch.Generator().manual_seed(fargate.SEED))
+    held, rest = perm[0::fargate.FOLDS], torch.ones(400, dtype=torch.bool)
+    rest[held] = False
+    mah = scorers.get("mahalanobis")
+    alone = mah.fit(_feats(x[rest], head, labels=y[rest]), head).score(_feats(x[held], head))
+    torch.testing.assert_close(crossed[held, 0].float(), -alone, rtol=1e-5, atol=1e-4)
+    assert crossed[:, 0].mean() > (-mah.fit(train, head).score(train)).mean()  # in sample: biased low
+    want_scales = [float(np.quantile(crossed[:, i].numpy(), 0.995)) for i in range(3)]
+    assert s.state["scales"].tolist() == pytest.approx(want_scales)
+    # The score: −max of the scaled distances; a point far in any one view scores low.
+    test = _feats(torch.cat([x[:3], x[:1] + 30.0, x[:1], x[:1]]), head,
+                  block_means=torch.cat([means[:4], means[:1] - 40.0, means[:1]]),
+                  block_norms=torch.cat([norms[:5], norms[:1] / 100]))
+    d = []
+    for v, t in zip(views.values(), (test.features, test.block_means, test.block_norms.log()), strict=True):
+        m, h = plain(v)
+        d.append(-m.score(_feats(t, h)).double())
+    want = -torch.stack([d[i] / want_scales[i] for i in range(3)], dim=1).amax(dim=1)
+    torch.testing.assert_close(s.score(test).double(), want, rtol=1e-4, atol=1e-4)
+    # γ_far keeps 99.7 % of the cross-fitted scores.
+    thr = fargate.threshold(train, s)
+    combined = -(crossed / torch.tensor(want_scales, dtype=torch.float64)).amax(dim=1)
+    assert fargate.KEEP == 0.997 and thr == pytest.approx(float(np.quantile(combined.numpy(), 0.003)))
+    assert (combined >= thr).double().mean().item() == pytest.approx(0.997, abs=0.003)
+    assert (s.score(test)[:3] >= thr).all() and (s.score(test)[3:] < thr).all()
+    # Shrinkage towards (tr Σ / D)·I: given, or Ledoit-Wolf's ("auto", the default); bad values refused.
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    mu, cov = class_gaussians(x, y, "test")
+    lw = ledoit_wolf_shrinkage((x.double() - mu[y]).numpy(), assume_centered=True)
+    assert 0.01 < lw < 0.9
+    for given, amount in ((0.5, 0.5), ("0.25", 0.25), ("auto", lw)):
+        shrunk = scorers.get("fargate", shrinkage=given).fit(train, head)
+        want_cov = (1 - amount) * cov + amount * torch.trace(cov) / 6 * torch.eye(6, dtype=torch.float64)
+        torch.testing.assert_close(shrunk.state["precision"], torch.linalg.inv(want_cov))
+    assert scorers.get("fargate").params == {"shrinkage": "auto"}
+    for bad in (1, -0.1, "lots"):
+        with pytest.raises(ConfigError, match="shrinkage must be auto or in"):
+            scorers.get("fargate", shrinkage=bad)
+    with pytest.raises(ConfigError, match="at least 10 training images"):
+        fargate.threshold(_feats(x[:9], head, labels=y[:9], block_norms=norms[:9], block_means=means[:9]), s)
+    with pytest.raises(ConfigError, match="block norms and means"):
+        s.score(_feats(x[:2], head, block_norms=norms[:2]))
 
 
 def test_knn_hand_made():

@@ -14,6 +14,20 @@ def _dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
+def class_gaussians(features: torch.Tensor, labels: torch.Tensor, who: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means (C, D) and the covariance Σ (D, D) they share (maximum likelihood), in float64, from
+    labelled features (rows labelled -1 are left out; none labelled raises ConfigError naming `who`)."""
+    x, y = features.double(), labels
+    keep = y >= 0
+    if not keep.any():
+        raise ConfigError(f"{who} needs labelled training features (every label is -1)")
+    x, y = x[keep], y[keep]
+    classes = torch.unique(y)
+    means = torch.stack([x[y == c].mean(dim=0) for c in classes])
+    centred = x - means[torch.searchsorted(classes, y)]
+    return means, centred.T @ centred / len(x)
+
+
 class Mahalanobis(Scorer):
     """S(x) = max_c −(h(x) − μ_c)ᵀ Σ⁻¹ (h(x) − μ_c) (Lee et al., NeurIPS 2018, Eq. 2) on the pooled
     penultimate features: class means μ_c, one covariance Σ shared by all classes (maximum likelihood,
@@ -33,17 +47,8 @@ class Mahalanobis(Scorer):
             raise ConfigError(f"mahalanobis: chunk must be >= 1, got {self.params['chunk']}")
 
     def _fit(self, train: Features, head: nn.Linear) -> dict[str, torch.Tensor]:
-        x, y = train.features.double(), train.labels
-        keep = y >= 0
-        if not keep.any():
-            raise ConfigError("mahalanobis needs labelled training features (every label is -1)")
-        x, y = x[keep], y[keep]
-        classes = torch.unique(y)
-        means = torch.stack([x[y == c].mean(dim=0) for c in classes])
-        centred = x - means[torch.searchsorted(classes, y)]
-        cov = centred.T @ centred / len(x)
-        precision = torch.linalg.pinv(cov, hermitian=True)
-        return {"means": means, "precision": precision}
+        means, cov = class_gaussians(train.features, train.labels, self.name)
+        return {"means": means, "precision": torch.linalg.pinv(cov, hermitian=True)}
 
     def _score(self, feats: Features) -> torch.Tensor:
         f = feats.features
