@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from lbfood import plots
+from lbfood.output import plots
 
 # The explain figure shown in the README: the second backdrops test image (a triangle), where the
 # norms of all three runs are compared on one colour scale.

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 import pytest
+from cli_checks import clean
+from hostile_checks import KILL_RUN, Killed, invoke
 
 
 @pytest.fixture
@@ -130,3 +134,95 @@ def trained_run(tmp_path_factory):
         os.chdir(cwd)
         torch.set_num_threads(threads)
     return out
+
+
+# ---- hostile-input fixtures (tests/hostile_checks.py has their helpers) ----
+
+
+@pytest.fixture
+def run(tmp_path, make_run, small_backdrops, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return make_run(tmp_path)
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """read_only(folder): make `folder` and everything under it unwritable. Folders become 0555; as
+    root (who writes anyway) creating a file or folder below it raises EACCES, as the kernel would."""
+    changed: list[tuple[Path, int]] = []
+    guarded: list[str] = []
+
+    def below(path) -> bool:
+        p = os.path.realpath(os.path.abspath(os.fsdecode(path)))
+        return any(p == g or p.startswith(g + os.sep) for g in guarded)
+
+    def denied(path):
+        return PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def guarded_open(path, flags, mode=0o777, *args, **kw):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and below(path):
+            raise denied(path)
+        return real_open(path, flags, mode, *args, **kw)
+
+    def guarded_mkdir(path, mode=0o777, *args, **kw):
+        if below(path) and not os.path.lexists(path):
+            raise denied(path)
+        return real_mkdir(path, mode, *args, **kw)
+
+    def make(folder: Path) -> None:
+        folder = Path(folder)
+        for p in (folder, *folder.rglob("*")):
+            if p.is_dir() and not p.is_symlink():
+                changed.append((p, stat.S_IMODE(p.stat().st_mode)))
+                p.chmod(0o555)
+        guarded.append(os.path.realpath(folder))
+        if os.geteuid() == 0:
+            monkeypatch.setattr(os, "open", guarded_open)
+            monkeypatch.setattr(os, "mkdir", guarded_mkdir)
+
+    yield make
+    for p, mode in reversed(changed):
+        p.chmod(mode)
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every atomic write fails as on a full disk: the data is written, then fsync reports ENOSPC."""
+
+    def enospc(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", enospc)
+
+
+@pytest.fixture
+def kill_at(monkeypatch):
+    """kill_at("state@2"): the next command dies at that write step (lbfood.engine.killpoints)."""
+    from lbfood.engine import killpoints
+
+    def die():
+        raise Killed
+
+    monkeypatch.setattr(killpoints, "die", die)
+
+    def arm(point: str | None) -> None:
+        monkeypatch.setattr(killpoints, "_reached", {})
+        if point is None:
+            monkeypatch.delenv(killpoints.ENV, raising=False)
+        else:
+            monkeypatch.setenv(killpoints.ENV, point)
+
+    yield arm
+
+
+@pytest.fixture
+def reference(tmp_path, small_backdrops, monkeypatch, kill_at):
+    monkeypatch.chdir(tmp_path)
+    kill_at(None)
+    r = invoke("pretrain", *KILL_RUN, "--out", "runs/ref")
+    clean(r)
+    assert r.exit_code == 0, r.output
+    return tmp_path / "runs" / "ref"
+

@@ -38,7 +38,7 @@ def test_the_engine_never_imports_the_cli_or_rich_or_prints():
     for p in _modules(PKG / "engine"):
         imports = _imports(p)
         assert not {i for i in imports if i.split(".")[0] in ("typer", "rich")}, p
-        assert not {i for i in imports if i.startswith(("lbfood.cli", "lbfood.render", "lbfood.writers"))}, p
+        assert not {i for i in imports if i.startswith(("lbfood.cli", "lbfood.commands", "lbfood.output"))}, p
         calls = [n for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"]
         assert not calls, f"{p} calls print()"
@@ -105,3 +105,38 @@ def test_only_runs_py_names_a_run_folders_files():
         if hits:
             found[rel] = hits
     assert found == {}
+
+
+def test_every_config_is_defined_in_config_py():
+    """Every *Config dataclass lives in engine/config.py (each with its one check())."""
+    found = {}
+    for p in _modules(PKG):
+        rel = p.relative_to(PKG).as_posix()
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Config") and rel != "engine/config.py":
+                found.setdefault(rel, []).append(node.name)
+    assert found == {}
+
+
+def test_only_the_command_and_output_folders_print():
+    """Outside lbfood/cli.py, lbfood/commands/ and lbfood/output/, nothing calls print() or imports rich."""
+    outside = [p for p in _modules(PKG) if p.relative_to(PKG).parts[0] not in ("commands", "output", "cli.py")]
+    bad = {}
+    for p in outside:
+        tree = ast.parse(p.read_text(encoding="utf-8"))
+        prints = [n.lineno for n in ast.walk(tree)
+                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"]
+        rich = sorted(i for i in _imports(p) if i.split(".")[0] == "rich")
+        if prints or rich:
+            bad[p.relative_to(PKG).as_posix()] = (prints, rich)
+    assert bad == {}
+
+
+def test_the_design_cards_layout():
+    """lbfood/cli.py is the Typer app; the commands and the output files each have one folder."""
+    assert (PKG / "cli.py").is_file() and not (PKG / "cli").exists()
+    loose = sorted(p.name for p in PKG.glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "cli.py"]
+    from lbfood.cli import app
+
+    assert {c.callback.__wrapped__.__module__.split(".")[1] for c in app.registered_commands} == {"commands"}

@@ -4,7 +4,7 @@ Each is wrapped in a `FeatureModel` adapter (models.py) so L_LFF (Eqs. 4–7), F
 the scorers, `explain` and `export` see the same interface as lbfood's own zoo: `forward_features(x)`
 the last (B, C, H, W) map, a linear `head` on its average (Eq. 1) and `forward_blocks(x)`.
 
-Names are registry families (`torchvision:NAME`, `timm:NAME`, registries.py), so a run is rebuilt from
+Names are registry families (`torchvision:NAME`, `timm:NAME`, catalog.py), so a run is rebuilt from
 run.json alone (`models.build(meta.arch, ...)`): the builders here never download (random weights; a
 run's own model.safetensors is loaded over them). Refused, with the reason: models whose features are
 tokens (ViTs, MLP-Mixers) or whose classifier is not linear on the averaged map.
@@ -180,10 +180,10 @@ def _build(library: str, name: str, *, num_classes: int, width: float = 1.0) -> 
 
 
 def torchvision_family(name: str):
-    """The builder of `torchvision:NAME` (registries.py)."""
+    """The builder of `torchvision:NAME` (catalog.py)."""
     return functools.partial(_build, "torchvision", name)
 
 
 def timm_family(name: str):
-    """The builder of `timm:NAME` (registries.py)."""
+    """The builder of `timm:NAME` (catalog.py)."""
     return functools.partial(_build, "timm", name)

@@ -118,7 +118,7 @@ class FinetuneConfig(_TrainingConfig):
     """
 
     parent: str = "runs/latest"
-    objective: str = "lff"  # the term added to CE (registries.OBJECTIVES): lff | lff-rel | bg-energy | bg-head
+    objective: str = "lff"  # the term added to CE (catalog.OBJECTIVES): lff | lff-rel | bg-energy | bg-head
     delta: float | None = None  # δ, Eq. 5: background if p_j(y) < δ
     # μ, Eq. 6: norm margin; "auto" measures it from the parent model; "relX" (lff-rel): X times the image's
     # mean foreground norm
@@ -172,7 +172,7 @@ class FinetuneConfig(_TrainingConfig):
         _check_recipe(self)
         if not (_finite(self.delta) and 0 < self.delta < 1):
             raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
-        from lbfood.engine.registries import OBJECTIVES
+        from lbfood.engine.catalog import OBJECTIVES
 
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES.names())}, got {self.objective!r}")
@@ -316,7 +316,7 @@ class _EvalConfig(_Config):
     precision: str = "auto"
 
     def check(self) -> None:
-        """Raise ConfigError for any value out of range (names are checked by their registries)."""
+        """Raise ConfigError for any value out of range (names are checked by the catalogue)."""
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
 
@@ -439,7 +439,7 @@ class SweepConfig(_Config):
             raise ConfigError(f"--holdout must be in (0, 1), got {self.holdout}")
         if not self.methods:
             raise ConfigError("--method needs at least one scorer")
-        from lbfood.engine.registries import SCORERS
+        from lbfood.engine.catalog import SCORERS
 
         for m in self.methods:
             SCORERS.entry(m)  # an unknown name raises here, before any trial trains

@@ -1,6 +1,6 @@
 """The progress events the engine yields (training) or passes to a callback (evaluation).
 
-The engine never prints: the CLI's renderer (`lbfood/render.py`) turns these into progress bars and
+The engine never prints: the CLI's renderer (`lbfood/output/render.py`) turns these into progress bars and
 lines, one way for every command.
 """
 

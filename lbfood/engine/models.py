@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lbfood.engine.catalog import MODELS
 from lbfood.engine.errors import ConfigError
-from lbfood.engine.registries import MODELS
 
 
 def names() -> list[str]:

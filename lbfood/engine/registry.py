@@ -1,6 +1,6 @@
 """One small registry, used for models, datasets and scorers: name → a lazily imported builder plus
 metadata (input size, role, ...). Declaring an entry imports nothing, so the CLI's choices and help
-text come from the registries (lbfood/engine/registries.py) without importing torch.
+text come from the catalogue (lbfood/engine/catalog.py) without importing torch.
 
 A target is "package.module:attribute" (imported on first use), or "package.module" alone for modules
 that build their objects when imported and hand them over with `provide`. A family (e.g. `wrnD_K`,
@@ -99,5 +99,5 @@ class Registry:
     def provide(self, name: str, obj: Any) -> None:
         """Called by a module named as a target when it builds its objects at import."""
         if name not in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is not declared in lbfood/engine/registries.py")
+            raise ValueError(f"{self.kind} {name!r} is not declared in lbfood/engine/catalog.py")
         self._provided[name] = obj

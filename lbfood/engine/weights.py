@@ -30,7 +30,7 @@ class Source:
 
     @property
     def arch(self) -> str:
-        """The lbfood architecture name (registries.py's families): rebuilt without any download."""
+        """The lbfood architecture name (catalog.py's families): rebuilt without any download."""
         return f"{self.library}:{self.name}"
 
     @property

@@ -10,7 +10,8 @@ import pytest
 from cli_checks import one_error_line
 from typer.testing import CliRunner
 
-from lbfood.cli import app, common
+from lbfood.cli import app
+from lbfood.commands import options as common
 from lbfood.engine import runs
 from lbfood.engine.data import LoadOptions, get
 from lbfood.engine.data.base import CIFAR10_MEAN, CIFAR10_STD
@@ -120,9 +121,9 @@ def test_compare_and_benchmark(run, make_run, tmp_path, monkeypatch):
 
     from rich.console import Console
 
-    from lbfood import render, render_eval
     from lbfood.engine.config import ReportConfig
     from lbfood.engine.evaluation import report as evaluate
+    from lbfood.output import render, render_eval
 
     result = evaluate.report(ReportConfig(model=str(ft), compare=(str(run),), methods=("energy",), device="cpu"))
     buf = io.StringIO()

@@ -1,4 +1,4 @@
-"""lbfood/cli/sweep.py: worker counts checked before anything is made; Ctrl-C says how to continue."""
+"""lbfood/commands/sweep.py: worker counts checked before anything is made; Ctrl-C says how to continue."""
 
 import pytest
 from cli_checks import clean, one_error_line

@@ -7,7 +7,6 @@ import pytest
 from sklearn.metrics import roc_curve
 from typer.testing import CliRunner
 
-from lbfood import plots
 from lbfood.cli import app
 from lbfood.engine.config import ReportConfig
 from lbfood.engine.evaluation import features as fx
@@ -15,6 +14,7 @@ from lbfood.engine.evaluation import metrics, plotdata, scorers
 from lbfood.engine.evaluation import report as evaluate
 from lbfood.engine.evaluation.calibrate import store_threshold
 from lbfood.engine.io import load_tensors
+from lbfood.output import plots
 
 OOD = ("backdrops-scenes", "backdrops-novel", "backdrops-noise")
 

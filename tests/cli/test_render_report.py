@@ -1,9 +1,9 @@
-"""lbfood.render_report: the paper row shown beside each run, and tables that fit 120 columns."""
+"""lbfood.output.render_report: the paper row shown beside each run, and tables that fit 120 columns."""
 
 from rich.console import Console
 
-from lbfood import render, render_eval, render_report
 from lbfood.engine.evaluation.report import ReportResult, RunResult
+from lbfood.output import render, render_eval, render_report
 
 BASELINE = {"react": {"svhn": {"fpr95": 0.4310, "auroc": 0.9222}, "average": {"fpr95": 0.5056, "auroc": 0.8830}}}
 OURS = {"react": {"svhn": {"fpr95": 0.1047, "auroc": 0.9775}, "average": {"fpr95": 0.3482, "auroc": 0.9231}}}

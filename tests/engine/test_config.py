@@ -1,8 +1,15 @@
 """lbfood.engine.config: fine-tuning fields stay None until one resolve() fills them; check() validates."""
 
+from __future__ import annotations
+
 import math
 
 import pytest
+from cli_checks import one_error_line
+from hostile_checks import (
+    TINY,
+    invoke,
+)
 
 from lbfood.engine.config import FinetuneConfig, TrainConfig
 from lbfood.engine.errors import ConfigError
@@ -59,3 +66,24 @@ def test_finetune_numbers_are_checked(change, message):
     cfg = FinetuneConfig(**change).resolve(PARENT, preset_values("backdrops", 32, 10))
     with pytest.raises(ConfigError, match=message):
         cfg.check()
+
+
+# ---- hostile input (formerly tests/test_hostile.py) ----
+
+
+@pytest.mark.parametrize("flag,value", [("--lr", "nan"), ("--lr", "inf"), ("--momentum", "nan"),
+                                        ("--gamma", "nan"), ("--weight-decay", "-1"), ("--jitter", "nan"),
+                                        ("--width", "nan"), ("--warmup-epochs", "-1")])
+def test_pretrain_refuses_bad_numbers(tmp_path, small_backdrops, monkeypatch, flag, value):
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in TINY if a not in ("--width", "0.125")] if flag == "--width" else list(TINY)
+    one_error_line(invoke("pretrain", *args, flag, value, "--out", "r"), flag)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--lambda", "inf"), ("--lambda", "nan"), ("--mu", "nan"),
+                                        ("--mu", "inf"), ("--lr", "nan")])
+def test_finetune_refuses_bad_numbers(run, tmp_path, flag, value):
+    one_error_line(invoke("finetune", "--from", run, flag, value, "--device", "cpu", "--limit", "8",
+                          "--out", "f"), flag)
+    assert not (tmp_path / "f").exists()

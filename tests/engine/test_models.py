@@ -87,7 +87,7 @@ def test_resnet50_imagenet_init(tmp_path):
 @pytest.mark.parametrize("name", [*models.names(), "wrn16_2"])
 def test_declared_widest_layer_is_the_widest_conv(name):
     """The registry's `channels` (what the width limit is computed from) is the widest layer built."""
-    from lbfood.engine.registries import MODELS
+    from lbfood.engine.catalog import MODELS
 
     e = MODELS.entry(name)
     m = models.build(name, num_classes=3, width=0.125)

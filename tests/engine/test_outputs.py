@@ -6,10 +6,10 @@ import pytest
 from cli_checks import one_error_line
 from typer.testing import CliRunner
 
-from lbfood import writers
 from lbfood.cli import app
 from lbfood.engine import outputs
 from lbfood.engine.errors import ConfigError, StorageError
+from lbfood.output import writers
 
 runner = CliRunner()
 CPU = ("--device", "cpu", "-q")

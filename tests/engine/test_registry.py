@@ -54,7 +54,7 @@ def test_a_module_target_provides_its_objects(monkeypatch):
 def test_the_catalogue_imports_nothing_heavy():
     import subprocess
 
-    code = ("import sys; from lbfood.engine import registries as c; "
+    code = ("import sys; from lbfood.engine import catalog as c; "
             "print(len(c.MODELS.names()) > 0, len(c.SCORERS.names()) > 0, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "True", "False"]

@@ -1,11 +1,24 @@
 """lbfood.engine.runs: the typed run.json, its one writer, and the folder rules."""
 
+from __future__ import annotations
+
 import json
 
+import fakedata as fd
 import pytest
+from cli_checks import clean, one_error_line
+from hostile_checks import (
+    CPU,
+    TINY,
+    invoke,
+    squeezed,
+    tree,
+)
+from typer.testing import CliRunner
 
+from lbfood.cli import app
 from lbfood.engine import runs
-from lbfood.engine.errors import RunError
+from lbfood.engine.errors import RunError, StorageError
 from lbfood.engine.runs import RunMeta
 
 META = dict(kind="pretrain", arch="resnet18", width=0.25, classes=["a", "b"], input_size=32,
@@ -194,9 +207,7 @@ def test_non_finite_weights_are_refused_where_a_run_is_loaded(tmp_path, make_run
 def test_out_under_a_file_is_one_line_before_anything_is_made(tmp_path, small_backdrops, monkeypatch):
     """Was: NotADirectoryError from the run lock."""
     from cli_checks import one_error_line
-    from typer.testing import CliRunner
 
-    from lbfood.cli import app
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")
@@ -207,7 +218,6 @@ def test_out_under_a_file_is_one_line_before_anything_is_made(tmp_path, small_ba
     one_error_line(r, "--out notes.txt/run: notes.txt is a file, not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
     from lbfood.engine import checkpoint
-    from lbfood.engine.errors import StorageError
 
     with pytest.raises(StorageError, match="cannot use .*notes.txt/run: .*notes.txt is a file, not a folder; pass another path"):
         with checkpoint.lock(tmp_path / "notes.txt" / "run"):
@@ -251,3 +261,79 @@ def test_a_run_being_trained_is_told_from_a_killed_one(tmp_path, make_run):
             f"run {run} is still being trained by another lbfood command (1 of 4 epochs so far): fine-tuning starts "
             "from its epoch-1 weights; run this again once it is done for the final ones")
     assert not runs.being_written(run)
+
+
+# ---- hostile input (formerly tests/test_hostile.py) ----
+
+
+def test_a_done_run_without_weights_says_to_put_them_back(run, tmp_path):
+    (run / "model.safetensors").unlink()
+    one_error_line(invoke("report", "--model", run, *CPU), "has no model.safetensors (status: done)",
+                   "put model.safetensors back, or re-run the training")
+
+
+def test_pretrain_into_a_read_only_folder_is_one_line(tmp_path, small_backdrops, monkeypatch, read_only):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ro").mkdir()
+    read_only(tmp_path / "ro")
+    before = tree(tmp_path)
+    r = invoke("pretrain", *TINY, "--limit", "8", "--out", tmp_path / "ro" / "run")
+    one_error_line(r, f"cannot use {tmp_path / 'ro' / 'run'}: permission denied", f"make {tmp_path / 'ro'} writable")
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("status", ["running", "interrupted", "trained"])
+def test_score_report_and_export_say_the_run_is_unfinished(run, tmp_path, status):
+    from lbfood.engine import runs
+
+    runs.update(run, status=status, config={**runs.read(run).config, "epochs": 4})
+    img = tmp_path / "a.png"
+    fd.write_png(img, fd.pattern(0, 32, 32))
+    note = (f"run {run} is unfinished (status {status}, 1 of 4 epochs): these numbers are its epoch-1 weights; "
+            f"finish it with `lbfood pretrain --resume --out {run}`")
+    r = invoke("score", img, "--model", run, "--device", "cpu", "--json")
+    clean(r)
+    assert r.exit_code == 0 and squeezed(note) in squeezed(r.stderr), r.output
+    assert "threshold" not in runs.read(run).to_dict() and not runs.read(run).thresholds  # γ of moving weights
+    r = invoke("report", "--model", run, "--ood", "backdrops-noise", "--device", "cpu")
+    clean(r)
+    assert r.exit_code == 0 and squeezed(note) in squeezed(r.output), r.output
+    r = invoke("export", "--model", run, "--method", "energy", "--threshold", "1", "--out", tmp_path / "d.pt",
+               "--format", "torchscript", "--device", "cpu")
+    clean(r)
+    assert r.exit_code == 0 and squeezed(note) in squeezed(r.output), r.output
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"classes": 7}, "classes must be a non-empty list of class names, got 7"),
+    ({"width": "abc"}, "width must be a finite number > 0, got 'abc'"),
+    ({"width": float("nan")}, "width must be a finite number > 0, got nan"),
+    ({"input_size": None}, "lacks input_size"), ({"mean": None}, "lacks mean"), ({"std": None}, "lacks std"),
+    ({"data": None}, "lacks data")])
+def test_damaged_run_json_is_one_line(run, tmp_path, change, needle):
+    meta = json.loads((run / "run.json").read_text())
+    for k, v in change.items():
+        if v is None:
+            del meta[k]
+        else:
+            meta[k] = v
+    (run / "run.json").write_text(json.dumps(meta))  # json writes NaN for nan, as an editor might
+    img = tmp_path / "a.png"
+    fd.write_png(img, fd.pattern(0, 32, 32))
+    before = tree(tmp_path)
+    for args in (("report", "--model", run), ("score", img, "--model", run),
+                 ("finetune", "--from", run, "--out", tmp_path / "f")):
+        one_error_line(invoke(*args, "--device", "cpu"), f"{run / 'run.json'}", needle, "re-run the training")
+    assert tree(tmp_path) == before
+
+
+def test_starting_over_never_removes_what_is_not_an_abandoned_run(tmp_path, small_backdrops, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, text in (("run.json", '{"name": "my own run.json"}'), ("metrics.jsonl", "{}\n"),
+                       (".notes.tmp", "mine")):
+        (tmp_path / name.replace(".", "_")).mkdir()
+        (tmp_path / name.replace(".", "_") / name).write_text(text)
+        before = tree(tmp_path)
+        one_error_line(invoke("pretrain", *TINY, "--limit", "8", "--out", name.replace(".", "_")),
+                       "already exists and is not empty; pick a new folder")
+        assert tree(tmp_path) == before

@@ -1,13 +1,22 @@
 """lbfood.engine.runtime (device, precision, threads) and lbfood.engine.io (atomic, safe files)."""
 
+from __future__ import annotations
+
 import json
 import os
+import stat
 
 import pytest
 import torch
+from cli_checks import one_error_line
+from hostile_checks import (
+    TINY,
+    invoke,
+    tree,
+)
 
 from lbfood.engine import io, runtime
-from lbfood.engine.errors import ConfigError
+from lbfood.engine.errors import ConfigError, StorageError
 
 
 def test_precision_rule():
@@ -80,9 +89,7 @@ def test_tensors_and_metadata_round_trip(tmp_path):
 
 def test_atomic_writes_refuse_what_a_rename_would_destroy(tmp_path):
     """A folder, a FIFO (or a device) at the target is refused and left as it was; so is a path under a file."""
-    import stat
 
-    from lbfood.engine.errors import StorageError
 
     (tmp_path / "d").mkdir()
     os.mkfifo(tmp_path / "fifo")
@@ -93,3 +100,28 @@ def test_atomic_writes_refuse_what_a_rename_would_destroy(tmp_path):
             io.atomic_write_bytes(target, b"data")
     assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode) and (tmp_path / "f").read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "f", "fifo"]
+
+
+# ---- hostile input (formerly tests/test_hostile.py) ----
+
+
+def test_device_meta_is_one_line(run, tmp_path):
+    before = tree(tmp_path)
+    one_error_line(invoke("report", "--method", "energy", "--device", "meta", "-q"), "--device meta", "cpu, cuda or mps")
+    one_error_line(invoke("pretrain", *TINY[:-3], "--device", "meta", "--out", tmp_path / "new"), "--device meta")
+    one_error_line(invoke("score", run, "--device", "meta"), "--device meta")
+    assert tree(tmp_path) == before
+
+
+def test_select_device_refuses_meta_and_a_missing_gpu_index(monkeypatch):
+    import torch
+
+    from lbfood.engine.runtime import select_device
+
+    with pytest.raises(ConfigError, match="--device meta: lbfood computes on cpu, cuda or mps"):
+        select_device("meta")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        select_device("cuda:2")
+    assert select_device("cuda:1") == torch.device("cuda", 1)

@@ -177,7 +177,7 @@ def test_a_trial_is_selected_only_beyond_noise_and_the_verdict_says_by_how_much(
 @pytest.fixture
 def recorded_loads(monkeypatch):
     """Every dataset split read (name, split), in order, with a marker when the selection is fixed."""
-    from lbfood.engine.registries import DATASETS
+    from lbfood.engine.catalog import DATASETS
 
     log = []
     for name in DATASETS.names():
@@ -193,8 +193,8 @@ def recorded_loads(monkeypatch):
 def test_a_sweep_over_the_background_objectives(tmp_path, monkeypatch, make_run, small_backdrops):
     """Each objective trains, validates and is tested as a trial; bghead is validated and tested only on the
     bg-head trial (the others have no head for it); the per-objective selection is recorded."""
-    from lbfood import sweep_files
     from lbfood.engine.sweep import results, study
+    from lbfood.output import sweep_files
 
     monkeypatch.chdir(tmp_path)
     sc = _sweep(tmp_path, make_run(tmp_path), objectives=("lff-rel", "bg-energy", "bg-head"), delta=("0.5",),
@@ -259,9 +259,9 @@ def test_sweep_selects_on_validation_before_reading_any_test_image(tmp_path, mon
         assert set(r["test"]["metrics"]) == {"react", "energy"}
     assert os.readlink(Path(sc.out) / "best") == doc["selected"]["run"]
     assert json.loads((Path(sc.out) / "sweep.json").read_text())["selected"] == doc["selected"]
-    assert not (Path(sc.out) / "sweep.md").exists()  # the engine returns data; lbfood.sweep_files writes for people
-    from lbfood import plots, sweep_files
+    assert not (Path(sc.out) / "sweep.md").exists()  # the engine returns data; lbfood.output.sweep_files writes for people
     from lbfood.engine.sweep.space import FACTORS
+    from lbfood.output import plots, sweep_files
 
     assert tuple(plots.FACTOR_NAMES) == FACTORS
     md, png = sweep_files.write(doc, sc.out)
@@ -431,7 +431,7 @@ def test_prune_stops_a_trial_whose_accuracy_falls_below_the_controls_curve(tmp_p
     assert doc["selected"]["number"] == control["number"] == 0
     meta = json.loads((Path(sc.out) / trial["run"] / "run.json").read_text())
     assert meta["status"] != "done" and meta["epochs_done"] == 1
-    from lbfood import sweep_files
+    from lbfood.output import sweep_files
 
     line = sweep_files.markdown(doc).splitlines()[-1]
     assert line.startswith("| 1 | dpreset-muauto-l0.5-current (pruned) |") and "None" not in line, line
@@ -473,7 +473,7 @@ def test_readme_objectives_sweep_command_at_tiny_size(tmp_path, monkeypatch, mak
     from typer.testing import CliRunner
 
     from lbfood.cli import app
-    from lbfood.engine.registries import OBJECTIVES
+    from lbfood.engine.catalog import OBJECTIVES
 
     monkeypatch.chdir(tmp_path)
     parent = make_run(tmp_path)

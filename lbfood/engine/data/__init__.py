@@ -1,4 +1,4 @@
-"""Datasets: name -> DatasetSpec, through the dataset registry (lbfood/engine/registries.py).
+"""Datasets: name -> DatasetSpec, through the dataset registry (lbfood/engine/catalog.py).
 
 Each data module builds its specs when imported and hands them over with `register`;
 `imagefolder:PATH` and `folder:PATH` name user data.
@@ -6,9 +6,9 @@ Each data module builds its specs when imported and hands them over with `regist
 
 from __future__ import annotations
 
+from lbfood.engine.catalog import DATASETS
 from lbfood.engine.data.base import DatasetSpec, ImageSet, LoadOptions, default_root
 from lbfood.engine.errors import DataError
-from lbfood.engine.registries import DATASETS
 
 __all__ = ["DatasetSpec", "ImageSet", "LoadOptions", "default_root", "get", "names", "register", "specs"]
 

@@ -294,10 +294,10 @@ def _flatten(found: dict[str, list[Path]], classes: tuple[str, ...]) -> tuple[li
 
 
 def imagefolder_family(path: str) -> DatasetSpec:
-    """`imagefolder:PATH` (declared in lbfood/engine/registries.py)."""
+    """`imagefolder:PATH` (declared in lbfood/engine/catalog.py)."""
     return _imagefolder_family(path)
 
 
 def folder_family(path: str) -> DatasetSpec:
-    """`folder:PATH` (declared in lbfood/engine/registries.py)."""
+    """`folder:PATH` (declared in lbfood/engine/catalog.py)."""
     return _folder_family(path)

@@ -3,7 +3,7 @@
 `collect` re-opens each run of a finished report and reads the features and fitted scorers that
 `report` cached in the run folder, so it runs no forward pass (only ODIN, which perturbs its input,
 scores again). Everything is returned as numpy arrays in dataclasses, for notebooks and for the
-renderer (`lbfood/plots.py`); nothing here draws or writes files.
+renderer (`lbfood/output/plots.py`); nothing here draws or writes files.
 
 Scores are higher = more in-distribution (paper Eq. 3). ROC curves put ID as the positive class, the
 paper's FPR95 convention: the marked point is the threshold that keeps 95 % of ID test images.

@@ -1,6 +1,6 @@
 """`lbfood report`: ID accuracy and, per method and OOD dataset, FPR95/AUROC/AUPR of a run and the runs
 compared with it, with the paper's numbers beside them (`--benchmark`). Returns data; the renderers
-print tables and write files (lbfood/render_eval.py, lbfood/writers.py)."""
+print tables and write files (lbfood/output/render_eval.py, lbfood/output/writers.py)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Order matters and is the point of the sweep: `finalize` selects the trial (and s
 validation objective under the accuracy constraint, writes it to `sweep.json` and emits `Selected`
 before any test image is read; the test sets are then evaluated for every trial and only shown.
 Files: `sweep.json` (every trial: point, validation and test metrics, run folder) and the symlink
-`best` to the selected run; `lbfood.sweep_files` writes `sweep.md` and `sensitivity.png` from the
+`best` to the selected run; `lbfood.output.sweep_files` writes `sweep.md` and `sensitivity.png` from the
 returned document.
 """
 

@@ -4,7 +4,7 @@
 A point of the space is a dict of five strings (kept as text so Optuna stores them as categorical
 choices exactly as typed, normalised):
 
-    objective  the fine-tuning objective (registries.OBJECTIVES): lff | lff-rel | bg-energy | bg-head
+    objective  the fine-tuning objective (catalog.OBJECTIVES): lff | lff-rel | bg-energy | bg-head
     delta      δ (Eq. 5): a number in (0, 1), or "preset" (the dataset's fine-tuning preset)
     mu         μ (Eq. 6): a number >= 0, "auto" (median of the parent's background norms), "qX" (the X
                quantile of them, 0 < X < 1), or "relX" (lff-rel: X × the image's mean foreground norm);
@@ -81,7 +81,7 @@ def parse_values(factor: str, text: str) -> tuple[str, ...]:
 
 
 def _objective(name: str) -> str:
-    from lbfood.engine.registries import OBJECTIVES
+    from lbfood.engine.catalog import OBJECTIVES
 
     if name in ("auroc", "fpr95"):
         raise ConfigError(f"--objective {name}: the validation metric is --select-by {name}; --objective names "

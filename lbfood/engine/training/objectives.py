@@ -1,5 +1,5 @@
 """The fine-tuning objectives as loss hooks (L = CE + λ·term, paper Eq. 7), and the constants each
-resolves from the parent model before the first step. Names and one-line meanings: registries.OBJECTIVES.
+resolves from the parent model before the first step. Names and one-line meanings: catalog.OBJECTIVES.
 
     lff        the paper's L_LFF (Eqs. 4–6), μ a number or measured (`--mu auto`)
     lff-rel    L_LFF with μ_i = r × the image's mean foreground norm (`--mu relR`, default rel0.5)
@@ -20,11 +20,11 @@ from typing import Any
 import torch
 
 from lbfood.engine import runs
+from lbfood.engine.catalog import OBJECTIVES
 from lbfood.engine.config import FinetuneConfig, has_bg_head, relative_mu
 from lbfood.engine.distributed import DistInfo
 from lbfood.engine.errors import ConfigError
 from lbfood.engine.events import Note
-from lbfood.engine.registries import OBJECTIVES
 from lbfood.engine.training import losses
 
 # bg-energy's automatic margins: these quantiles of the parent's free energies on the probe's training

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from lbfood import plots
 from lbfood.cli import app
 from lbfood.engine import runs
 from lbfood.engine.data.backdrops import CLASSES
 from lbfood.engine.evaluation.explain import ExplainConfig, explain, run_delta
 from lbfood.engine.runs import RunMeta
+from lbfood.output import plots
 
 
 def png_size(path):

@@ -1,10 +1,15 @@
 """lbfood.engine.evaluation.report: report numbers, the feature/scorer caches, calibration, scoring files."""
 
+from __future__ import annotations
+
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
+from cli_checks import clean
+from hostile_checks import CPU, invoke, tree
 
 from lbfood.engine import runs
 from lbfood.engine import runs as runs_mod
@@ -12,12 +17,12 @@ from lbfood.engine.config import ReportConfig, ScoreConfig
 from lbfood.engine.data import LoadOptions, get
 from lbfood.engine.data.images import eval_transform
 from lbfood.engine.data.loaders import make_loader
-from lbfood.engine.errors import ConfigError, DataError, RunError
+from lbfood.engine.errors import ConfigError, DataError, RunError, StorageError
 from lbfood.engine.evaluation import features as fx
 from lbfood.engine.evaluation import metrics, score, scorers
 from lbfood.engine.evaluation import report as evaluate
 from lbfood.engine.evaluation.calibrate import calibrate
-from lbfood.engine.io import load_tensors
+from lbfood.engine.io import atomic_write_bytes, load_tensors
 from lbfood.engine.runtime import make_runtime
 
 OOD = ("backdrops-scenes", "backdrops-novel", "backdrops-noise")
@@ -258,7 +263,7 @@ def test_lff_runs_are_compared_with_the_plus_ours_rows(run, make_run, tmp_path):
     ours, control, pretrained = (res.paper_for(r, "energy") for r in res.runs)
     assert ours == {"average": {"fpr95": 0.3, "auroc": 0.9}}
     assert control == pretrained == {"average": {"fpr95": 0.5, "auroc": 0.8}}
-    from lbfood.writers import _csv
+    from lbfood.output.writers import _csv
 
     csv_rows = _csv(res).splitlines()
     assert csv_rows[0].endswith("paper_fpr95,paper_auroc,paper_row")
@@ -275,3 +280,22 @@ def test_featurenorm_threshold_from_the_stage_layout_is_not_reused(run):
     assert stored_threshold(meta, scorers.get("featurenorm")) == 3.5
     react = {"method": "react", "value": 1.5, "params": scorers.get("react").params}  # no block norms: kept
     assert stored_threshold(meta.replace(thresholds={"react": react}), scorers.get("react")) == 1.5
+
+
+# ---- hostile input (formerly tests/test_hostile.py) ----
+
+
+def test_report_on_a_read_only_run_finishes_with_a_note(run, tmp_path, read_only):
+    read_only(run)
+    before = tree(tmp_path)
+    r = invoke("report", "--method", "react", "--ood", "backdrops-noise", "--output", tmp_path / "r.json", *CPU)
+    clean(r)
+    assert r.exit_code == 0, r.output
+    assert f"could not save to {run}/cache (permission denied)" in " ".join(r.output.split())
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["extractions"] == 3 and res["fits"] == 1  # test, noise, train; nothing came from a cache
+    assert math.isfinite(res["runs"][0]["metrics"]["react"]["backdrops-noise"]["auroc"])
+    after = tree(tmp_path)
+    assert after.pop("r.json") and after == before
+    with pytest.raises(StorageError, match=f"cannot write {run}/cache/f: permission denied; make {run} writable"):
+        atomic_write_bytes(run / "cache" / "f", b"")  # the advice names the folder that refused

@@ -358,7 +358,7 @@ def test_registry_errors():
         scorers.get("react", percentile=0)
     assert scorers.get("knn", k="7").params["k"] == 7  # CLI text is converted
 
-    from lbfood.engine.registries import SCORERS
+    from lbfood.engine.catalog import SCORERS
 
     with pytest.raises(ValueError, match="twice"):
         SCORERS.add("msp", "lbfood.engine.evaluation.scorers.msp:MSP")

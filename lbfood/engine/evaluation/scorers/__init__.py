@@ -1,12 +1,12 @@
 """Post-hoc OOD scorers, one module per detector, looked up by name in the scorer registry
-(lbfood/engine/registries.py). Scores are higher = more in-distribution (paper Eq. 3)."""
+(lbfood/engine/catalog.py). Scores are higher = more in-distribution (paper Eq. 3)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from lbfood.engine.catalog import SCORERS
 from lbfood.engine.evaluation.scorers.base import Scorer
-from lbfood.engine.registries import SCORERS
 
 __all__ = ["Scorer", "get", "names", "scorer_class"]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from lbfood import render
+from lbfood.output import render
 
 
 def gate_line(c: Any) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from lbfood import render, sweep_files
+from lbfood.output import render, sweep_files
 
 
 def _pct(v: float | None) -> str:
@@ -79,7 +79,7 @@ def table(doc: dict[str, Any]) -> None:
                   else "—", sweep_files.gain(r, "—"), _pct((r.get("test") or {}).get("id_accuracy")), _pct(fpr),
                   _pct(fpr - c_fpr) if None not in (fpr, c_fpr) else "—", _pct(auc),
                   _pct(auc - c_auc) if None not in (auc, c_auc) else "—", style=style)
-    from lbfood.render_eval import _console
+    from lbfood.output.render_eval import _console
 
     _console().print(t)  # wide when piped, so the table is not squeezed
     render.console.print("validation: ± half the width of the 95 % bootstrap interval over the held-out images; Δ val: "

@@ -1,6 +1,6 @@
 """A sweep's files for people, from the document `engine.sweep.results.finalize` returns (and writes as
 sweep.json): `sweep.md`, one row per trial with the selected scorer's test numbers and their Δ against
-the control, and `sensitivity.png`, the paper's Fig. 6 on validation data (drawn by `lbfood.plots`)."""
+the control, and `sensitivity.png`, the paper's Fig. 6 on validation data (drawn by `lbfood.output.plots`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from lbfood.engine.sweep.results import test_cell
 
 def write(doc: dict[str, Any], out: str | os.PathLike) -> list[Path]:
     """Write sweep.md and sensitivity.png into the sweep folder `out`; returns their paths."""
-    from lbfood import plots
+    from lbfood.output import plots
 
     out = Path(out)
     atomic_write_bytes(out / "sweep.md", markdown(doc).encode("utf-8"))

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lbfood import render
+from lbfood.output import render
 
 
 def _console() -> Console:
@@ -40,7 +40,7 @@ def report(result: Any, all_metrics: bool = False, console: Console | None = Non
     """The report's tables (see render_report: one per method when runs are compared, the paper's
     baseline or "+Ours" numbers beside each run, fitted to the terminal or 120 columns when piped), then
     the legend (runs, full OOD names), notes and what was computed."""
-    from lbfood import render_report
+    from lbfood.output import render_report
 
     out = console or (render.console if render.console.is_terminal
                       else Console(width=render_report.PIPED_WIDTH, soft_wrap=False))

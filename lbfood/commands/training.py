@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lbfood.cli import app
-from lbfood.cli.common import (
+from lbfood.commands.options import (
     ARCH_NAMES,
     DATA_HELP,
     OBJECTIVE_HELP,
@@ -24,12 +23,11 @@ from lbfood.cli.common import (
     Seed,
     SyncBn,
     Workers,
-    guard,
     join,
     launch,
     rank,
 )
-from lbfood.cli.common import (
+from lbfood.commands.options import (
     milestones as parse_milestones,
 )
 from lbfood.engine.config import CHANCE_MIN_STEPS
@@ -39,7 +37,6 @@ INIT_HELP = ("Start from these weights: a state dict FILE (.safetensors, or torc
              "to place there); a head with another class count is left fresh.")
 
 
-@app.command()
 def pretrain(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "backdrops",
@@ -83,31 +80,30 @@ def pretrain(
     quiet: Quiet = False,
 ) -> None:
     """Pretrain a classifier with cross-entropy (paper §III-A) and write a run folder."""
-    with guard():
-        from lbfood import render
-        from lbfood.engine import distributed, pipeline
-        from lbfood.engine.config import TrainConfig
-        from lbfood.engine.training.setup import prepare_pretrain
+    from lbfood.engine import distributed, pipeline
+    from lbfood.engine.config import TrainConfig
+    from lbfood.engine.training.setup import prepare_pretrain
+    from lbfood.output import render
 
-        cfg = TrainConfig(data=data, data_root=str(data_root) if data_root else None, arch=arch, width=width,
-                          epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
-                          weight_decay=weight_decay, wd_on_bn=wd_on_bn, schedule=schedule, milestones=parse_milestones(milestones),
-                          gamma=gamma, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, jitter=jitter,
-                          val_split=val_split, classes_file=str(classes) if classes else None,
-                          init=init, device=device, precision=precision, seed=seed,
-                          out=str(out) if out else None, workers=workers, compile=compile, download=download,
-                          sync_bn=sync_bn, limit=limit, holdout=holdout, stop_at_chance=stop_at_chance)
-        if launch(devices, device, "pretrain"):
-            return
-        dist = join(device)
-        if resume:
-            cfg = resume_settings(ctx, cfg, also=("arch", "width"))
-        with distributed.lost_peer(dist):
-            session = prepare_pretrain(cfg, resume=resume, dist=dist)
-            if resume:  # once the run is known to resume: an error is then the only line
-                ignored_on_resume(ctx, keep={"epochs", "device", "precision", "workers", "out", "arch", "width"})
-            _finish(render.training(pipeline.train(session), quiet=quiet))
-        distributed.destroy()
+    cfg = TrainConfig(data=data, data_root=str(data_root) if data_root else None, arch=arch, width=width,
+                      epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
+                      weight_decay=weight_decay, wd_on_bn=wd_on_bn, schedule=schedule, milestones=parse_milestones(milestones),
+                      gamma=gamma, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, jitter=jitter,
+                      val_split=val_split, classes_file=str(classes) if classes else None,
+                      init=init, device=device, precision=precision, seed=seed,
+                      out=str(out) if out else None, workers=workers, compile=compile, download=download,
+                      sync_bn=sync_bn, limit=limit, holdout=holdout, stop_at_chance=stop_at_chance)
+    if launch(devices, device, "pretrain"):
+        return
+    dist = join(device)
+    if resume:
+        cfg = resume_settings(ctx, cfg, also=("arch", "width"))
+    with distributed.lost_peer(dist):
+        session = prepare_pretrain(cfg, resume=resume, dist=dist)
+        if resume:  # once the run is known to resume: an error is then the only line
+            ignored_on_resume(ctx, keep={"epochs", "device", "precision", "workers", "out", "arch", "width"})
+        _finish(render.training(pipeline.train(session), quiet=quiet))
+    distributed.destroy()
 
 
 RUN_FLAGS = {"resume", "quiet", "devices"}  # how a command runs, not what it trains
@@ -116,7 +112,7 @@ RUN_FLAGS = {"resume", "quiet", "devices"}  # how a command runs, not what it tr
 def ignored_on_resume(ctx: typer.Context, keep: set[str]) -> None:
     """`--resume` continues a run with the settings it recorded: warn (one line) about every flag the user
     typed that it therefore ignores."""
-    from lbfood import render
+    from lbfood.output import render
 
     typed = ("COMMANDLINE", "ENVIRONMENT")  # ParameterSource names (not DEFAULT): what the user gave
     given = [p for p in ctx.command.params if p.name not in keep | RUN_FLAGS
@@ -142,8 +138,8 @@ def resume_settings(ctx: typer.Context, cfg, also: tuple[str, ...] = ()):
 
 def _finish(last) -> None:
     """Summarise the final event; an interrupted run exits 130 after saying how to resume it."""
-    from lbfood import render
     from lbfood.engine.events import Interrupted
+    from lbfood.output import render
 
     if isinstance(last, Interrupted):
         if rank() != 0:  # rank 0 says it
@@ -160,7 +156,6 @@ def _finish(last) -> None:
                              f"→ {last.run_dir}")
 
 
-@app.command()
 def finetune(
     ctx: typer.Context,
     from_run: Annotated[Path, typer.Option("--from", help="Parent run to fine-tune.")] = Path("runs/latest"),
@@ -211,36 +206,34 @@ def finetune(
     quiet: Quiet = False,
 ) -> None:
     """Fine-tune a run with CE + λ·L_LFF (paper Eq. 7), or another background --objective, and write a new run."""
-    with guard():
-        from lbfood import render
-        from lbfood.engine import distributed, pipeline
-        from lbfood.engine.config import FinetuneConfig
-        from lbfood.engine.training import finetune as ft
+    from lbfood.engine import distributed, pipeline
+    from lbfood.engine.config import FinetuneConfig
+    from lbfood.engine.training import finetune as ft
+    from lbfood.output import render
 
-        given = dict(delta=delta, mu=ft.parse_mu(mu), lam=lam, epochs=epochs, lr=lr, objective=objective,
-                     m_in=ft.parse_margin("--m-in", m_in), m_out=ft.parse_margin("--m-out", m_out),
-                     milestones=parse_milestones(milestones) if milestones is not None else None, momentum=momentum,
-                     weight_decay=weight_decay, wd_on_bn=wd_on_bn, jitter=jitter, data=data,
-                     data_root=str(data_root) if data_root else None)
-        cfg = FinetuneConfig(parent=str(from_run), mask_from=mask_from, mu_quantile=mu_quantile,
-                             batch_size=batch_size, out=str(out) if out else None, probe_batches=probe_batches,
-                             sync_bn=sync_bn, device=device, precision=precision, seed=seed, workers=workers,
-                             compile=compile, limit=limit, holdout=holdout, init=init,
-                             **given)  # None: the preset or the parent fills it
-        if launch(devices, device, "finetune"):
-            return
-        dist = join(device)
+    given = dict(delta=delta, mu=ft.parse_mu(mu), lam=lam, epochs=epochs, lr=lr, objective=objective,
+                 m_in=ft.parse_margin("--m-in", m_in), m_out=ft.parse_margin("--m-out", m_out),
+                 milestones=parse_milestones(milestones) if milestones is not None else None, momentum=momentum,
+                 weight_decay=weight_decay, wd_on_bn=wd_on_bn, jitter=jitter, data=data,
+                 data_root=str(data_root) if data_root else None)
+    cfg = FinetuneConfig(parent=str(from_run), mask_from=mask_from, mu_quantile=mu_quantile,
+                         batch_size=batch_size, out=str(out) if out else None, probe_batches=probe_batches,
+                         sync_bn=sync_bn, device=device, precision=precision, seed=seed, workers=workers,
+                         compile=compile, limit=limit, holdout=holdout, init=init,
+                         **given)  # None: the preset or the parent fills it
+    if launch(devices, device, "finetune"):
+        return
+    dist = join(device)
+    if resume:
+        cfg = resume_settings(ctx, cfg)
+    with distributed.lost_peer(dist):
+        session = ft.prepare_finetune(cfg, resume=resume, dist=dist)
         if resume:
-            cfg = resume_settings(ctx, cfg)
-        with distributed.lost_peer(dist):
-            session = ft.prepare_finetune(cfg, resume=resume, dist=dist)
-            if resume:
-                ignored_on_resume(ctx, keep={"epochs", "device", "precision", "workers", "out"})
-            _finish(render.training(pipeline.train(session), quiet=quiet))
-        distributed.destroy()
+            ignored_on_resume(ctx, keep={"epochs", "device", "precision", "workers", "out"})
+        _finish(render.training(pipeline.train(session), quiet=quiet))
+    distributed.destroy()
 
 
-@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's runs (replaced if it holds an earlier demo).")]
     = Path("runs/demo"),
@@ -252,15 +245,15 @@ def demo(
 ) -> None:
     """Pretrain, fine-tune with L_LFF and with CE only, and compare them on the embedded `backdrops`
     benchmark (offline, a few CPU minutes; --quick: under a minute)."""
-    with guard(), contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
         import time
 
-        from lbfood import render, render_eval
         from lbfood.engine import demo as recipe
         from lbfood.engine import pipeline
         from lbfood.engine.evaluation import report as evaluate
         from lbfood.engine.training.finetune import prepare_finetune
         from lbfood.engine.training.setup import prepare_pretrain
+        from lbfood.output import render, render_eval
 
         recipe.prepare_out(out)  # removes an earlier demo's runs; refuses anything else
         if quick:
@@ -286,7 +279,7 @@ def demo(
         render_eval.report(result)
         drawn = None
         if not quick:  # --quick stays a smoke run under a minute: no pictures
-            from lbfood import plots
+            from lbfood.output import plots
 
             with render_eval.progress(quiet) as on_event:
                 drawn = plots.demo_pictures([pre.run_dir, runs[0.0].run_dir, runs[1.0].run_dir], out / "pictures",

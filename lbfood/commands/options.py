@@ -1,53 +1,20 @@
-"""What the commands share: the error guard, the multi-process launcher, shared options and parsers.
-
-Engine errors (LbfoodError) are caught once, in `guard`, and become one red line and exit code 2.
-"""
+"""What the commands share: the multi-process launcher, shared options and parsers (the error guard
+is lbfood/cli.py's: it wraps every command)."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lbfood.engine.registries import DATASETS, MODELS, OBJECTIVES, SCORERS
+from lbfood.engine.catalog import DATASETS, MODELS, OBJECTIVES, SCORERS
 
 ARCH_NAMES = MODELS.help()
 DATA_HELP = (f"ID dataset: {DATASETS.help(role='id')}, or imagefolder:PATH (backdrops is embedded: no files). "
              "`lbfood datasets` lists all with their expected paths.")
 SCORER_NAMES = SCORERS.help()
 OBJECTIVE_HELP = OBJECTIVES.describe()
-
-@contextlib.contextmanager
-def guard():
-    """Turn engine errors into one line on stderr and exit code 2; Ctrl-C into exit code 130."""
-    from lbfood import render
-    from lbfood.engine.errors import LbfoodError
-
-    try:
-        yield
-    except LbfoodError as e:
-        from lbfood.engine.errors import ConfigError
-
-        me = rank()
-        if me == 0:
-            render.error(str(e))
-        elif not isinstance(e, ConfigError):  # flag errors are the same on every rank: rank 0 says it
-            render.error(f"rank {me}: {e}")
-        raise typer.Exit(e.exit_code) from None
-    except OSError as e:  # a folder or disk the engine met outside lbfood.engine.io (e.g. a run folder's mkdir)
-        from lbfood.engine.io import STORAGE_ERRNOS, storage_error
-
-        if e.errno not in STORAGE_ERRNOS or e.filename is None:
-            raise
-        render.error(("" if rank() == 0 else f"rank {rank()}: ") + str(storage_error(e.filename, e, verb="use")))
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        if rank() == 0:
-            render.error("interrupted")
-        raise typer.Exit(130) from None
-
 
 def rank() -> int:
     """This process's rank under torchrun, 0 otherwise (from the environment: no torch needed)."""
@@ -93,8 +60,8 @@ def launch(devices: int, device: str, command: str) -> bool:
 
 def join(device: str):
     """Join the process group torchrun set up (nothing to do for one process); only rank 0 prints."""
-    from lbfood import render
     from lbfood.engine import distributed
+    from lbfood.output import render
 
     dist = distributed.init_from_env(device)
     if not dist.is_main:

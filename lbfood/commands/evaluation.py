@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lbfood.cli import app
-from lbfood.cli.common import (
+from lbfood.commands.options import (
     SCORER_NAMES,
     DataRoot,
     Device,
@@ -18,16 +17,14 @@ from lbfood.cli.common import (
     Params,
     RunOpt,
     Workers,
-    guard,
     join,
     split_names,
 )
-from lbfood.cli.common import (
+from lbfood.commands.options import (
     params as parse_params,
 )
 
 
-@app.command()
 def report(
     model: RunOpt = "runs/latest",
     id_data: Annotated[str | None, typer.Option(
@@ -68,45 +65,43 @@ def report(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress line.")] = False,
 ) -> None:
     """OOD detection metrics (FPR95, AUROC) of a run per OOD dataset and method, and its ID accuracy."""
-    with guard():
-        from lbfood import render_ci, render_eval, writers
-        from lbfood.engine import distributed
-        from lbfood.engine.config import ReportConfig
-        from lbfood.engine.evaluation import report as evaluate
+    from lbfood.engine import distributed
+    from lbfood.engine.config import ReportConfig
+    from lbfood.engine.evaluation import report as evaluate
+    from lbfood.output import render_ci, render_eval, writers
 
-        methods = split_names(method) or ("react",)
-        cfg = ReportConfig(model=model, id_data=id_data, ood=tuple(ood or ()), methods=methods,
-                           compare=tuple(compare or ()), benchmark=benchmark,
-                           data_root=str(data_root) if data_root else None, fpr_convention=fpr_convention,
-                           batch_size=batch_size, device=device, precision=precision,
-                           params=parse_params(param, methods), workers=workers, gates=tuple(gate or ()),
-                           download=download, limit=limit, allow_skips=allow_skips)
-        fmt = writers.check_output(output) if output else None  # refused before any work
+    methods = split_names(method) or ("react",)
+    cfg = ReportConfig(model=model, id_data=id_data, ood=tuple(ood or ()), methods=methods,
+                       compare=tuple(compare or ()), benchmark=benchmark,
+                       data_root=str(data_root) if data_root else None, fpr_convention=fpr_convention,
+                       batch_size=batch_size, device=device, precision=precision,
+                       params=parse_params(param, methods), workers=workers, gates=tuple(gate or ()),
+                       download=download, limit=limit, allow_skips=allow_skips)
+    fmt = writers.check_output(output) if output else None  # refused before any work
+    if plots is not None:
+        from lbfood.output import plots as pictures
+
+        pictures.check_out_dir(plots, "--plots")  # refused before any work
+    dist = join(device)  # under torchrun: each rank extracts a shard; rank 0 prints and writes
+    with distributed.lost_peer(dist), render_eval.progress(quiet or not dist.is_main) as on_event:
+        result = evaluate.report(cfg, on_event=on_event, dist=dist)
+        if plots is not None and dist.is_main:
+            from lbfood.engine.evaluation import plotdata
+
+            drawn = pictures.write_report_plots(plotdata.collect(cfg, result, on_event=on_event), plots)
+    if dist.is_main:
+        render_eval.report(result, all_metrics=all_metrics)
+        if output:
+            writers.write_report(result, output, fmt)
+            render_eval.wrote(output)
         if plots is not None:
-            from lbfood import plots as pictures
-
-            pictures.check_out_dir(plots, "--plots")  # refused before any work
-        dist = join(device)  # under torchrun: each rank extracts a shard; rank 0 prints and writes
-        with distributed.lost_peer(dist), render_eval.progress(quiet or not dist.is_main) as on_event:
-            result = evaluate.report(cfg, on_event=on_event, dist=dist)
-            if plots is not None and dist.is_main:
-                from lbfood.engine.evaluation import plotdata
-
-                drawn = pictures.write_report_plots(plotdata.collect(cfg, result, on_event=on_event), plots)
-        if dist.is_main:
-            render_eval.report(result, all_metrics=all_metrics)
-            if output:
-                writers.write_report(result, output, fmt)
-                render_eval.wrote(output)
-            if plots is not None:
-                render_eval.pictures_line(drawn, plots)
-            render_ci.gates(result.gates)
-        distributed.destroy()
+            render_eval.pictures_line(drawn, plots)
+        render_ci.gates(result.gates)
+    distributed.destroy()
     if any(not c.passed for c in result.gates):
         raise typer.Exit(1)
 
 
-@app.command()
 def score(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")],
     model: RunOpt = "runs/latest",
@@ -138,69 +133,66 @@ def score(
     """Classify images and say whether each is in-distribution: ID when the paper's score passes and the
     far-OOD gate passes (reason: score / far). Exit code 1 if any file failed, 3 if --max-ood-share is
     exceeded."""
-    with guard():
-        from lbfood import render_ci, render_eval
-        from lbfood.engine.config import ScoreConfig
-        from lbfood.engine.errors import ConfigError
-        from lbfood.engine.evaluation import gates
-        from lbfood.engine.evaluation import score as evaluate
+    from lbfood.engine.config import ScoreConfig
+    from lbfood.engine.errors import ConfigError
+    from lbfood.engine.evaluation import gates
+    from lbfood.engine.evaluation import score as evaluate
+    from lbfood.output import render_ci, render_eval
 
+    if max_ood_share is not None:
+        gates.check_share(max_ood_share)
+
+    cfg = ScoreConfig(paths=tuple(paths), model=model, method=method, threshold=threshold,
+                      params=parse_params(param, (method,)).get(method, {}), batch_size=batch_size,
+                      data_root=str(data_root) if data_root else None, device=device, precision=precision,
+                      far_gate=not no_far_gate)
+    notes: list[str] = []
+    if out is not None or shard is not None:
+        from lbfood.engine.evaluation import score_stream
+
+        if out is None:
+            raise ConfigError("--shard writes its part to a file: pass --out FILE.jsonl as well")
         if max_ood_share is not None:
-            gates.check_share(max_ood_share)
-
-        cfg = ScoreConfig(paths=tuple(paths), model=model, method=method, threshold=threshold,
-                          params=parse_params(param, (method,)).get(method, {}), batch_size=batch_size,
-                          data_root=str(data_root) if data_root else None, device=device, precision=precision,
-                          far_gate=not no_far_gate)
-        notes: list[str] = []
-        if out is not None or shard is not None:
-            from lbfood.engine.evaluation import score_stream
-
-            if out is None:
-                raise ConfigError("--shard writes its part to a file: pass --out FILE.jsonl as well")
-            if max_ood_share is not None:
-                raise ConfigError("--max-ood-share reads every row: score without --out, or count the OOD lines of --out")
-            with render_eval.progress(json_out) as on_event:
-                done = score_stream.score_to_file(cfg, out, score_stream.parse_shard(shard), on_event, notes)
-            render_eval.notes(notes)
-            render_eval.streamed(done)
-            if done.errors:
-                raise typer.Exit(1)
-            return
+            raise ConfigError("--max-ood-share reads every row: score without --out, or count the OOD lines of --out")
         with render_eval.progress(json_out) as on_event:
-            rows = evaluate.score_images(cfg, on_event=on_event, notes=notes)
-        if json_out:
-            typer.echo(render_eval.score_json(rows))
-        else:
-            render_eval.score_table(rows)
+            done = score_stream.score_to_file(cfg, out, score_stream.parse_shard(shard), on_event, notes)
         render_eval.notes(notes)
-        share = None if max_ood_share is None else gates.ood_share(
-            [None if r.error is not None else r.verdict for r in rows], max_ood_share)
-        if share is not None:
-            render_ci.ood_share(share)
+        render_eval.streamed(done)
+        if done.errors:
+            raise typer.Exit(1)
+        return
+    with render_eval.progress(json_out) as on_event:
+        rows = evaluate.score_images(cfg, on_event=on_event, notes=notes)
+    if json_out:
+        typer.echo(render_eval.score_json(rows))
+    else:
+        render_eval.score_table(rows)
+    render_eval.notes(notes)
+    share = None if max_ood_share is None else gates.ood_share(
+        [None if r.error is not None else r.verdict for r in rows], max_ood_share)
+    if share is not None:
+        render_ci.ood_share(share)
     if share is not None and share.exceeded:
         raise typer.Exit(3)
     if any(r.error is not None for r in rows):
         raise typer.Exit(1)
 
 
-@app.command()
 def datasets(
     data_root: DataRoot = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list (name, role, found, count, path).")] = False,
 ) -> None:
     """Which datasets are on disk, where each is expected, and how to obtain it."""
-    with guard():
-        import json
+    import json
 
-        from lbfood import render_eval
-        from lbfood.engine.data import catalog, default_root
+    from lbfood.engine.data import catalog, default_root
+    from lbfood.output import render_eval
 
-        root = data_root if data_root is not None else default_root()
-        rows = catalog.describe(root)
-        if json_out:
-            keys = ("name", "role", "found", "count", "path")
-            typer.echo(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2))
-        else:
-            render_eval.datasets(rows, root)
+    root = data_root if data_root is not None else default_root()
+    rows = catalog.describe(root)
+    if json_out:
+        keys = ("name", "role", "found", "count", "path")
+        typer.echo(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2))
+    else:
+        render_eval.datasets(rows, root)
 

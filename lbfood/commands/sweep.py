@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lbfood.cli import app
-from lbfood.cli.common import (
+from lbfood.commands.options import (
     OBJECTIVE_HELP,
     SCORER_NAMES,
     DataRoot,
@@ -19,13 +18,11 @@ from lbfood.cli.common import (
     Quiet,
     Seed,
     Workers,
-    guard,
     split_names,
 )
-from lbfood.cli.common import milestones as parse_milestones
+from lbfood.commands.options import milestones as parse_milestones
 
 
-@app.command()
 def sweep(
     from_run: Annotated[Path, typer.Option("--from", help="Parent run every trial fine-tunes.")] = Path("runs/latest"),
     out: Annotated[Path, typer.Option(help="Sweep folder: study.db, trials/, sweep.json, sweep.md, "
@@ -83,57 +80,56 @@ def sweep(
 ) -> None:
     """Does LFF (or another background objective) help on this data? Fine-tune over the objectives, δ, μ, λ (and
     the λ = 0 control), select on held-out validation data only, then show every trial on the test OOD sets."""
-    with guard():
-        import sys
+    import sys
 
-        from lbfood import render, render_sweep, sweep_files
-        from lbfood.engine.config import FinetuneConfig
-        from lbfood.engine.errors import LbfoodError
-        from lbfood.engine.sweep import parallel, results, space, study
+    from lbfood.engine.config import FinetuneConfig
+    from lbfood.engine.errors import LbfoodError
+    from lbfood.engine.sweep import parallel, results, space, study
+    from lbfood.output import render, render_sweep, sweep_files
 
-        given = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, data_root=str(data_root) if data_root else None,
-                     milestones=parse_milestones(milestones) if milestones is not None else None)
-        recipe = FinetuneConfig(parent=str(from_run), batch_size=batch_size, probe_batches=probe_batches,
-                                limit=limit, device=device, precision=precision, seed=seed, workers=workers,
-                                **given)  # None: the dataset's preset, filled by resolve()
-        sc = space.SweepConfig(
-            recipe=recipe, out=str(out),
-            mode=mode, objectives=space.parse_values("objective", objective), delta=space.parse_values("delta", delta), mu=space.parse_values("mu", mu),
-            lam=space.parse_values("lam", lam), mask_from=space.parse_values("mask_from", mask_from),
-            trials=trials, methods=split_names([method]), objective=select_by, max_acc_drop=max_acc_drop,
-            min_gain=min_gain,
-            holdout=holdout, val_ood=val_ood, pseudo=split_names([pseudo]), storage=storage, heartbeat_s=heartbeat, prune=prune,
-            ood=tuple(ood or ()), benchmark=benchmark)
-        parallel.check(devices, per_gpu)
-        on_event = render_sweep.progress(quiet)
-        fresh = not out.exists()
-        try:
-            if devices * per_gpu > 1 and not worker:
-                study.open_study(sc)  # check the options once, before the workers start
-                parallel.spawn(sys.argv[1:], devices, per_gpu, device)
-            else:
-                study.work(sc, on_event)
-        except LbfoodError:
-            if fresh:  # refused before any trial finished: leave nothing half-made
-                study.discard_unstarted(sc)
-            raise
-        except KeyboardInterrupt:
-            raise typer.Exit(_interrupted(out)) from None
-        if worker:
-            render.console.print(f"worker done: no trial of {out} left to take")
-            return
-        try:
-            doc = results.finalize(sc, on_event)
-        except KeyboardInterrupt:
-            raise typer.Exit(_interrupted(out)) from None
-        sweep_files.write(doc, out)
-        render_sweep.table(doc)
-        render.console.print(f"→ {out}/sweep.json, sweep.md, sensitivity.png; {out}/best is the selected run")
+    given = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, data_root=str(data_root) if data_root else None,
+                 milestones=parse_milestones(milestones) if milestones is not None else None)
+    recipe = FinetuneConfig(parent=str(from_run), batch_size=batch_size, probe_batches=probe_batches,
+                            limit=limit, device=device, precision=precision, seed=seed, workers=workers,
+                            **given)  # None: the dataset's preset, filled by resolve()
+    sc = space.SweepConfig(
+        recipe=recipe, out=str(out),
+        mode=mode, objectives=space.parse_values("objective", objective), delta=space.parse_values("delta", delta), mu=space.parse_values("mu", mu),
+        lam=space.parse_values("lam", lam), mask_from=space.parse_values("mask_from", mask_from),
+        trials=trials, methods=split_names([method]), objective=select_by, max_acc_drop=max_acc_drop,
+        min_gain=min_gain,
+        holdout=holdout, val_ood=val_ood, pseudo=split_names([pseudo]), storage=storage, heartbeat_s=heartbeat, prune=prune,
+        ood=tuple(ood or ()), benchmark=benchmark)
+    parallel.check(devices, per_gpu)
+    on_event = render_sweep.progress(quiet)
+    fresh = not out.exists()
+    try:
+        if devices * per_gpu > 1 and not worker:
+            study.open_study(sc)  # check the options once, before the workers start
+            parallel.spawn(sys.argv[1:], devices, per_gpu, device)
+        else:
+            study.work(sc, on_event)
+    except LbfoodError:
+        if fresh:  # refused before any trial finished: leave nothing half-made
+            study.discard_unstarted(sc)
+        raise
+    except KeyboardInterrupt:
+        raise typer.Exit(_interrupted(out)) from None
+    if worker:
+        render.console.print(f"worker done: no trial of {out} left to take")
+        return
+    try:
+        doc = results.finalize(sc, on_event)
+    except KeyboardInterrupt:
+        raise typer.Exit(_interrupted(out)) from None
+    sweep_files.write(doc, out)
+    render_sweep.table(doc)
+    render.console.print(f"→ {out}/sweep.json, sweep.md, sensitivity.png; {out}/best is the selected run")
 
 
 def _interrupted(out: Path) -> int:
     """Ctrl-C: say that the same command continues the sweep (finished trials are kept); exit code 130."""
-    from lbfood import render
+    from lbfood.output import render
 
     render.error(f"interrupted; run the same command again to continue the sweep in {out} (finished trials are "
                  "kept, the interrupted one starts over)")

@@ -7,12 +7,10 @@ from typing import Annotated
 
 import typer
 
-from lbfood.cli import app
-from lbfood.cli.common import SCORER_NAMES, DataRoot, Device, EvalPrecision, Params, RunOpt, guard
-from lbfood.cli.common import params as parse_params
+from lbfood.commands.options import SCORER_NAMES, DataRoot, Device, EvalPrecision, Params, RunOpt
+from lbfood.commands.options import params as parse_params
 
 
-@app.command()
 def explain(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")],
     out: Annotated[Path, typer.Option(help="Folder for one PNG per image and index.html.")],
@@ -32,20 +30,19 @@ def explain(
 ) -> None:
     """Heat maps of the feature norm ‖z_j‖ over each image, background locations outlined (paper Fig. 7),
     runs side by side. Exit code 1 if any file could not be read."""
-    with guard():
-        from lbfood import plots as pictures
-        from lbfood import render, render_eval
-        from lbfood.engine.evaluation import explain as ex
+    from lbfood.engine.evaluation import explain as ex
+    from lbfood.output import plots as pictures
+    from lbfood.output import render, render_eval
 
-        pictures.check_out_dir(out)  # refused before any work
-        cfg = ex.ExplainConfig(paths=tuple(paths), model=model, compare=tuple(compare or ()), label=label,
-                               method=method, threshold=threshold,
-                               params=parse_params(param, (method,)).get(method, {}), batch_size=batch_size,
-                               data_root=str(data_root) if data_root else None, device=device, precision=precision)
-        with render_eval.progress() as on_event:
-            drawn, failed = pictures.write_explanations(ex.explain(cfg, on_event=on_event), out)
-        for line in failed:
-            render.warn(line)
-        render_eval.pictures_line(drawn, out)
+    pictures.check_out_dir(out)  # refused before any work
+    cfg = ex.ExplainConfig(paths=tuple(paths), model=model, compare=tuple(compare or ()), label=label,
+                           method=method, threshold=threshold,
+                           params=parse_params(param, (method,)).get(method, {}), batch_size=batch_size,
+                           data_root=str(data_root) if data_root else None, device=device, precision=precision)
+    with render_eval.progress() as on_event:
+        drawn, failed = pictures.write_explanations(ex.explain(cfg, on_event=on_event), out)
+    for line in failed:
+        render.warn(line)
+    render_eval.pictures_line(drawn, out)
     if failed:
         raise typer.Exit(1)

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lbfood.cli import app
-from lbfood.cli.common import DATA_HELP, DataRoot, Device, Download, Limit, Quiet, Seed, Workers, guard
+from lbfood.commands.options import DATA_HELP, DataRoot, Device, Download, Limit, Quiet, Seed, Workers
 
 
 def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
@@ -22,7 +21,6 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
         raise ConfigError(f"{flag} takes three comma-separated numbers (R,G,B), got {text!r}") from None
 
 
-@app.command("import")
 def import_(
     model: Annotated[str, typer.Argument(help="torchvision:NAME[:WEIGHTS] (e.g. torchvision:resnet50:IMAGENET1K_V2) "
                                               "or timm:NAME (e.g. timm:resnet50.a1_in1k, timm:convnext_tiny).")],
@@ -50,18 +48,17 @@ def import_(
 ) -> None:
     """Make an existing classifier an lbfood run (kind `imported`): its accuracy on the data's test split is
     checked first; then `finetune --from`, `report`, `score`, `explain`, `export` use it like a pretrained run."""
-    with guard():
-        from lbfood import render
-        from lbfood.engine import imported
-        from lbfood.engine.config import ImportConfig
+    from lbfood.engine import imported
+    from lbfood.engine.config import ImportConfig
+    from lbfood.output import render
 
-        cfg = ImportConfig(source=model, weights=str(weights) if weights else None, data=data,
-                           data_root=str(data_root) if data_root else None, val_split=val_split, new_head=new_head,
-                           input_size=input_size, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
-                           batch_size=batch_size, device=device, seed=seed, out=str(out) if out else None,
-                           workers=workers, limit=limit, download=download)
-        imp = imported.prepare(cfg)
-        render.training(iter(imp.notes), quiet=quiet)
-        render.training(imported.write(imp), quiet=quiet)
-        render.console.print(f"[green]done[/]: {imp.meta.arch} → {imp.run_dir} (test accuracy "
-                             f"{imp.meta.metrics['test_acc']:.2%}); next: lbfood finetune --from {imp.run_dir}")
+    cfg = ImportConfig(source=model, weights=str(weights) if weights else None, data=data,
+                       data_root=str(data_root) if data_root else None, val_split=val_split, new_head=new_head,
+                       input_size=input_size, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                       batch_size=batch_size, device=device, seed=seed, out=str(out) if out else None,
+                       workers=workers, limit=limit, download=download)
+    imp = imported.prepare(cfg)
+    render.training(iter(imp.notes), quiet=quiet)
+    render.training(imported.write(imp), quiet=quiet)
+    render.console.print(f"[green]done[/]: {imp.meta.arch} → {imp.run_dir} (test accuracy "
+                         f"{imp.meta.metrics['test_acc']:.2%}); next: lbfood finetune --from {imp.run_dir}")

@@ -7,16 +7,14 @@ from typing import Annotated
 
 import typer
 
-from lbfood.cli import app
-from lbfood.cli.common import DataRoot, Device, EvalPrecision, Params, guard
-from lbfood.cli.common import params as parse_params
-from lbfood.engine.registries import SCORERS
+from lbfood.commands.options import DataRoot, Device, EvalPrecision, Params
+from lbfood.commands.options import params as parse_params
+from lbfood.engine.catalog import SCORERS
 
 # From the scorer registry (no torch); a test checks it matches `export.exportable()`.
 EXPORT_NAMES = ", ".join(n for n in SCORERS.names() if n not in ("odin",))
 
 
-@app.command()
 def export(
     model: Annotated[str, typer.Option("--model", help="Run folder to export.")] = "runs/latest",
     method: Annotated[str, typer.Option(help=f"Scorer baked into the file: {EXPORT_NAMES} "
@@ -38,29 +36,28 @@ def export(
     precision: EvalPrecision = "auto",
 ) -> None:
     """Write a run's classifier, OOD score and threshold as one ONNX or TorchScript file (see README)."""
-    with guard():
-        import json
+    import json
 
-        from lbfood import render, render_eval
-        from lbfood.engine.export import ExportConfig
-        from lbfood.engine.export import export as run_export
+    from lbfood.engine.export import ExportConfig
+    from lbfood.engine.export import export as run_export
+    from lbfood.output import render, render_eval
 
-        cfg = ExportConfig(model=model, method=method, format=format, out=str(out) if out else None, layout=layout,
-                           threshold=threshold, params=parse_params(param, (method,)).get(method, {}),
-                           max_bank_mb=max_bank_mb, batch_size=batch_size,
-                           data_root=str(data_root) if data_root else None, device=device, precision=precision,
-                           far_gate=not no_far_gate)
-        with render_eval.progress() as on_event:  # fitting and calibrating, when the run has no stored ones
-            res = run_export(cfg, on_event=on_event)
-        md = res.metadata
-        render.kv_table(f"lbfood export → {res.path}", [
-            ("format", f"{res.format}, {res.bytes / 2**20:.2f} MiB"),
-            ("input", md["input"]),
-            ("outputs", f"logits (batch, {len(json.loads(md['classes']))}) float32, score (batch,) float32, "
-                        "is_id (batch,) bool" + (", far_score (batch,) float32" if md["far_gate"] else "")),
-            ("method", f"{md['method']} {md['params']}"),
-            ("threshold", f"{res.threshold:.6g} ({md['threshold_source']})"),
-            ("far-OOD gate", f"far_score ≥ {res.far_threshold:.6g} also needed for is_id (Mahalanobis, "
-                             f"{md['far_params']})" if md["far_gate"] else "none (--no-far-gate)"),
-        ])
-        render_eval.notes(list(res.notes))
+    cfg = ExportConfig(model=model, method=method, format=format, out=str(out) if out else None, layout=layout,
+                       threshold=threshold, params=parse_params(param, (method,)).get(method, {}),
+                       max_bank_mb=max_bank_mb, batch_size=batch_size,
+                       data_root=str(data_root) if data_root else None, device=device, precision=precision,
+                       far_gate=not no_far_gate)
+    with render_eval.progress() as on_event:  # fitting and calibrating, when the run has no stored ones
+        res = run_export(cfg, on_event=on_event)
+    md = res.metadata
+    render.kv_table(f"lbfood export → {res.path}", [
+        ("format", f"{res.format}, {res.bytes / 2**20:.2f} MiB"),
+        ("input", md["input"]),
+        ("outputs", f"logits (batch, {len(json.loads(md['classes']))}) float32, score (batch,) float32, "
+                    "is_id (batch,) bool" + (", far_score (batch,) float32" if md["far_gate"] else "")),
+        ("method", f"{md['method']} {md['params']}"),
+        ("threshold", f"{res.threshold:.6g} ({md['threshold_source']})"),
+        ("far-OOD gate", f"far_score ≥ {res.far_threshold:.6g} also needed for is_id (Mahalanobis, "
+                         f"{md['far_params']})" if md["far_gate"] else "none (--no-far-gate)"),
+    ])
+    render_eval.notes(list(res.notes))
