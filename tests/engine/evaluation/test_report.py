@@ -282,6 +282,18 @@ def test_featurenorm_threshold_from_the_stage_layout_is_not_reused(run):
     assert stored_threshold(meta.replace(thresholds={"react": react}), scorers.get("react")) == 1.5
 
 
+def test_report_reads_the_far_gate_as_a_method(trained_run, tmp_path, monkeypatch):
+    """`report --method fargate`: the gate's FPR95/AUROC beside the paper's score (a scorer of the registry)."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns(".lock"))  # a report writes caches
+    res = evaluate.report(ReportConfig(model=str(run), methods=("react", "fargate"), ood=("backdrops-noise",),
+                                       device="cpu", workers=0, limit=300))
+    assert res.methods == ("react", "fargate") and res.params["fargate"] == {"shrinkage": "auto"}
+    got = res.runs[0].metrics
+    assert got["fargate"]["backdrops-noise"]["auroc"] > max(0.9, got["react"]["backdrops-noise"]["auroc"])
 # ---- hostile input (formerly tests/test_hostile.py) ----
 
 

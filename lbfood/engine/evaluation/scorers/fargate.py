@@ -9,17 +9,18 @@ images. Distances to the class clusters of the training data do not share that f
 calls an image ID only when the paper's score passes its threshold γ **and** this gate passes its own
 γ_far (`--no-far-gate`: the paper's verdict alone).
 
-Three views of an image, each with class means and one shared covariance Σ (maximum likelihood, as Lee
-et al.'s Eq. 2, shrunk towards (tr Σ / D)·I by s: Σ' = (1 − s)·Σ + s·(tr Σ / D)·I, then inverted). `shrinkage`
-"auto" takes s from Ledoit & Wolf (2004), as sklearn's `ledoit_wolf_shrinkage` computes it: near 0 with
-thousands of training images, large with a few hundred, where the plain Σ is singular and its
-pseudo-inverse would ignore every direction the training images do not span (noise included):
+Three views of an image, each with class means and one shared covariance Σ (maximum likelihood, as
+Lee et al.'s Eq. 2), shrunk towards a multiple of the identity, Σ' = (1 − s)·Σ + s·(tr Σ / D)·I, and
+inverted. `shrinkage` "auto" takes s from Ledoit & Wolf (2004), as sklearn's `ledoit_wolf_shrinkage`
+computes it: small with thousands of training images, large with a few hundred, where the plain Σ is
+singular and its pseudo-inverse would ignore every direction the training images do not span.
 - the pooled penultimate features h(x) (what the paper's scores read);
 - the per-layer features of Lee et al.'s ensemble: each residual block's output averaged over space,
-  its channels in at most 32 groups (`Features.block_means`): far for pixel noise;
-- log FeatureNorm of every residual block (`Features.block_norms`: how strongly each layer responds):
-  far for blank frames, text and other modalities, to which the layers respond nothing like they do to
-  training images.
+  its channels in at most 32 groups (`Features.block_means`);
+- log FeatureNorm of every residual block (`Features.block_norms`: how strongly each layer responds).
+In the measurements that chose them (README, `score`), the pooled features alone let most blank frames
+and digits through; adding the block norms stopped the frames, text and Gaussian noise, and adding the
+block means stopped uniform noise.
 Each squared distance d²_v is measured in units of its own 99.5 % training quantile q_v, and the score
 is S(x) = −max_v d²_v(x) / q_v (higher = more in-distribution, as every scorer). Both the quantiles and
 γ_far come from *cross-fitted* training scores: each of FOLDS folds is scored by statistics fitted on the
@@ -27,7 +28,7 @@ other folds, so training images are scored as unseen images are (in-sample dista
 would give too strict a threshold). γ_far is the 0.3 % quantile of the cross-fitted S: 99.7 %, not 99.5 %,
 because cross-fitting undoes the gate's own fit but not the network's, which has seen its training
 images and maps them a little nearer the class clusters than new ones; at 99.5 % the demo's LFF run lost
-0.6 % of its ID test images, at 99.7 % each demo run loses at most 0.3 % (README, `score`).
+0.6 % of its ID test images, at 99.7 % each demo run loses at most 0.4 % (README, `score`).
 
 The maths is here alone: `lbfood score`, `report --method fargate` and `export` (scorer and graph) use it.
 """
