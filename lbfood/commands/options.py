@@ -3,8 +3,9 @@ is lbfood/cli.py's: it wraps every command)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -129,3 +130,37 @@ def params(items: list[str] | None, methods: tuple[str, ...]) -> dict[str, dict[
 def split_names(items: list[str] | None) -> tuple[str, ...]:
     return tuple(n.strip() for item in items or [] for n in item.split(",") if n.strip())
 
+
+def _training_tail(
+    sync_bn: SyncBn = False,
+    limit: Limit = None,
+    devices: Devices = 1,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    seed: Seed = 0,
+    workers: Workers = 4,
+    compile: Compile = False,
+    quiet: Quiet = False,
+) -> None:
+    """The options `pretrain` and `finetune` end with: how and where a training run runs (written once)."""
+
+
+_TAIL_CONFIG = ("sync_bn", "limit", "device", "precision", "seed", "workers", "compile")  # the config's fields
+
+
+def training_options(command: Callable) -> Callable:
+    """Give `command(..., **run)` the shared tail of training options (`_training_tail`) as its own Typer
+    options (its signature and annotations, which Typer reads); it receives their values in `run`."""
+    import inspect
+
+    own = inspect.signature(command, eval_str=True)
+    tail = list(inspect.signature(_training_tail, eval_str=True).parameters.values())
+    params = [q for q in own.parameters.values() if q.kind is not q.VAR_KEYWORD] + tail
+    command.__signature__ = own.replace(parameters=params)
+    command.__annotations__ = {**command.__annotations__, **{q.name: q.annotation for q in tail}}
+    return command
+
+
+def config_fields(run: dict[str, Any]) -> dict[str, Any]:
+    """The training config's fields among the shared options (`devices` and `quiet` are how it runs)."""
+    return {k: run[k] for k in _TAIL_CONFIG}

@@ -12,20 +12,16 @@ from lbfood.commands.options import (
     ARCH_NAMES,
     DATA_HELP,
     OBJECTIVE_HELP,
-    Compile,
     DataRoot,
     Device,
-    Devices,
     Download,
-    Limit,
-    Precision,
     Quiet,
     Seed,
-    SyncBn,
-    Workers,
+    config_fields,
     join,
     launch,
     rank,
+    training_options,
 )
 from lbfood.commands.options import (
     milestones as parse_milestones,
@@ -37,6 +33,7 @@ INIT_HELP = ("Start from these weights: a state dict FILE (.safetensors, or torc
              "to place there); a head with another class count is left fresh.")
 
 
+@training_options
 def pretrain(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "backdrops",
@@ -69,15 +66,7 @@ def pretrain(
     out: Annotated[Path | None, typer.Option(help="Run folder [default: runs/<time>-<data>-<arch>].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue --out (or the newest run in runs/) from its last epoch.")] = False,
     download: Download = False,
-    sync_bn: SyncBn = False,
-    limit: Limit = None,
-    devices: Devices = 1,
-    device: Device = "auto",
-    precision: Precision = "auto",
-    seed: Seed = 0,
-    workers: Workers = 4,
-    compile: Compile = False,
-    quiet: Quiet = False,
+    **run,  # the options every training command shares: options.training_options
 ) -> None:
     """Pretrain a classifier with cross-entropy (paper §III-A) and write a run folder."""
     from lbfood.engine import distributed, pipeline
@@ -90,37 +79,40 @@ def pretrain(
                       weight_decay=weight_decay, wd_on_bn=wd_on_bn, schedule=schedule, milestones=parse_milestones(milestones),
                       gamma=gamma, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, jitter=jitter,
                       val_split=val_split, classes_file=str(classes) if classes else None,
-                      init=init, device=device, precision=precision, seed=seed,
-                      out=str(out) if out else None, workers=workers, compile=compile, download=download,
-                      sync_bn=sync_bn, limit=limit, holdout=holdout, stop_at_chance=stop_at_chance)
-    if launch(devices, device, "pretrain"):
+                      init=init, out=str(out) if out else None, download=download, holdout=holdout,
+                      stop_at_chance=stop_at_chance, **config_fields(run))
+    if launch(run["devices"], run["device"], "pretrain"):
         return
-    dist = join(device)
+    dist = join(run["device"])
     if resume:
         cfg = resume_settings(ctx, cfg, also=("arch", "width"))
     with distributed.lost_peer(dist):
         session = prepare_pretrain(cfg, resume=resume, dist=dist)
         if resume:  # once the run is known to resume: an error is then the only line
-            ignored_on_resume(ctx, keep={"epochs", "device", "precision", "workers", "out", "arch", "width"})
-        _finish(render.training(pipeline.train(session), quiet=quiet))
+            ignored_on_resume(ctx, keep={"arch", "width"})
+        _finish(render.training(pipeline.train(session), quiet=run["quiet"]))
     distributed.destroy()
 
 
 RUN_FLAGS = {"resume", "quiet", "devices"}  # how a command runs, not what it trains
 
 
-def ignored_on_resume(ctx: typer.Context, keep: set[str]) -> None:
+def ignored_on_resume(ctx: typer.Context, keep: set[str] = frozenset()) -> None:
     """`--resume` continues a run with the settings it recorded: warn (one line) about every flag the user
-    typed that it therefore ignores."""
+    typed that it therefore ignores (all but RESUME_CHANGES, --out and `keep`)."""
+    from lbfood.engine.config import RESUME_CHANGES
     from lbfood.output import render
 
     typed = ("COMMANDLINE", "ENVIRONMENT")  # ParameterSource names (not DEFAULT): what the user gave
-    given = [p for p in ctx.command.params if p.name not in keep | RUN_FLAGS
+    changes = set(RESUME_CHANGES) | {"out"} | set(keep)
+    given = [p for p in ctx.command.params if p.name not in changes | RUN_FLAGS
              and getattr(ctx.get_parameter_source(p.name), "name", None) in typed]
     if given and rank() == 0:
         flags = ", ".join(max(p.opts, key=len) for p in given)
+        names = [f"--{k}" for k in RESUME_CHANGES]
+        may = ", ".join(names[:-1]) + " and " + names[-1]
         render.warn(f"--resume continues the run with the settings in its run.json; ignored: {flags} "
-                    "(only --epochs, --device, --precision and --workers change on resume)")
+                    f"(only {may} change on resume)")
 
 
 def resume_settings(ctx: typer.Context, cfg, also: tuple[str, ...] = ()):
@@ -156,6 +148,7 @@ def _finish(last) -> None:
                              f"→ {last.run_dir}")
 
 
+@training_options
 def finetune(
     ctx: typer.Context,
     from_run: Annotated[Path, typer.Option("--from", help="Parent run to fine-tune.")] = Path("runs/latest"),
@@ -195,15 +188,7 @@ def finetune(
                                                 "scorer of --method auto); 0 = none.")] = 0.0,
     init: Annotated[str | None, typer.Option(help=INIT_HELP + " Instead of the parent's weights (its architecture, "
                                                               "classes and data stay).")] = None,
-    sync_bn: SyncBn = False,
-    limit: Limit = None,
-    devices: Devices = 1,
-    device: Device = "auto",
-    precision: Precision = "auto",
-    seed: Seed = 0,
-    workers: Workers = 4,
-    compile: Compile = False,
-    quiet: Quiet = False,
+    **run,  # the options every training command shares: options.training_options
 ) -> None:
     """Fine-tune a run with CE + λ·L_LFF (paper Eq. 7), or another background --objective, and write a new run."""
     from lbfood.engine import distributed, pipeline
@@ -218,19 +203,18 @@ def finetune(
                  data_root=str(data_root) if data_root else None)
     cfg = FinetuneConfig(parent=str(from_run), mask_from=mask_from, mu_quantile=mu_quantile,
                          batch_size=batch_size, out=str(out) if out else None, probe_batches=probe_batches,
-                         sync_bn=sync_bn, device=device, precision=precision, seed=seed, workers=workers,
-                         compile=compile, limit=limit, holdout=holdout, init=init,
+                         holdout=holdout, init=init, **config_fields(run),
                          **given)  # None: the preset or the parent fills it
-    if launch(devices, device, "finetune"):
+    if launch(run["devices"], run["device"], "finetune"):
         return
-    dist = join(device)
+    dist = join(run["device"])
     if resume:
         cfg = resume_settings(ctx, cfg)
     with distributed.lost_peer(dist):
         session = ft.prepare_finetune(cfg, resume=resume, dist=dist)
         if resume:
-            ignored_on_resume(ctx, keep={"epochs", "device", "precision", "workers", "out"})
-        _finish(render.training(pipeline.train(session), quiet=quiet))
+            ignored_on_resume(ctx)
+        _finish(render.training(pipeline.train(session), quiet=run["quiet"]))
     distributed.destroy()
 
 
