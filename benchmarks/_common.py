@@ -60,3 +60,23 @@ def timed(fn, rt, steps: int, warmup: int) -> list[float]:
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
+
+
+def step_setup(args, rt, **build):
+    """What a training-step benchmark times on: the model (seeded), its optimizer and scaler, one random batch."""
+    import torch
+
+    from lbfood.engine import models
+    from lbfood.engine.config import TrainConfig
+    from lbfood.engine.training import loop as train
+
+    torch.manual_seed(0)
+    size = models.input_size(args.arch)
+    model = rt.prepare(models.build(args.arch, num_classes=10, width=args.width, **build))
+    opt = train.make_optimizer(TrainConfig(), model)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.use_scaler)
+    x = torch.randn(args.batch_size, 3, size, size, device=rt.device)
+    if rt.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch_size,), device=rt.device)
+    return model, opt, scaler, x, y

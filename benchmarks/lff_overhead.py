@@ -8,10 +8,7 @@ Steps alternate between the two variants so that drifting machine load hits both
 from __future__ import annotations
 
 import _common
-import torch
 
-from lbfood.engine import models
-from lbfood.engine.config import TrainConfig
 from lbfood.engine.runtime import make_runtime
 from lbfood.engine.training import loop as train
 from lbfood.engine.training.finetune import LFFHook
@@ -20,15 +17,7 @@ from lbfood.engine.training.finetune import LFFHook
 def main() -> None:
     args = _common.parser(__doc__).parse_args()
     rt = make_runtime(args.device, args.precision)
-    torch.manual_seed(0)
-    size = models.input_size(args.arch)
-    model = rt.prepare(models.build(args.arch, num_classes=10, width=args.width))
-    opt = train.make_optimizer(TrainConfig(), model)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.use_scaler)
-    x = torch.randn(args.batch_size, 3, size, size, device=rt.device)
-    if rt.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (args.batch_size,), device=rt.device)
+    model, opt, scaler, x, y = _common.step_setup(args, rt)
     hook = LFFHook(model, delta=0.1, mu=1.0, lam=1.0)
     ce_t, lff_t = [], []
     for i in range(args.warmup + args.steps):

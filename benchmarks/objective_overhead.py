@@ -10,10 +10,7 @@ machine load hits all of them equally; each ratio is the median step over the me
 from __future__ import annotations
 
 import _common
-import torch
 
-from lbfood.engine import models
-from lbfood.engine.config import TrainConfig
 from lbfood.engine.runtime import make_runtime
 from lbfood.engine.training import loop as train
 from lbfood.engine.training import objectives
@@ -22,15 +19,7 @@ from lbfood.engine.training import objectives
 def main() -> None:
     args = _common.parser(__doc__).parse_args()
     rt = make_runtime(args.device, args.precision)
-    torch.manual_seed(0)
-    size = models.input_size(args.arch)
-    model = rt.prepare(models.build(args.arch, num_classes=10, width=args.width, bg_head=True))
-    opt = train.make_optimizer(TrainConfig(), model)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.use_scaler)
-    x = torch.randn(args.batch_size, 3, size, size, device=rt.device)
-    if rt.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (args.batch_size,), device=rt.device)
+    model, opt, scaler, x, y = _common.step_setup(args, rt, bg_head=True)
     hooks = {"ce": None, "lff": objectives.LFFHook(model, 0.1, 1.0, 1.0),
              "lff-rel": objectives.RelLFFHook(model, 0.1, 0.5, 1.0),
              "bg-energy": objectives.BgEnergyHook(model, 0.1, -5.0, -1.0, 0.1),
