@@ -67,7 +67,7 @@ def test_an_empty_validation_folder_and_a_delta_without_background_are_refused_b
     (tmp_path / "empty").mkdir()
     assert "folder:empty: no image files under empty" in sweep_cli("--val-ood", "folder:empty")
     line = sweep_cli("--delta", "1e-300")
-    assert "--mu auto: no background location at δ = 1e-300: 0 of" in line
+    assert "--mu auto: no background location at δ = 1e-300: 0 of" in line and "(e.g. 0.01)" in line
     # a number for μ needs no background location to be measured: only a note, then training
     assert preflight.measured_points(SweepConfig(recipe=FinetuneConfig(), delta=("1e-300",), mu=("2",))) == []
     assert [p["delta"] for p in preflight.measured_points(SweepConfig(

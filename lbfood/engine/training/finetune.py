@@ -185,7 +185,7 @@ def resolve_mu(cfg: FinetuneConfig, stats: dict) -> tuple[FinetuneConfig, bool]:
         raise ConfigError(f"--mu auto: no background location at δ = {cfg.delta:g}: 0 of {stats['locations']} "
                           f"locations in {cfg.probe_batches} training batch(es) have p_j(true class) < δ, so "
                           "there is no norm to measure μ from; try a larger --delta (e.g. "
-                          f"{min(2 * cfg.delta, 0.5):g}), more --probe-batches, or a number for --mu")
+                          f"{min(max(2 * cfg.delta, 0.01), 0.5):g}), more --probe-batches, or a number for --mu")
     return cfg, mu_auto
 
 
