@@ -64,7 +64,9 @@ def timed_report(run: Path, methods: tuple[str, ...], args, keep: set[str] = fro
 def main() -> None:
     args = _common.parser(__doc__).parse_args()
     rt = make_runtime(args.device, args.precision)
-    every = tuple(n for n in scorers.names() if not scorers.get(n).needs_images)
+    # every scorer that reads the extracted features and the classifier's head (not ODIN's own pass, not
+    # bghead: it reads the head a `--objective bg-head` fine-tune trains, which this run has not)
+    every = tuple(n for n in scorers.names() if not scorers.get(n).needs_images and scorers.get(n).reads == "head")
     with tempfile.TemporaryDirectory() as d:
         run = make_run(Path(d), args.arch, args.width)
         timed_report(run, ("energy",), args)  # warm-up: data generation, kernels

@@ -182,7 +182,7 @@ def test_cli_exports_and_refuses_unsupported_methods(run, tmp_path):
     assert (tmp_path / "e.onnx").is_file() and "e.onnx" in r.output
     one_error_line(runner.invoke(app, ["export", "--method", "odin"]), "cannot export odin", "gradient")
     one_error_line(runner.invoke(app, ["export", "--method", "nope"]), "unknown method 'nope'",
-                    "valid for export: ash, dice, dice_react, energy, fargate, featurenorm, knn, mahalanobis, "
+                    "valid for export: ash, bghead, dice, dice_react, energy, fargate, featurenorm, knn, mahalanobis, "
                     "maxlogit, msp, react, vim")
     one_error_line(runner.invoke(app, ["export", "--method", "msp", "--format", "tflite"]), "--format 'tflite'")
     one_error_line(runner.invoke(app, ["export", "--method", "msp", "--layout", "NWHC"]), "--layout 'NWHC'")
