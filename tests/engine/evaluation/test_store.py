@@ -1,13 +1,17 @@
-"""RunEval's store: feature caches and fitted scorers, checked before use."""
+"""RunEval's store: feature caches and fitted scorers, checked before use; a run it cannot write to."""
 
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
+import fakedata as fd
 from cli_checks import clean, one_error_line
 from hostile_checks import (
     CPU,
     invoke,
+    score_rows,
     temp_files,
     tree,
 )
@@ -56,4 +60,18 @@ def test_full_disk_report_notes_cache_and_refuses_output(run, tmp_path, full_dis
     one_error_line(r, f"cannot write {tmp_path / 'r.md'}: no space left on the device", "free some space")
     assert not (tmp_path / "r.md").exists() and temp_files(tmp_path) == []
     (run / "cache").rmdir()
+    assert tree(tmp_path) == before
+
+
+def test_score_on_a_read_only_run_uses_the_threshold_without_storing_it(run, tmp_path, read_only):
+    fd.write_flat_folder(tmp_path / "imgs", n=2)
+    read_only(run)
+    before = tree(tmp_path)
+    r = invoke("score", tmp_path / "imgs", "--method", "energy", "--json", "--device", "cpu")
+    clean(r)
+    assert r.exit_code == 0, r.output
+    rows = score_rows(r)
+    assert [Path(x["file"]).name for x in rows] == ["img_000.png", "img_001.png"]
+    assert all(x["error"] is None and math.isfinite(x["threshold"]) for x in rows)
+    assert "note: could not save to" in r.stderr and "permission denied" in r.stderr
     assert tree(tmp_path) == before
