@@ -57,7 +57,7 @@ class Server:
         self._run("initdb", "-D", str(self.root / "data"), "-U", USER, "--pwfile", str(self.root / "pw"),
                   "--auth", "scram-sha-256", "-E", "UTF8", "--no-sync")
         opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off "
-                "-c synchronous_commit=off -c max_connections=50")
+                "-c synchronous_commit=off -c max_connections=300")
         self._run("pg_ctl", "-D", str(self.root / "data"), "-l", str(self.root / "log"), "-o", opts, "-w", "start")
         return self
 
