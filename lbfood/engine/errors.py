@@ -19,6 +19,10 @@ class RunError(LbfoodError):
     """A run folder is missing, not a run, or from an incompatible version."""
 
 
+class Diverged(RunError):
+    """A training loss became NaN or infinite (the epoch's weights are not saved)."""
+
+
 class StorageError(LbfoodError):
     """A file could not be written: no permission, a read-only file system, a full disk."""
 

@@ -36,6 +36,8 @@ def progress(quiet: bool = False):
                 c.print(f"  trial {ev.number}: TPE proposed {ev.key} again; skipped")
             elif ev.state == "lost":
                 c.print(f"  [yellow]trial {ev.number} was re-queued for another worker[/] (this one missed 4 heartbeats)")
+            elif ev.state == "diverged":
+                c.print("  [yellow]diverged[/]: a training loss became NaN or infinite; the sweep goes on without it")
             elif ev.state == "pruned":
                 c.print(f"  [yellow]pruned[/]: val acc {_pct(ev.val_acc)} % fell below the control's")
             else:
@@ -69,7 +71,7 @@ def table(doc: dict[str, Any]) -> None:
     c_fpr, c_auc = test_cell(control, method, "fpr95"), test_cell(control, method, "auroc")
     for r in doc["trials"]:
         fpr, auc = test_cell(r, method, "fpr95"), test_cell(r, method, "auroc")
-        name = r["key"] + (" ★" if r["number"] == sel["number"] else "") + (" (pruned)" if r["state"] == "pruned" else "")
+        name = r["key"] + (" ★" if r["number"] == sel["number"] else "") + (f" ({r['state']})" if r["state"] in ("pruned", "diverged") else "")
         p = r["point"]
         style = "bold" if r["role"] == "control" else ("green" if r["number"] == sel["number"] else None)
         t.add_row(str(r["number"]), name, p.get("objective", "lff"), f"{r['delta']:.4g}" if r["delta"] is not None else p["delta"],

@@ -437,6 +437,44 @@ def test_prune_stops_a_trial_whose_accuracy_falls_below_the_controls_curve(tmp_p
     assert line.startswith("| 1 | dpreset-muauto-l0.5-current (pruned) |") and "None" not in line, line
 
 
+def test_a_trial_that_diverges_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, make_run, small_backdrops):
+    """A trial whose loss becomes NaN (bg-energy at λ 1 and the custom preset's lr 0.1 did so on real photos)
+    is a finding about that point: it is recorded as diverged, never selected nor tested, and the other
+    trials still run. A diverging control ends the sweep (nothing could be compared with it)."""
+    from lbfood.engine.errors import Diverged
+    from lbfood.engine.sweep import results, study
+    from lbfood.engine.training import loop, objectives
+
+    monkeypatch.chdir(tmp_path)
+    parent = make_run(tmp_path)
+    real_call = objectives.LFFHook.__call__
+
+    def call(self, *a):  # at λ 1 the term (and so the running L_LFF the loop reads) is NaN
+        loss, stats = real_call(self, *a)
+        if self.lam == 1:
+            loss, stats = loss * float("nan"), {**stats, "mean_lff": stats["mean_lff"] * float("nan")}
+        return loss, stats
+
+    monkeypatch.setattr(objectives.LFFHook, "__call__", call)
+    sc = _sweep(tmp_path, parent, lam=("1", "0.5"), methods=("react",))
+    assert study.work(sc) == 3
+    doc = results.finalize(sc)
+    states = {r["key"]: r["state"] for r in doc["trials"]}
+    assert states == {"control": "complete", "dpreset-muauto-l1-current": "diverged",
+                      "dpreset-muauto-l0.5-current": "complete"}, states
+    bad = next(r for r in doc["trials"] if r["state"] == "diverged")
+    assert bad["diverged"].startswith("training diverged: ") and bad["value"] is None and "test" not in bad
+    assert doc["selected"]["key"] != bad["key"]
+    from lbfood.output import sweep_files
+
+    assert "dpreset-muauto-l1-current (diverged)" in sweep_files.markdown(doc)
+
+    real_read = loop._read_metrics  # ... and the control (λ 0) diverging ends the sweep with the reason
+    monkeypatch.setattr(loop, "_read_metrics", lambda *a: {**real_read(*a), "ce": float("inf")})
+    with pytest.raises(Diverged, match="training diverged"):
+        study.work(dataclasses.replace(sc, out=str(tmp_path / "sw2")))
+
+
 def test_refusals_leave_no_half_made_sweep_folder(tmp_path, monkeypatch, make_run, small_backdrops):
     """A file, or a folder of other things, as --out is refused; options and data that fail only once the
     first trial starts (here: fewer training images than --batch-size) leave no sweep folder behind."""

@@ -23,7 +23,7 @@ FINISHED = ("done", "trained")  # trained: its weights are final, only its thres
 
 def run(sc: SweepConfig) -> None:
     """Every check above, in order of cost; raises LbfoodError, writes nothing."""
-    from lbfood.engine.sweep.study import load_val_ood
+    from lbfood.engine.sweep.validate import load_val_ood
     from lbfood.engine.training.finetune import prepare_finetune
 
     parent = check_parent(sc.recipe.parent)

@@ -56,7 +56,8 @@ def trial_rows(study) -> list[dict[str, Any]]:
             continue
         complete = t.state == TrialState.COMPLETE
         rows[key] = {"number": t.number, "key": key, "role": "control" if key == "control" else "trial",
-                     "state": "complete" if complete else "pruned", "point": a["point"],
+                     "state": "complete" if complete else "diverged" if a.get("diverged") else "pruned",
+                     "point": a["point"], "diverged": a.get("diverged"),
                      "objective": a["point"].get("objective", "lff"),
                      "delta": a.get("delta"), "mu": a.get("mu"), "val_acc": a.get("val_acc"),
                      # Optuna gives a pruned trial its last reported value (an accuracy): not the objective.
@@ -223,13 +224,17 @@ def _test(sc: SweepConfig, rows: list[dict[str, Any]], on_event) -> dict[str, An
 
 
 def _applicable(methods: tuple[str, ...], run_dir: Path) -> tuple[str, ...]:
-    """The scorers that apply to the run: bghead only to a bg-head run (it reads that run's head)."""
+    """The scorers that apply to the run: bghead only to a bg-head run (it reads that run's head), and only
+    those its validation could fit (KNN needs at least k training images): the test shows what was validated."""
     from lbfood.engine import runs
     from lbfood.engine.config import has_bg_head
     from lbfood.engine.evaluation import scorers
 
-    bg = has_bg_head(runs.read(run_dir).config)
-    return tuple(m for m in methods if scorers.scorer_class(m).reads == "head" or bg)
+    meta = runs.read(run_dir)
+    bg = has_bg_head(meta.config)
+    validated = (meta.validation or {}).get("methods")
+    return tuple(m for m in methods if (scorers.scorer_class(m).reads == "head" or bg)
+                 and (validated is None or m in validated))
 
 
 def _point_best(out: Path, run: str) -> None:

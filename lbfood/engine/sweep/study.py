@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from lbfood.engine import runs
-from lbfood.engine.errors import ConfigError, LbfoodError, RunError
+from lbfood.engine.errors import ConfigError, Diverged, LbfoodError
 from lbfood.engine.killpoints import kill_point
-from lbfood.engine.sweep import folder, identity, preflight, space, storage
+from lbfood.engine.sweep import folder, identity, preflight, space, storage, validate
 from lbfood.engine.sweep.folder import STUDY_NAME
 from lbfood.engine.sweep.space import FACTORS, SweepConfig
 
@@ -71,7 +71,8 @@ class Waiting:
 class TrialDone:
     number: int
     key: str
-    state: str  # complete | pruned | duplicate (a search point proposed again: not trained) | lost
+    state: str  # complete | pruned | diverged (a loss became NaN/inf) | duplicate (a search point proposed
+    # again: not trained) | lost
     val_acc: float | None
     value: float | None  # the validation objective of the best scorer
     method: str | None
@@ -245,7 +246,8 @@ def _settle(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) -> N
                 value = run_trial(study, trial, sc, on_event)
         except TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
-            state = "duplicate" if trial.user_attrs.get("duplicate") else "pruned"
+            a = trial.user_attrs
+            state = "duplicate" if a.get("duplicate") else "diverged" if a.get("diverged") else "pruned"
             on_event(TrialDone(trial.number, trial.user_attrs["key"], state, trial.user_attrs.get("val_acc"),
                                None, None))
         except UpdateFinishedTrialError:
@@ -267,7 +269,6 @@ def run_trial(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) ->
     """Fine-tune one point (an ordinary run folder, `<sweep>/trials/<key>`), validate it, return the objective."""
     from optuna.exceptions import TrialPruned
 
-    from lbfood.engine.events import EpochEnd, Finished, Interrupted
     from lbfood.engine.training.finetune import prepare_finetune
     from lbfood.engine.training.loop import fit
 
@@ -290,26 +291,16 @@ def run_trial(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) ->
     trial.set_user_attr("run", os.path.relpath(run_dir, sc.out))
     on_event(TrialStarted(trial.number, key, point, run_dir))
     control = _control_curve(study) if sc.prune and key != "control" else {}
-    events = fit(session)
-    for ev in events:
-        on_event(TrialEvent(trial.number, key, ev))
-        if isinstance(ev, EpochEnd):
-            acc = ev.metrics["val_acc"]
-            trial.report(acc, ev.epoch)
-            kill_point("trial-epoch", str(trial.number))
-            floor = control.get(ev.epoch)
-            if floor is not None and acc < floor - sc.max_acc_drop / 100:
-                events.close()
-                trial.set_user_attr("val_acc", acc)
-                trial.set_user_attr("pruned_at_epoch", ev.epoch + 1)
-                raise TrialPruned
-        elif isinstance(ev, Interrupted):
-            raise KeyboardInterrupt
-        elif isinstance(ev, Finished):
-            break
+    try:
+        _train(trial, sc, key, fit(session), control, on_event)
+    except Diverged as e:  # a finding about this point, not the end of the sweep (unless it is the control)
+        if key == "control":
+            raise
+        trial.set_user_attr("diverged", str(e))
+        raise TrialPruned from e
     # The trial is trained: validate it on held-out ID images (no test image) and mark it done. Its
     # test-split threshold is calibrated only when `score` first needs one, after the selection.
-    validation = _validate(sc, session)
+    validation = validate.trial(sc, session)
     boot = validation["validation"].pop("bootstrap")  # the trial's, not the run's: kept in the study
     meta = runs.update(run_dir, status="done", **validation)
     val, auto = meta.validation, meta.auto
@@ -328,6 +319,32 @@ def run_trial(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) ->
     trial.set_user_attr("train_seconds", meta.seconds)
     trial.set_user_attr("validation_seconds", meta.validation_seconds)
     return float(auto["objective_value"])
+
+
+def _train(trial, sc: SweepConfig, key: str, events, control: dict[int, float],
+           on_event: Callable[[Any], None]) -> None:
+    """Drive one trial's training: report each epoch's validation accuracy to the study, prune a trial
+    below the control's curve (--prune), turn Ctrl-C into KeyboardInterrupt."""
+    from optuna.exceptions import TrialPruned
+
+    from lbfood.engine.events import EpochEnd, Finished, Interrupted
+
+    for ev in events:
+        on_event(TrialEvent(trial.number, key, ev))
+        if isinstance(ev, EpochEnd):
+            acc = ev.metrics["val_acc"]
+            trial.report(acc, ev.epoch)
+            kill_point("trial-epoch", str(trial.number))
+            floor = control.get(ev.epoch)
+            if floor is not None and acc < floor - sc.max_acc_drop / 100:
+                events.close()
+                trial.set_user_attr("val_acc", acc)
+                trial.set_user_attr("pruned_at_epoch", ev.epoch + 1)
+                raise TrialPruned
+        elif isinstance(ev, Interrupted):
+            raise KeyboardInterrupt
+        elif isinstance(ev, Finished):
+            break
 
 
 def _writers_gone(study, key: str, number: int) -> bool:
@@ -360,32 +377,3 @@ def _control_curve(study) -> dict[int, float]:
         if t.user_attrs.get("key") == "control":
             return {int(k): float(v) for k, v in t.intermediate_values.items()}
     return {}
-
-
-def _validate(sc: SweepConfig, s) -> dict[str, Any]:
-    """A trained trial's validation on held-out ID images against the validation OOD (no test image):
-    run.json's "auto", "validation" and "validation_seconds", with the bootstrap of its objective and
-    accuracy over the held-out images in "validation" (seeded by the sweep's seed: every trial the same)."""
-    from lbfood.engine.evaluation.auto import calibrate_auto
-    from lbfood.engine.evaluation.bootstrap import RESAMPLES
-    from lbfood.engine.runtime import make_runtime
-
-    rt = make_runtime(str(s.rt.device), s.cfg.precision, training=False)
-    return calibrate_auto(runs.unwrap(s.model).eval(), train=s.train_set, held=s.test_set, mean=s.spec.mean,
-                          std=s.spec.std, size=int(s.meta.input_size), rt=rt, batch_size=max(s.cfg.batch_size, 256),
-                          seed=s.cfg.seed, holdout=sc.holdout, methods=sc.methods, objective=sc.objective,
-                          val_ood=load_val_ood(sc, s) if sc.val_ood else None, pseudo=sc.pseudo, resamples=RESAMPLES)
-
-
-def load_val_ood(sc: SweepConfig, s) -> dict:
-    """`--val-ood DATASET|folder:PATH`: a real OOD set used for validation only (never a test set)."""
-    from lbfood.engine.data import get as get_dataset
-    from lbfood.engine.training.setup import load_options
-
-    spec = get_dataset(sc.val_ood)
-    if spec.role != "ood":
-        raise ConfigError(f"--val-ood {sc.val_ood} is an ID dataset; pass an OOD set or folder:PATH")
-    images = spec.load(load_options(s.cfg, int(s.meta.input_size)), "test")
-    if len(images) == 0:
-        raise RunError(f"--val-ood {sc.val_ood}: no images")
-    return {sc.val_ood: images}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from lbfood.engine.config import CHANCE_MIN_STEPS, FinetuneConfig, TrainConfig
-from lbfood.engine.errors import RunError
+from lbfood.engine.errors import Diverged
 
 
 def _fixes(cfg: TrainConfig | FinetuneConfig, input_size: int) -> str:
@@ -19,11 +19,11 @@ def _fixes(cfg: TrainConfig | FinetuneConfig, input_size: int) -> str:
 
 def check_finite(metrics: dict[str, float], cfg: TrainConfig | FinetuneConfig, epoch: int, step: int,
                  input_size: int) -> None:
-    """Raise RunError if a loss read this epoch is NaN or infinite (the weights are not saved)."""
+    """Raise Diverged if a loss read this epoch is NaN or infinite (the weights are not saved)."""
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
     if bad:
         k, v = next(iter(bad.items()))
-        raise RunError(f"training diverged: {k} is {v} at epoch {epoch + 1}, step {step}; the learning rate "
+        raise Diverged(f"training diverged: {k} is {v} at epoch {epoch + 1}, step {step}; the learning rate "
                        f"(--lr {cfg.lr:g}) is likely too high: {_fixes(cfg, input_size)} (in a new run)")
 
 
