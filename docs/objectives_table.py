@@ -6,7 +6,7 @@ Per seed and objective: its best trial on validation within the accuracy floor (
 no test number is used to choose), ID test accuracy, test average FPR95/AUROC of energy, ReAct, KNN and
 ViM, the change of each FPR95 relative to the control's, and the trial's training time; then, per
 objective and scorer, whether the bar holds on every seed (≥ 10 % relative lower average FPR95 than the
-control, ID test accuracy within 1 point).
+control, ID test accuracy at most 1 point below the control's: a gain is no fault).
 """
 
 from __future__ import annotations
@@ -49,10 +49,15 @@ def main(paths: list[str]) -> None:
             cells = []
             for s in SCORERS:
                 fpr, auc, c_fpr = _avg(r, s, "fpr95"), _avg(r, s, "auroc"), _avg(control, s, "fpr95")
+                if None in (fpr, auc, c_fpr):  # not measured (e.g. KNN with fewer training images than k)
+                    cells += ["—", "—"]
+                    if obj != "control":
+                        passes.setdefault((obj, s), []).append(False)
+                    continue
                 rel = "" if obj == "control" or None in (fpr, c_fpr) else f" ({(fpr - c_fpr) / c_fpr:+.0%})"
                 cells += [f"{100 * fpr:.2f}{rel}", f"{100 * auc:.2f}"]
                 if obj != "control":
-                    ok = (fpr - c_fpr) / c_fpr <= BAR and abs(acc - control["test"]["id_accuracy"]) <= 0.01
+                    ok = (fpr - c_fpr) / c_fpr <= BAR and acc >= control["test"]["id_accuracy"] - 0.01 - 1e-12
                     passes.setdefault((obj, s), []).append(ok)
             setting = "—" if obj == "control" else r["key"]
             beat = "" if obj == "control" else ("yes" if sel["beats_control"] else "no")

@@ -3,6 +3,7 @@ belongs in benchmarks/, not in timed tests), only that each script runs to its l
 engine's API once broke `report_scaling.py` unnoticed until a GPU check needed it."""
 
 import io
+import json
 import os
 import struct
 import subprocess
@@ -211,6 +212,40 @@ def test_real_images_builds_the_layout_lbfood_reads_from_fake_sources(tmp_path):
     assert sorted(f.relative_to(big / "id").as_posix() for f in (big / "id").rglob("*.png")) == \
         sorted(f.relative_to(out / "id").as_posix() for f in (out / "id").rglob("*.png"))
     assert not (big / "ood" / "scenes").exists()
+
+
+def test_readme_real_photo_sweep_commands_at_tiny_size(tmp_path, monkeypatch):
+    """README "Does background training help?", real photos: the pretraining with held-out photos, the
+    sweep over the four objectives with both OOD folders, and the table, on the fake sources' set (15
+    training photos: width 0.125, 1 epoch, batch 4, one λ)."""
+    from typer.testing import CliRunner
+
+    from lbfood.cli import app
+
+    tux, gc = _fake_sources(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert _run_real("--out", "data/real", "--size", "32", "--tuxpaint", str(tux), "--gcompris", str(gc),
+                     cwd=tmp_path).returncode == 0
+    r = CliRunner().invoke(app, ["pretrain", "--data", "imagefolder:data/real/id", "--width", "0.125", "--epochs", "1",
+                                 "--batch-size", "4", "--lr", "0.05", "--holdout", "0.3", "--seed", "0", "--out",
+                                 "runs/real-s0", "--device", "cpu", "--workers", "0", "-q"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["sweep", "--from", "runs/real-s0", "--out", "sweeps/real-s0", "--objective",
+                                 "lff,lff-rel,bg-energy,bg-head", "--lambda", "0.1", "--batch-size", "4", "--epochs", "1",
+                                 "--holdout", "0.3", "--method", "energy,react,knn,vim,bghead",
+                                 "--ood", "objects=folder:data/real/ood/objects", "--ood",
+                                 "scenes=folder:data/real/ood/scenes", "--seed", "0", "-q", "--device", "cpu",
+                                 "--workers", "0", "--probe-batches", "1"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "sweeps/real-s0/sweep.json").read_text())
+    assert [t["objective"] for t in doc["trials"]] == ["lff", "lff", "lff-rel", "bg-energy", "bg-head"]
+    assert doc["test"]["ood"] == ["folder:data/real/ood/objects", "folder:data/real/ood/scenes"]
+    tested = [t for t in doc["trials"] if t.get("test")]
+    assert len(tested) == 5 and all(set(t["test"]["metrics"]) >= {"energy", "react", "vim"} for t in tested)
+    assert all("knn" not in t["test"]["metrics"] for t in tested)  # k = 50 > 10 training photos: not validated
+    table = subprocess.run([sys.executable, str(ROOT / "docs" / "objectives_table.py"), "sweeps/real-s0/sweep.json"],
+                           capture_output=True, text=True, cwd=tmp_path, env=_env())
+    assert table.returncode == 0 and "| real-s0 | control |" in table.stdout, table.stderr
 
 
 def test_real_images_says_what_to_install_and_never_overwrites_other_files(tmp_path):
