@@ -20,14 +20,18 @@ $(VENV)/.lbfood-installed: pyproject.toml
 demo: $(VENV)/.lbfood-installed
 	$(VENV)/bin/lbfood demo
 
+# The tests run in one process per core (pytest-xdist; TEST_WORKERS=0 runs them in this one process).
+TEST_WORKERS ?= auto
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
+
 test: $(VENV)/.lbfood-installed
 	$(VENV)/bin/ruff check lbfood tests benchmarks
-	$(PY) -m pytest
+	$(PYTEST)
 
 # A developer's quicker loop: everything but the tests marked slow (the benchmark scripts at tiny size).
 test-fast: $(VENV)/.lbfood-installed
 	$(VENV)/bin/ruff check lbfood tests benchmarks
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The README's pictures (docs/fig5-norms.png, docs/fig7-explain.png) from the demo's runs.
 pictures: $(VENV)/.lbfood-installed

@@ -87,7 +87,7 @@ step trainer_vs_minimal 45 'ratio|loop' "$PY" benchmarks/trainer_vs_minimal.py -
   --batch-size "$B512" --images "$IMAGES" --repeats "$REPEATS" $DEV
 step loader_share 25 'share|per step' "$PY" benchmarks/loader_share.py --width "$W" --batch-size "$B512" \
   --steps "$STEPS" $DEV
-step report_scaling 60 'ratio|report' "$PY" benchmarks/report_scaling.py --width "$W" $DEV
+step report_scaling 60 'ratio|report' "$PY" benchmarks/report_scaling.py --width "$W" $LIMIT $DEV
 pretrain pretrain_b128 40 "$B128"
 pretrain pretrain_b512 35 "$B512"
 # The 224-px input pipeline alone: PIL loader vs the pre-resized cache cropped on the device.

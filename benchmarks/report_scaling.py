@@ -32,9 +32,9 @@ from lbfood.engine.runtime import make_runtime
 from lbfood.engine.training.setup import new_meta
 
 
-def make_run(root: Path, arch: str, width: float) -> Path:
+def make_run(root: Path, arch: str, width: float, limit: int | None = None) -> Path:
     spec = get_dataset("backdrops")
-    meta = new_meta("pretrain", TrainConfig(arch=arch, width=width), spec, CLASSES, models.input_size(arch))
+    meta = new_meta("pretrain", TrainConfig(arch=arch, width=width, limit=limit), spec, CLASSES, models.input_size(arch))
     meta = meta.replace(status="done", epochs_done=1)
     torch.manual_seed(0)
     run = root / "run"
@@ -55,20 +55,22 @@ def clear(run: Path, keep: set[str] = frozenset()) -> None:
 def timed_report(run: Path, methods: tuple[str, ...], args, keep: set[str] = frozenset()) -> float:
     clear(run, keep)
     cfg = ReportConfig(model=str(run), benchmark="backdrops", methods=methods, device=args.device,
-                       precision=args.precision, workers=0)
+                       precision=args.precision, workers=0, limit=args.limit)
     t = time.perf_counter()
     evaluate.report(cfg)
     return time.perf_counter() - t
 
 
 def main() -> None:
-    args = _common.parser(__doc__).parse_args()
+    p = _common.parser(__doc__)
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of every split (smoke test)")
+    args = p.parse_args()
     rt = make_runtime(args.device, args.precision)
     # every scorer that reads the extracted features and the classifier's head (not ODIN's own pass, not
     # bghead: it reads the head a `--objective bg-head` fine-tune trains, which this run has not)
     every = tuple(n for n in scorers.names() if not scorers.get(n).needs_images and scorers.get(n).reads == "head")
     with tempfile.TemporaryDirectory() as d:
-        run = make_run(Path(d), args.arch, args.width)
+        run = make_run(Path(d), args.arch, args.width, args.limit)
         timed_report(run, ("energy",), args)  # warm-up: data generation, kernels
         cold_one = timed_report(run, ("energy",), args)
         cold_all = timed_report(run, every, args)
@@ -78,8 +80,8 @@ def main() -> None:
         keep = {f.name for f in (run / "cache").glob("*")}
         one = min(timed_report(run, ("energy",), args, keep) for _ in range(2))
         all_ = min(timed_report(run, every, args, keep) for _ in range(2))
-    print(f"machine: {_common.machine(rt)}; {args.arch} width {args.width}; backdrops (5,000 train, 1,000 test, "
-          f"3 x 1,000 OOD), best of 2")
+    sizes = "5,000 train, 1,000 test, 3 x 1,000 OOD" if args.limit is None else f"the first {args.limit} of each split"
+    print(f"machine: {_common.machine(rt)}; {args.arch} width {args.width}; backdrops ({sizes}), best of 2")
     print(f"report energy only {one:.1f} s; report with {len(every)} scorers ({', '.join(every)}) {all_:.1f} s")
     print(f"fully cold run (training split extracted too): {cold_one:.1f} s vs {cold_all:.1f} s, "
           f"ratio {cold_all / cold_one:.2f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from pathlib import Path
@@ -10,6 +11,20 @@ from pathlib import Path
 import pytest
 from cli_checks import clean
 from hostile_checks import KILL_RUN, Killed, invoke
+
+# `make test` runs the tests in one process per core (pytest-xdist): each worker, and the processes its
+# tests start, then computes on one thread, so the workers do not oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+    """The tests marked slow (minutes-long subprocess chains) first, in their order: with several workers
+    the longest start early, so none of them is the last one left running."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture
@@ -115,13 +130,31 @@ def trained_run(tmp_path_factory):
     """A run folder trained (CE, TRAINED_EPOCHS epochs on TRAINED_LIMIT images, CPU) and calibrated as
     `lbfood pretrain` does: run.json has its threshold and far-OOD gate. Treat it as read-only: copy it
     (`shutil.copytree`) to change it."""
+    from lbfood.engine.io import file_lock
+
+    # One training per test session, also with several workers: the first trains into the folder that
+    # the workers share (the base of their temporary folders), the others wait for it and read it.
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    out = shared / "trained" / "run"
+    with file_lock(shared / "trained.lock"):
+        if not (out / "run.json").exists() or json.loads((out / "run.json").read_text())["status"] != "done":
+            _train_tiny(out)
+    return out
+
+
+def _train_tiny(out: Path) -> None:
+    import shutil
+
     import torch
 
     from lbfood.engine import pipeline
     from lbfood.engine.config import TrainConfig
     from lbfood.engine.training.setup import prepare_pretrain
 
-    out = tmp_path_factory.mktemp("trained") / "run"
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(data="backdrops", arch="resnet18", width=0.125, epochs=TRAINED_EPOCHS, batch_size=64,
                       lr=0.1, nesterov=True, warmup_epochs=1, limit=TRAINED_LIMIT, device="cpu", workers=0, seed=0, out=str(out))
     threads, cwd = torch.get_num_threads(), os.getcwd()
@@ -133,7 +166,6 @@ def trained_run(tmp_path_factory):
     finally:
         os.chdir(cwd)
         torch.set_num_threads(threads)
-    return out
 
 
 # ---- hostile-input fixtures (tests/hostile_checks.py has their helpers) ----

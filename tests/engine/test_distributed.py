@@ -212,8 +212,9 @@ def test_report_with_two_processes_equals_one(tmp_path, make_run, monkeypatch):
     # files are matched by dataset and split, and the tensors both hold are compared.
     single = {p.name.rsplit("-", 1)[0]: runs.load_tensors(p) for p in (run / "cache").iterdir()}
     assert len(single) == len(cached) == 3
-    for name, tensors in cached.items():
-        other = single[name.rsplit("-", 1)[0]]
+    for name, tensors in cached.items():  # by the key's last part ("id.train.32px", "+.jigsaw" for one process)
+        part = name.rsplit("-", 1)[0].rsplit("_", 1)[1]
+        (other,) = [v for k, v in single.items() if k.rsplit("_", 1)[1].startswith(part)]
         assert set(tensors) <= set(other), name
         for k, v in tensors.items():
             torch.testing.assert_close(v, other[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k, n=name: f"{n} {k}: {m}")

@@ -200,7 +200,9 @@ def extract(model: nn.Module, loader: Iterable, *, device: str | torch.device = 
 
 def cache_path(cache_dir: str | Path, key: str) -> Path:
     """`cache_dir/features-<key made file-safe>-<hash>.safetensors` (the hash keeps distinct keys apart)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("._")[:80] or "x"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("._") or "x"
+    if len(safe) > 80:  # a long folder path: keep its start (the kind) and its end (folder name and split)
+        safe = f"{safe[:30]}~{safe[-49:]}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
     return Path(cache_dir) / f"features-{safe}-{digest}.safetensors"
 
