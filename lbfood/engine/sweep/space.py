@@ -26,7 +26,6 @@ import dataclasses
 import itertools
 import math
 
-from lbfood.engine.config import SWEEP_MODES as MODES
 from lbfood.engine.config import FinetuneConfig, SweepConfig
 from lbfood.engine.errors import ConfigError
 
@@ -141,9 +140,8 @@ def grid_points(sc: SweepConfig) -> list[dict[str, str]]:
 
 def planned_points(sc: SweepConfig) -> list[dict[str, str]]:
     """The control first, then the points of `paper` or `grid` (none for `search`); λ = 0 points other
-    than the control are dropped (every CE-only fine-tune of one recipe is the control)."""
-    if sc.mode not in MODES:
-        raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {sc.mode!r}")
+    than the control are dropped (every CE-only fine-tune of one recipe is the control). The mode was
+    checked by `SweepConfig.check()`."""
     points = [control_point(sc)]
     if sc.mode == "grid":
         points += grid_points(sc)
