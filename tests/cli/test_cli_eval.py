@@ -179,6 +179,8 @@ def test_datasets_on_an_empty_root(tmp_path):
             assert not row["found"] and row["count"] is None and row["path"].startswith(str(tmp_path / "empty"))
     table = invoke("datasets", "--data-root", tmp_path / "empty")
     assert table.exit_code == 0 and "missing" in table.output and "found" in table.output and "cifar10" in table.output
+    (tmp_path / "a-file").write_text("x")  # a data root that is a file: one line naming it, not "all missing"
+    one_error_line(invoke("datasets", "--data-root", tmp_path / "a-file"), "is a file, not a folder")
 
 
 def test_cifar10_run_with_svhn_and_a_folder(tmp_path, make_run, small_backdrops, monkeypatch):
