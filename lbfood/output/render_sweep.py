@@ -71,7 +71,7 @@ def table(doc: dict[str, Any]) -> None:
     c_fpr, c_auc = test_cell(control, method, "fpr95"), test_cell(control, method, "auroc")
     for r in doc["trials"]:
         fpr, auc = test_cell(r, method, "fpr95"), test_cell(r, method, "auroc")
-        name = r["key"] + (" ★" if r["number"] == sel["number"] else "") + (f" ({r['state']})" if r["state"] in ("pruned", "diverged") else "")
+        name = r["key"] + (" ★" if r["number"] == sel["number"] else "") + (f" ({r['state']})" if r["state"] != "complete" else "")
         p = r["point"]
         style = "bold" if r["role"] == "control" else ("green" if r["number"] == sel["number"] else None)
         t.add_row(str(r["number"]), name, p.get("objective", "lff"), f"{r['delta']:.4g}" if r["delta"] is not None else p["delta"],

@@ -63,7 +63,7 @@ def markdown(doc: dict[str, Any]) -> str:
     c_fpr, c_auc = test_cell(control, method, "fpr95"), test_cell(control, method, "auroc")
     for r in doc["trials"]:
         fpr, auc = test_cell(r, method, "fpr95"), test_cell(r, method, "auroc")
-        mark = (" **selected**" if r["number"] == sel["number"] else "") + (f" ({r['state']})" if r["state"] in ("pruned", "diverged") else "")
+        mark = (" **selected**" if r["number"] == sel["number"] else "") + (f" ({r['state']})" if r["state"] != "complete" else "")
         p = r["point"]
         t = r.get("test") or {}
         lines.append("| " + " | ".join([

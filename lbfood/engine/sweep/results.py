@@ -224,17 +224,13 @@ def _test(sc: SweepConfig, rows: list[dict[str, Any]], on_event) -> dict[str, An
 
 
 def _applicable(methods: tuple[str, ...], run_dir: Path) -> tuple[str, ...]:
-    """The scorers that apply to the run: bghead only to a bg-head run (it reads that run's head), and only
-    those its validation could fit (KNN needs at least k training images): the test shows what was validated."""
+    """The scorers the trial's validation applied (`validation.validate` leaves out bghead on a run without
+    the background head, `auto.calibrate_auto` a scorer it cannot fit, e.g. KNN with fewer training images
+    than k): the test shows what was validated."""
     from lbfood.engine import runs
-    from lbfood.engine.config import has_bg_head
-    from lbfood.engine.evaluation import scorers
 
-    meta = runs.read(run_dir)
-    bg = has_bg_head(meta.config)
-    validated = (meta.validation or {}).get("methods")
-    return tuple(m for m in methods if (scorers.scorer_class(m).reads == "head" or bg)
-                 and (validated is None or m in validated))
+    validated = runs.read(run_dir).validation["methods"]
+    return tuple(m for m in methods if m in validated)
 
 
 def _point_best(out: Path, run: str) -> None:

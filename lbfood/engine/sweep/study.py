@@ -248,8 +248,7 @@ def _settle(study, trial, sc: SweepConfig, on_event: Callable[[Any], None]) -> N
             study.tell(trial, state=TrialState.PRUNED)
             a = trial.user_attrs
             state = "duplicate" if a.get("duplicate") else "diverged" if a.get("diverged") else "pruned"
-            on_event(TrialDone(trial.number, trial.user_attrs["key"], state, trial.user_attrs.get("val_acc"),
-                               None, None))
+            on_event(TrialDone(trial.number, a["key"], state, a.get("val_acc"), None, None))
         except UpdateFinishedTrialError:
             raise
         except BaseException:  # Ctrl-C, a crash: the trial is failed and queued again by the next reconcile
