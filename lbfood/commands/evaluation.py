@@ -186,13 +186,13 @@ def datasets(
     import json
 
     from lbfood.engine.data import catalog, default_root
+    from lbfood.engine.data.base import root_problem
     from lbfood.engine.errors import DataError
     from lbfood.output import render_eval
 
     root = data_root if data_root is not None else default_root()
-    if root.exists() and not root.is_dir():  # every dataset would show as missing, for no reason given
-        raise DataError(f"--data-root {root} is a file, not a folder; pass the folder that holds the datasets "
-                        "(or set LBFOOD_DATA)")
+    if problem := root_problem(root):  # else every dataset would show as missing, for no reason given
+        raise DataError(problem)
     rows = catalog.describe(root)
     if json_out:
         keys = ("name", "role", "found", "count", "path")
