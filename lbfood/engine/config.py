@@ -196,8 +196,7 @@ class FinetuneConfig(_TrainingConfig):
             raise ConfigError(f"--mask-from must be current or pretrained, got {self.mask_from!r}")
         if not (_finite(self.mu_quantile) and 0 < self.mu_quantile < 1):
             raise ConfigError(f"--mu-quantile must be in (0, 1), got {self.mu_quantile}")
-        if self.probe_batches < 1:
-            raise ConfigError(f"--probe-batches must be >= 1, got {self.probe_batches}")
+        _at_least_one("--probe-batches", self.probe_batches)
 
 
 _RESOLVED = ("delta", "mu", "lam", "epochs", "lr", "milestones", "momentum", "weight_decay", "wd_on_bn", "jitter",
@@ -224,6 +223,12 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _at_least_one(flag: str, value: int | None) -> None:
+    """A count option (None = not set) must be at least 1."""
+    if value is not None and value < 1:
+        raise ConfigError(f"{flag} must be >= 1, got {value}")
+
+
 def check_val_split(val_split: float) -> None:
     """A share of a flat imagefolder held out for testing: in (0, 1), or 0 for no split (NaN refused)."""
     if val_split != 0.0 and not 0.0 < val_split < 1.0:
@@ -233,10 +238,8 @@ def check_val_split(val_split: float) -> None:
 
 def _check_recipe(cfg: TrainConfig | FinetuneConfig) -> None:
     """The checks pretraining and fine-tuning share."""
-    if cfg.epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1, got {cfg.epochs}")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    _at_least_one("--epochs", cfg.epochs)
+    _at_least_one("--batch-size", cfg.batch_size)
     if not (_finite(cfg.lr) and cfg.lr > 0):
         raise ConfigError(f"--lr must be a finite number > 0, got {cfg.lr}")
     if not (_finite(cfg.momentum) and 0 <= cfg.momentum < 1):
@@ -297,10 +300,8 @@ class ImportConfig(_Config):
                 raise ConfigError(f"{flag} takes three numbers (R,G,B), e.g. 0.485,0.456,0.406; got {v}")
         if self.std is not None and min(self.std) <= 0:
             raise ConfigError(f"--std must be > 0, got {list(self.std)}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        _at_least_one("--batch-size", self.batch_size)
+        _at_least_one("--limit", self.limit)
         check_val_split(self.val_split)
 
 
@@ -317,8 +318,7 @@ class _EvalConfig(_Config):
 
     def check(self) -> None:
         """Raise ConfigError for any value out of range (names are checked by the catalogue)."""
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        _at_least_one("--batch-size", self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -427,8 +427,8 @@ class SweepConfig(_Config):
             raise ConfigError(f"--mode must be one of {', '.join(SWEEP_MODES)}, got {self.mode!r}")
         if self.heartbeat_s < 1:
             raise ConfigError(f"--heartbeat must be >= 1 second, got {self.heartbeat_s}")
-        if self.mode == "search" and self.trials < 1:
-            raise ConfigError(f"--trials must be >= 1, got {self.trials}")
+        if self.mode == "search":
+            _at_least_one("--trials", self.trials)
         if self.objective not in ("auroc", "fpr95"):
             raise ConfigError(f"--select-by must be auroc or fpr95, got {self.objective!r}")
         if not (math.isfinite(self.max_acc_drop) and self.max_acc_drop >= 0):
